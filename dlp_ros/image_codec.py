@@ -1,0 +1,128 @@
+"""Camera frames <-> RGB arrays, for sensor_msgs/Image and sensor_msgs/CompressedImage fields.
+
+Plain numpy + OpenCV, no ROS: the node, the dataset builder and the tests share this one
+implementation, so a frame gives the same pixels in training and at run time.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from dlp_ros.errors import ImageError
+
+# encoding -> (channels, conversion to RGB or None when already RGB)
+RAW_ENCODINGS: dict[str, tuple[int, int | None]] = {
+    'rgb8': (3, None),
+    'bgr8': (3, cv2.COLOR_BGR2RGB),
+    'mono8': (1, cv2.COLOR_GRAY2RGB),
+    'rgba8': (4, cv2.COLOR_RGBA2RGB),
+    'bgra8': (4, cv2.COLOR_BGRA2RGB),
+}
+COMPRESSED_FORMATS = ('jpeg', 'png')
+
+
+def decode_raw(
+    encoding: str, height: int, width: int, step: int, data: bytes | np.ndarray
+) -> np.ndarray:
+    """Decode the fields of a sensor_msgs/Image into an (H, W, 3) uint8 RGB array.
+
+    Raises:
+        ImageError: unsupported encoding, zero size, a step too small or data too short.
+    """
+    if encoding not in RAW_ENCODINGS:
+        raise ImageError(
+            f'unsupported image encoding {encoding!r}; supported: {", ".join(RAW_ENCODINGS)}'
+            f' (or CompressedImage {"/".join(COMPRESSED_FORMATS)})'
+        )
+    if height <= 0 or width <= 0:
+        raise ImageError(f'image has zero size ({width}x{height})')
+    channels, conversion = RAW_ENCODINGS[encoding]
+    row = width * channels
+    if step < row:
+        raise ImageError(f'image step {step} is smaller than width*channels = {row} ({encoding})')
+    buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes | bytearray) else data
+    buf = np.asarray(buf, dtype=np.uint8).reshape(-1)
+    need = step * (height - 1) + row
+    if buf.size < need:
+        raise ImageError(
+            f'image data is truncated: {buf.size} bytes for {width}x{height} {encoding} with '
+            f'step {step} (need {need})'
+        )
+    rows = np.lib.stride_tricks.as_strided(
+        buf, shape=(height, row), strides=(step, 1), writeable=False
+    )
+    img = rows.reshape(height, width, channels)  # (H, W, C)
+    if conversion is None:
+        return np.ascontiguousarray(img)
+    if channels == 1:
+        img = img[..., 0]
+    return cv2.cvtColor(np.ascontiguousarray(img), conversion)
+
+
+def decode_compressed(fmt: str, data: bytes | np.ndarray) -> np.ndarray:
+    """Decode a sensor_msgs/CompressedImage (jpeg or png) into an (H, W, 3) uint8 RGB array.
+
+    ``fmt`` may be a bare ``jpeg``/``png`` or image_transport's ``"bgr8; jpeg compressed bgr8"``.
+
+    Raises:
+        ImageError: unsupported format, empty or corrupt data.
+    """
+    lowered = fmt.lower()
+    if not any(name in lowered for name in (*COMPRESSED_FORMATS, 'jpg')):
+        raise ImageError(
+            f'unsupported CompressedImage format {fmt!r}; '
+            f'supported: {", ".join(COMPRESSED_FORMATS)}'
+        )
+    buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes | bytearray) else data
+    buf = np.asarray(buf, dtype=np.uint8).reshape(-1)
+    if buf.size == 0:
+        raise ImageError(f'CompressedImage ({fmt}) has no data')
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if img is None or img.size == 0:
+        raise ImageError(f'CompressedImage ({fmt}, {buf.size} bytes) is corrupt: cannot decode')
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def encode_raw(rgb: np.ndarray, encoding: str) -> tuple[np.ndarray, int]:
+    """(H, W, 3) uint8 RGB -> (pixel data in ``encoding``, channels)."""
+    if encoding not in RAW_ENCODINGS:
+        raise ImageError(
+            f'unsupported image encoding {encoding!r}; supported: {", ".join(RAW_ENCODINGS)}'
+        )
+    conversions = {
+        'rgb8': None,
+        'bgr8': cv2.COLOR_RGB2BGR,
+        'mono8': cv2.COLOR_RGB2GRAY,
+        'rgba8': cv2.COLOR_RGB2RGBA,
+        'bgra8': cv2.COLOR_RGB2BGRA,
+    }
+    conversion = conversions[encoding]
+    out = rgb if conversion is None else cv2.cvtColor(rgb, conversion)
+    return np.ascontiguousarray(out, dtype=np.uint8), RAW_ENCODINGS[encoding][0]
+
+
+def encode_compressed(rgb: np.ndarray, fmt: str = 'jpeg', quality: int = 95) -> bytes:
+    """(H, W, 3) uint8 RGB -> jpeg or png bytes."""
+    if fmt not in COMPRESSED_FORMATS:
+        supported = ', '.join(COMPRESSED_FORMATS)
+        raise ImageError(f'unsupported CompressedImage format {fmt!r}; supported: {supported}')
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if fmt == 'jpeg' else []
+    ok, buf = cv2.imencode('.jpg' if fmt == 'jpeg' else '.png', bgr, params)
+    if not ok:
+        raise ImageError(f'cannot encode a {rgb.shape} image as {fmt}')
+    return buf.tobytes()
+
+
+def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize (H, W, 3) to (size, size, 3): area averaging when shrinking, bilinear when growing.
+
+    The frame is squashed to a square (no crop), so pixel coordinates map back linearly.
+    """
+    h, w = rgb.shape[:2]
+    if (h, w) == (size, size):
+        return rgb
+    shrinking = h >= size and w >= size
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(rgb, (size, size), interpolation=interp)

@@ -1,0 +1,61 @@
+"""``python -m training <command>`` (installed as ``dlp-train``): the offline tools of dlp_ros."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from dlp_ros.errors import DlpError
+
+# command -> (module with configure_parser(parser) and run(args) -> int, one-line help).
+# Modules are imported only for the command that runs, so --help stays fast.
+COMMANDS: dict[str, tuple[str, str]] = {
+    'record-synthetic': (
+        'training.data.record',
+        'record synthetic episodes (balls | tabletop) as rosbag2 with ground truth',
+    ),
+    'build-dataset': (
+        'training.data.build',
+        'decode, split, resample and cache rosbag2 camera episodes as a dataset',
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='dlp-train', description='dlp_ros offline tools: data, training, evaluation, export.'
+    )
+    parser.add_argument('-v', '--verbose', action='store_true', help='debug logging')
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text).set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    # Two passes: find the command, then let its module add its own arguments.
+    known, _ = parser.parse_known_args(argv)
+    module = importlib.import_module(known._module)
+    sub_parser = parser._subparsers._group_actions[0].choices[known.command]  # noqa: SLF001
+    module.configure_parser(sub_parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format='%(levelname)s %(name)s: %(message)s',
+    )
+    try:
+        return int(module.run(args) or 0)
+    except DlpError as exc:
+        print(f'dlp-train {args.command}: error: {exc}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f'dlp-train {args.command}: interrupted; no partial output kept', file=sys.stderr)
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())
