@@ -46,14 +46,17 @@ class BagWriter:
         self.storage = storage
         self.topics = dict(topics)
         self.store = typestore()
-        self._partial = self.path.with_name(f'.{self.path.name}.partial')
+        # rosbags names the storage file after the bag directory, so the partial bag keeps the
+        # final name inside a hidden staging directory.
+        self._staging = self.path.with_name(f'.{self.path.name}.partial')
+        self._partial = self._staging / self.path.name
         self._writer: Writer | None = None
         self._connections: dict = {}
 
     def __enter__(self) -> BagWriter:
-        if self._partial.exists():
-            shutil.rmtree(self._partial)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._staging.exists():
+            shutil.rmtree(self._staging)
+        self._staging.mkdir(parents=True)
         self._writer = Writer(self._partial, version=9, storage_plugin=STORAGES[self.storage])
         self._writer.open()
         for topic, msgtype in self.topics.items():
@@ -72,8 +75,7 @@ class BagWriter:
         self._writer.close()
         if exc_type is None:
             os.replace(self._partial, self.path)
-        else:
-            shutil.rmtree(self._partial, ignore_errors=True)
+        shutil.rmtree(self._staging, ignore_errors=True)
 
     def write(self, topic: str, stamp_ns: int, msg: object) -> None:
         """Serialise ``msg`` (a rosbags message object) to CDR and append it at ``stamp_ns``."""

@@ -1,0 +1,149 @@
+"""``record-synthetic``: synthetic episodes as real rosbag2 bags, with ground truth beside them.
+
+Output layout (written to a hidden sibling directory, renamed into place when complete)::
+
+    OUT/record.yaml              what was recorded and how (scene, arguments, topics)
+    OUT/episode_0000/            rosbag2 directory (metadata.yaml + .mcap or .db3)
+    OUT/episode_0000.gt.csv      ground truth per frame and object
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from dlp_ros.errors import DlpError
+from training.data.bag_writer import STORAGES, BagWriter
+from training.data.ground_truth import ObjectState, gt_path, write_ground_truth
+from training.data.scene import Scene
+
+logger = logging.getLogger(__name__)
+
+CAMERA_TOPIC = '/camera/image_raw'
+CAMERA_FRAME = 'camera'
+EPOCH_NS = 1_700_000_000 * 10**9  # first stamp of episode 0; episode i starts i hours later
+
+
+def make_scene(name: str, size: int, fps: float) -> Scene:
+    """Instantiate a scene by name (imports MuJoCo only for ``tabletop``)."""
+    if name == 'balls':
+        from training.data.balls import BallsScene
+
+        return BallsScene(size=size, fps=fps)
+    if name == 'tabletop':
+        from training.data.tabletop import TabletopScene
+
+        return TabletopScene(size=size, fps=fps)
+    raise DlpError(f'unknown scene {name!r}; choose balls or tabletop')
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('scene', choices=['balls', 'tabletop'], help='which synthetic scene')
+    parser.add_argument('--episodes', type=int, required=True, help='number of episodes (bags)')
+    parser.add_argument('--out', type=Path, required=True, help='output directory (new)')
+    parser.add_argument('--storage', choices=sorted(STORAGES), default='mcap')
+    parser.add_argument('--size', type=int, choices=[64, 128], default=64, help='image side, px')
+    parser.add_argument('--seed', type=int, default=0, help='random seed (episode i uses S+i)')
+    parser.add_argument('--frames', type=int, default=None, help='frames per episode '
+                        '(default: 100 for balls, 50 for tabletop)')  # fmt: skip
+    parser.add_argument('--fps', type=float, default=10.0, help='camera rate, Hz')
+    parser.add_argument('--compressed', choices=['jpeg', 'png'], default=None,
+                        help='write CompressedImage on <topic>/compressed instead')  # fmt: skip
+    parser.add_argument('--overwrite', action='store_true', help='replace an existing --out')
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.episodes < 1:
+        raise DlpError(f'--episodes must be >= 1, got {args.episodes}')
+    frames = args.frames or (100 if args.scene == 'balls' else 50)
+    if frames < 2:
+        raise DlpError(f'--frames must be >= 2, got {frames}')
+    if args.fps <= 0:
+        raise DlpError(f'--fps must be > 0, got {args.fps}')
+    out: Path = args.out
+    if out.exists() and not args.overwrite:
+        raise DlpError(f'{out} already exists; choose a new --out or pass --overwrite')
+    partial = out.with_name(f'.{out.name}.partial')
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        summary = record(args.scene, args.episodes, frames, partial, args)
+        (partial / 'record.yaml').write_text(yaml.safe_dump(summary, sort_keys=False))
+        if out.exists():
+            shutil.rmtree(out)
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    print(f'recorded {args.episodes} {args.scene} episode(s) x {frames} frames -> {out}')  # noqa: T201
+    return 0
+
+
+def record(
+    scene_name: str, episodes: int, frames: int, out: Path, args: argparse.Namespace
+) -> dict:
+    """Record ``episodes`` bags into ``out``; returns the summary written to record.yaml."""
+    scene = make_scene(scene_name, args.size, args.fps)
+    camera_topic = CAMERA_TOPIC + ('/compressed' if args.compressed else '')
+    camera_type = 'sensor_msgs/msg/' + ('CompressedImage' if args.compressed else 'Image')
+    topics = {camera_topic: camera_type}
+    action_topic = f'/{scene_name}/command' if scene.action_names else None
+    if action_topic:
+        topics[action_topic] = 'geometry_msgs/msg/TwistStamped'
+    period_ns = round(1e9 / args.fps)
+    bar = tqdm(total=episodes * frames, unit='frame', desc=f'record {scene_name}',
+               file=sys.stderr, disable=None)  # fmt: skip
+    try:
+        for ep in range(episodes):
+            scene.reset(np.random.default_rng(args.seed + ep))
+            bag = out / f'episode_{ep:04d}'
+            truth: list[tuple[int, list[ObjectState]]] = []
+            with BagWriter(bag, args.storage, topics) as writer:
+                for t in range(frames):
+                    stamp = EPOCH_NS + ep * 3600 * 10**9 + t * period_ns
+                    frame = scene.step()
+                    if args.compressed:
+                        msg = writer.compressed_image(
+                            stamp, CAMERA_FRAME, frame.rgb, args.compressed
+                        )
+                    else:
+                        msg = writer.image(stamp, CAMERA_FRAME, frame.rgb)
+                    writer.write(camera_topic, stamp, msg)
+                    if action_topic and frame.action is not None:
+                        writer.write(action_topic, stamp, _twist(writer, stamp, frame.action))
+                    truth.append((stamp, frame.objects))
+                    bar.update()
+            write_ground_truth(gt_path(bag), truth)
+    finally:
+        bar.close()
+        scene.close()
+    return {
+        'scene': scene_name,
+        'episodes': episodes,
+        'frames_per_episode': frames,
+        'size': args.size,
+        'fps': args.fps,
+        'seed': args.seed,
+        'storage': args.storage,
+        'topics': topics,
+        'action_names': list(scene.action_names),
+        'ground_truth': 'episode_NNNN.gt.csv: frame,stamp_ns,id,name,x,y,radius,visible (px)',
+    }
+
+
+def _twist(writer: BagWriter, stamp_ns: int, action: np.ndarray) -> object:
+    """geometry_msgs/TwistStamped carrying the scene's (vx, vy) command in linear.x/y."""
+    types = writer.store.types
+    vec = types['geometry_msgs/msg/Vector3']
+    linear = vec(x=float(action[0]), y=float(action[1]) if action.size > 1 else 0.0, z=0.0)
+    twist = types['geometry_msgs/msg/Twist'](linear=linear, angular=vec(x=0.0, y=0.0, z=0.0))
+    return types['geometry_msgs/msg/TwistStamped'](
+        header=writer.header(stamp_ns, 'table'), twist=twist
+    )
