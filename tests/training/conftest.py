@@ -1,0 +1,107 @@
+"""Fixtures for training tests: real rosbag2 camera episodes written with BagWriter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlp_ros.image_codec import COMPRESSED_FORMATS
+from training.data.bag_writer import BagWriter
+from training.data.ground_truth import ObjectState, gt_path, write_ground_truth
+
+CAMERA = '/camera/image'
+NS = 1_000_000_000
+
+
+def smooth_frame(i: int, height: int, width: int) -> np.ndarray:
+    """A smooth (H, W, 3) uint8 RGB frame, different for every index (kind to jpeg)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    r = 128 + 100 * np.sin(2 * np.pi * (x / width + i / 17))
+    g = 128 + 100 * np.cos(2 * np.pi * (y / height + i / 23))
+    b = np.full_like(x, 30 + (37 * i) % 200)
+    return np.stack([r, g, b], axis=-1).round().astype(np.uint8)
+
+
+def objects_at(i: int) -> list[ObjectState]:
+    """Ground truth of frame ``i``: two objects that move with the index."""
+    return [
+        ObjectState(0, 'red', float(i), float(2 * i), 3.0, i % 2 == 0),
+        ObjectState(1, 'blue', 30.0 - i, 5.0, 4.0, True),
+    ]
+
+
+@dataclass
+class CameraBag:
+    """A generated bag and what was written into it."""
+
+    path: Path
+    frames: list[np.ndarray] = field(default_factory=list)  # source (H, W, 3) RGB per message
+    stamps_ns: list[int] = field(default_factory=list)  # header stamp per message
+    objects: list[list[ObjectState]] = field(default_factory=list)  # ground truth per message
+
+
+MakeBag = Callable[..., CameraBag]
+
+
+@pytest.fixture
+def make_camera_bag(tmp_path: Path) -> MakeBag:
+    """Factory writing a camera bag under tmp_path/bags.
+
+    Args of the factory: name, storage ('mcap' | 'sqlite3'), encoding (a raw encoding, 'jpeg',
+    'png', or any other string for an Image with that encoding), n frames at fps (or explicit
+    ``stamps_ns``), size (H, W), gt (write ground truth beside the bag), corrupt (indices whose
+    pixel data is garbage), topics/extra (more topics and a callback writing their messages).
+    """
+
+    def make(
+        name: str = 'ep',
+        storage: str = 'mcap',
+        encoding: str = 'rgb8',
+        n: int = 12,
+        fps: float = 10.0,
+        size: tuple[int, int] = (32, 32),
+        stamps_ns: list[int] | None = None,
+        gt: bool = False,
+        corrupt: tuple[int, ...] = (),
+        topics: dict[str, str] | None = None,
+        extra: Callable[[BagWriter], None] | None = None,
+    ) -> CameraBag:
+        path = tmp_path / 'bags' / name
+        stamps = (
+            stamps_ns if stamps_ns is not None else [NS + round(k * NS / fps) for k in range(n)]
+        )
+        compressed = encoding in COMPRESSED_FORMATS
+        msgtype = 'sensor_msgs/msg/CompressedImage' if compressed else 'sensor_msgs/msg/Image'
+        bag = CameraBag(path)
+        latest = -1
+        with BagWriter(path, storage, {CAMERA: msgtype, **(topics or {})}) as w:
+            for k, stamp in enumerate(stamps):
+                latest = max(latest, stamp)
+                rgb = smooth_frame(k, *size)
+                if compressed:
+                    msg = w.compressed_image(stamp, 'cam', rgb, encoding)
+                    if k in corrupt:
+                        msg.data = np.frombuffer(b'not an image at all', dtype=np.uint8)
+                elif encoding in ('rgb8', 'bgr8', 'mono8', 'rgba8', 'bgra8'):
+                    msg = w.image(stamp, 'cam', rgb, encoding)
+                    if k in corrupt:
+                        msg.data = msg.data[:10]
+                else:  # an encoding the builder does not support
+                    msg = w.image(stamp, 'cam', rgb, 'rgb8')
+                    msg.encoding = encoding
+                # bag (receive) time: 1 us after the latest header stamp, so it always increases
+                w.write(CAMERA, latest + 1000, msg)
+                bag.frames.append(rgb)
+                bag.stamps_ns.append(stamp)
+                bag.objects.append(objects_at(k))
+            if extra is not None:
+                extra(w)
+        if gt:
+            write_ground_truth(gt_path(path), list(zip(stamps, bag.objects, strict=True)))
+        return bag
+
+    return make

@@ -1,0 +1,322 @@
+"""``build-dataset``: decode, split, resample and cache rosbag2 camera episodes.
+
+Pass 1 reads only the header stamps of every bag (no image decode) and plans the episodes and the
+source frame of every output frame (:mod:`training.data.episode_plan`). Pass 2 decodes just those
+frames and writes them into one preallocated .npy memmap per episode (:mod:`.frame_writer`). The
+dataset is built in a hidden sibling directory and renamed to ``--out`` only when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+import dlp_ros
+from dlp_ros.errors import ConfigError, EpisodeError
+from training.data import episode_plan as ep
+from training.data.bag_reader import (
+    ACTION_TYPES,
+    IMAGE_TYPES,
+    Bag,
+    check_encoding,
+    frame_encoding,
+)
+from training.data.dataset import (
+    EPISODES,
+    FORMAT,
+    MANIFEST,
+    VERSION,
+    frames_file,
+    labels_file,
+    write_manifest,
+)
+from training.data.frame_writer import PixelStats, write_bag
+from training.data.ground_truth import gt_path, read_ground_truth
+
+logger = logging.getLogger(__name__)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the build-dataset arguments."""
+    add = parser.add_argument
+    add('--bags', nargs='+', type=Path, required=True, metavar='PATH', help='rosbag2 dirs')
+    add('--topic', required=True, help='camera topic (sensor_msgs/Image or CompressedImage)')
+    add('--size', type=int, default=64, help='output frames are SIZE x SIZE RGB (default 64)')
+    add('--fps', type=float, required=True, help='output frame rate (nearest-frame resampling)')
+    add('--out', type=Path, required=True, help='dataset directory to create')
+    add('--split-gap', type=float, metavar='SECONDS', help='start an episode after such a gap')
+    add('--marker-topic', help='every message on this topic starts a new episode at its time')
+    add('--action-topic', help='commands (Twist[Stamped], Float32/64MultiArray) to align')
+    add('--split', default='0.8,0.1,0.1', help='train,val,test fractions (default 0.8,0.1,0.1)')
+    add('--seed', type=int, default=0, help='seed of the split by episode (default 0)')
+    add('--min-frames', type=int, default=1, help='drop shorter episodes (default 1)')
+    add(
+        '--backwards',
+        choices=('fail', 'drop'),
+        default='fail',
+        help='header stamps going backwards: fail (default) or drop those frames',
+    )
+    add('--skip-bad-frames', action='store_true', help='replace undecodable frames by neighbours')
+    add('--overwrite', action='store_true', help='replace --out once the new dataset is complete')
+    add('--no-progress', action='store_true', help='no progress bar')
+
+
+def check_args(args: argparse.Namespace) -> tuple[float, float, float]:
+    """Validate the numeric arguments and the bag list; return the split fractions."""
+    if args.size <= 0:
+        raise ConfigError(f'--size must be positive, got {args.size}')
+    if not args.fps > 0:
+        raise ConfigError(f'--fps must be positive, got {args.fps}')
+    if args.split_gap is not None and not args.split_gap > 0:
+        raise ConfigError(f'--split-gap must be positive, got {args.split_gap}')
+    if args.min_frames < 1:
+        raise ConfigError(f'--min-frames must be at least 1, got {args.min_frames}')
+    resolved = [p.resolve() for p in args.bags]
+    if len(set(resolved)) != len(resolved):
+        raise ConfigError('a bag is given twice in --bags')
+    out = args.out.resolve()
+    for bag in resolved:
+        if bag == out or out in bag.parents:
+            raise ConfigError(f'--out {args.out} would contain the bag {bag}')
+    return ep.parse_fractions(args.split)
+
+
+def unique_names(bags: list[Path]) -> list[str]:
+    """Episode base names: the bag directory names, made unique with -2, -3, ..."""
+    names: list[str] = []
+    for bag in bags:
+        name, k = bag.name, 2
+        while name in names:
+            name, k = f'{bag.name}-{k}', k + 1
+        names.append(name)
+    return names
+
+
+def plan_bag(path: Path, base: str, args: argparse.Namespace) -> ep.BagPlan:
+    """Pass 1 for one bag: stamps, checks, episodes and the frames to keep."""
+    with Bag(path) as bag:
+        conn = bag.connection(args.topic, IMAGE_TYPES, 'camera')
+        stamps = bag.read_stamps(conn)
+        if stamps.first is None:
+            raise EpisodeError(f'bag {path} is empty: no messages on {args.topic}')
+        encoding = frame_encoding(conn.msgtype, stamps.first)
+        check_encoding(conn.msgtype, encoding, f'bag {path}, topic {args.topic}')
+        markers = np.zeros(0, dtype=np.int64)
+        if args.marker_topic:
+            markers = bag.event_times(bag.connection(args.marker_topic, None, 'marker'))
+        actions, action_type = None, None
+        if args.action_topic:
+            aconn = bag.connection(args.action_topic, ACTION_TYPES, 'action')
+            actions, action_type = bag.read_actions(aconn), aconn.msgtype
+    keep = ep.check_monotonic(
+        stamps.stamps_ns, f'{args.topic} in bag {path}', args.backwards == 'drop'
+    )
+    index = np.flatnonzero(keep)  # (n,) bag-order indices of the usable frames
+    kept = stamps.stamps_ns[index]
+    gap = None if args.split_gap is None else int(args.split_gap * ep.NS)
+    starts = ep.split_points(kept, gap, markers)
+    rate = ep.estimate_rate(kept, starts)
+    episodes = ep.plan_episodes(base, index, kept, starts, args.fps)
+    plan = ep.BagPlan(
+        path, bag.storage, conn.msgtype, encoding, stamps.stamps_ns.size, rate, int((~keep).sum()),
+        [e for e in episodes if e.grid_ns.size >= args.min_frames],
+        [e.name for e in episodes if e.grid_ns.size < args.min_frames],
+        actions, action_type,
+    )  # fmt: skip
+    report_bag(plan, args)
+    if gt_path(path).is_file():
+        gt = read_ground_truth(gt_path(path))
+        for e in plan.episodes:
+            try:
+                gt.select(e.span_stamps)
+            except EpisodeError as exc:
+                raise EpisodeError(f'{gt_path(path)} does not match bag {path}: {exc}') from exc
+    return plan
+
+
+def report_bag(plan: ep.BagPlan, args: argparse.Namespace) -> None:
+    """Log the frame rate of a bag and what resampling does to it."""
+    r = plan.rate
+    logger.info(
+        'bag %s (%s, %s %s): %d frames on %s, ~%.2f fps (median interval %.2f ms), %d episode(s)',
+        plan.path, plan.storage, plan.msgtype.rsplit('/', 1)[-1], plan.encoding, plan.messages,
+        args.topic, r.fps, r.median_dt_ns / 1e6, len(plan.episodes),
+    )  # fmt: skip
+    if r.irregular:
+        logger.warning(
+            'bag %s: irregular frame rate: %d of %d intervals are more than %d%% off the median',
+            plan.path, r.irregular, max(r.frames - 1, 0), int(ep.IRREGULAR * 100),
+        )  # fmt: skip
+    if r.drops:
+        logger.warning(
+            'bag %s: about %d dropped frames (longest interval %.1f ms, median %.1f ms); '
+            '--split-gap SECONDS starts a new episode after long gaps',
+            plan.path, r.drops, r.max_dt_ns / 1e6, r.median_dt_ns / 1e6,
+        )  # fmt: skip
+    for e in plan.episodes:
+        if e.repeated and e.rate.fps and e.rate.fps < args.fps:
+            logger.warning(
+                'episode %s: source ~%.2f fps is slower than --fps %g: nearest-frame resampling '
+                'repeats a source frame in %d of %d output frames (no interpolation)',
+                e.name, e.rate.fps, args.fps, e.repeated, e.grid_ns.size,
+            )  # fmt: skip
+    for name in plan.dropped:
+        logger.warning('episode %s: dropped, fewer than --min-frames %d', name, args.min_frames)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the dataset; raise a DlpError on bad input, leaving nothing at --out."""
+    fractions = check_args(args)
+    out = Path(args.out)
+    check_out(out, args.overwrite)
+    started = time.monotonic()
+    names = unique_names(args.bags)
+    plans = [plan_bag(p, n, args) for p, n in zip(args.bags, names, strict=True)]
+    msgtypes = {p.msgtype for p in plans}
+    if len(msgtypes) > 1:
+        raise EpisodeError(f'{args.topic} has different types in the bags: {sorted(msgtypes)}')
+    episodes = [e for p in plans for e in p.episodes]
+    if not episodes:
+        raise EpisodeError(f'no episode has at least --min-frames {args.min_frames} frames')
+    splits = ep.assign_splits([e.name for e in episodes], fractions, args.seed)
+    action = action_info(args, plans)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f'.{out.name}.{os.getpid()}-{time.time_ns()}.partial'
+    try:
+        (tmp / EPISODES).mkdir(parents=True)
+        stats = PixelStats()
+        total = sum(e.grid_ns.size for e in episodes)
+        with tqdm(
+            total=total, unit='frame', file=sys.stderr, disable=args.no_progress, desc='frames'
+        ) as bar:
+            for plan in plans:
+                write_bag(plan, tmp, args, stats, bar.update)
+        write_manifest(tmp, manifest(args, plans, splits, stats, action))
+        publish(tmp, out, args.overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    counts = {s: sum(v == s for v in splits.values()) for s in ep.SPLITS}
+    logger.info(
+        'wrote %s: %d episodes (train %d, val %d, test %d), %d frames of %dx%d at %g fps from %d '
+        'bag(s) in %.1f s',
+        out, len(episodes), counts['train'], counts['val'], counts['test'], total, args.size,
+        args.size, args.fps, len(plans), time.monotonic() - started,
+    )  # fmt: skip
+    return 0
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an existing ``--out`` unless ``overwrite`` and it is a dataset or empty directory."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise ConfigError(f'{out} already exists; pass --overwrite to replace it')
+    if not out.is_dir() or out.is_symlink():
+        raise ConfigError(f'refusing to replace {out}: not a directory')
+    if not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise ConfigError(
+            f'refusing to replace {out}: it is not a dataset (no {MANIFEST}) and not empty'
+        )
+
+
+def publish(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename the complete dataset ``tmp`` to ``out``, replacing an existing ``out`` last."""
+    check_out(out, overwrite)  # again: --out may have appeared while building
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    old = out.parent / f'.{out.name}.{os.getpid()}-{time.time_ns()}.old'
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def action_info(args: argparse.Namespace, plans: list[ep.BagPlan]) -> dict[str, Any] | None:
+    """The manifest's action entry (topic, type, names, dim), or None without --action-topic."""
+    if not args.action_topic:
+        return None
+    kinds = {(p.action_type, len(p.actions.names)) for p in plans if p.actions is not None}
+    if len(kinds) != 1:
+        raise EpisodeError(f'{args.action_topic} differs between the bags: {sorted(kinds)}')
+    names = next(p.actions.names for p in plans if p.actions is not None)
+    return {'topic': args.action_topic, 'type': plans[0].action_type, 'names': names,
+            'dim': len(names)}  # fmt: skip
+
+
+def manifest(
+    args: argparse.Namespace,
+    plans: list[ep.BagPlan],
+    splits: dict[str, str],
+    stats: PixelStats,
+    action: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The manifest.yaml content (plain Python types)."""
+    mean, std = stats.mean_std()
+    episodes = [
+        {
+            'name': e.name,
+            'bag': str(p.path.resolve()),
+            'split': splits[e.name],
+            'start_ns': int(e.stamps_ns[0]),
+            'end_ns': int(e.stamps_ns[-1]),
+            'frames': int(e.grid_ns.size),
+            'source_frames': int(e.span_index.size),
+            'source_fps': round(e.rate.fps, 4),
+            'repeated_frames': e.repeated,
+            'frames_file': frames_file(e.name),
+            'labels_file': labels_file(e.name),
+        }
+        for p in plans
+        for e in p.episodes
+    ]
+    sources = [
+        {
+            'bag': str(p.path.resolve()),
+            'storage': p.storage,
+            'encoding': p.encoding,
+            'messages': p.messages,
+            'backwards_dropped': p.backwards,
+            **p.rate.as_dict(),
+            'episodes': [e.name for e in p.episodes],
+            'dropped_episodes': p.dropped,
+        }
+        for p in plans
+    ]
+    return {
+        'format': FORMAT,
+        'version': VERSION,
+        'created_by': f'dlp_ros {dlp_ros.__version__}',
+        'fps': float(args.fps),
+        'frame_shape': [args.size, args.size, 3],
+        'dtype': 'uint8',
+        'topic': args.topic,
+        'message_type': plans[0].msgtype,
+        'ground_truth': all(gt_path(p.path).is_file() for p in plans),
+        'action': action,
+        'stats': {'mean': mean, 'std': std, 'scale': 'uint8 / 255', 'frames': stats.frames},
+        'split': {'fractions': list(ep.parse_fractions(args.split)), 'seed': args.seed},
+        'episodes': episodes,
+        'sources': sources,
+        'args': {k: _plain(v) for k, v in vars(args).items() if not k.startswith('_')},
+    }
+
+
+def _plain(value: Any) -> Any:
+    """An argument as a YAML-friendly value (paths as strings)."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
