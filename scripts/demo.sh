@@ -11,7 +11,7 @@ source "$ROOT/scripts/env.sh"
 cd "$ROOT"
 python -m training record-synthetic tabletop --episodes 4 --frames 50 --size 64 \
   --storage mcap --seed 0 --out "$OUT/bags" --overwrite
-python -m training build-dataset --bags "$OUT"/bags/episode_* --topic /camera/image_raw \
+python -m training build-dataset --bags "$OUT"/bags/episode_*/ --topic /camera/image_raw \
   --action-topic /tabletop/command --size 64 --fps 10 --out "$OUT/dataset" --overwrite
 python -m training preview-dataset --data "$OUT/dataset" --out "$OUT/dataset_preview.png"
 echo

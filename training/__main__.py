@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         'training.data.build',
         'decode, split, resample and cache rosbag2 camera episodes as a dataset',
     ),
+    'preview-dataset': (
+        'training.data.preview',
+        'draw a dataset (frames per episode, ground truth circled) into one PNG',
+    ),
 }
 
 
@@ -47,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format='%(levelname)s %(name)s: %(message)s',
     )
+    logging.getLogger('OpenGL').setLevel(logging.WARNING)  # PyOpenGL (MuJoCo) chatter
     try:
         return int(module.run(args) or 0)
     except DlpError as exc:
