@@ -10,6 +10,5 @@ source "$_dlp_root/install/setup.bash"
 [ "$_dlp_nounset" = 1 ] && set -u
 export AMENT_PREFIX_PATH="${AMENT_PREFIX_PATH:+$AMENT_PREFIX_PATH:}$_dlp_venv"
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
-export ROS_LOCALHOST_ONLY=1
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 unset _dlp_root _dlp_venv _dlp_nounset
