@@ -66,7 +66,10 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
     if hint in (int, str, bool) and type(value) is not hint:
         raise ConfigError(f'{name}: expected {hint.__name__}, got {value!r}')
     if hint is float:
-        raise ConfigError(f'{name}: expected a number, got {value!r}')
+        try:  # YAML 1.1 reads 3e-4 (no dot) as a string
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f'{name}: expected a number, got {value!r}') from None
     return value
 
 
