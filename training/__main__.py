@@ -20,9 +20,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
         'training.data.build',
         'decode, split, resample and cache rosbag2 camera episodes as a dataset',
     ),
+    'train-dlp': (
+        'training.train_dlp',
+        'train Deep Latent Particles on a dataset (resumable, torchrun/DDP capable)',
+    ),
     'preview-dataset': (
         'training.data.preview',
         'draw a dataset (frames per episode, ground truth circled) into one PNG',
+    ),
+    'evaluate-dlp': (
+        'training.evaluate_dlp',
+        'measure a trained DLP on a split: PSNR/SSIM, localisation, MAFL probe -> report',
     ),
 }
 
