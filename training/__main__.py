@@ -49,17 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    # Two passes: find the command, then let its module add its own arguments.
-    known, _ = parser.parse_known_args(argv)
-    module = importlib.import_module(known._module)
-    sub_parser = parser._subparsers._group_actions[0].choices[known.command]  # noqa: SLF001
-    module.configure_parser(sub_parser)
+    # The command's module adds its own arguments (imported only for the command that runs).
+    command = next((a for a in argv if a in COMMANDS), None)
+    if command is not None:
+        module = importlib.import_module(COMMANDS[command][0])
+        sub_parser = parser._subparsers._group_actions[0].choices[command]  # noqa: SLF001
+        module.configure_parser(sub_parser)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format='%(levelname)s %(name)s: %(message)s',
     )
     logging.getLogger('OpenGL').setLevel(logging.WARNING)  # PyOpenGL (MuJoCo) chatter
+    module = importlib.import_module(args._module)
     try:
         return int(module.run(args) or 0)
     except DlpError as exc:

@@ -1,0 +1,365 @@
+"""``evaluate-dlp``: measure a trained DLP on a dataset split; writes report.json and report.png.
+
+Measured on the posterior means (deterministic), see ``docs/DESIGN.md`` section 6:
+
+* ``reconstruction``: mean per-frame PSNR (dB) and SSIM of the decoded frames;
+* ``localisation``: per frame, visible ground-truth objects Hungarian-matched to the particles
+  that are on (transparency > 0.5): mean matched error (px), recall (matched closer than the
+  object's radius; unmatched objects are misses), mean particles on, frames;
+* ``mafl``: the linear-probe protocol of the DLP paper, a map without intercept from all K
+  particle positions (flattened (K * 2), centred units [-1, 1]) to an object's position in the
+  same units, error in px and % of the image side. ``pusher``: fitted on ``--fit-split`` frames
+  where the object named 'pusher' is visible, tested on the evaluation split; ``plus`` adds the
+  position log-variances to the inputs. ``per_episode``: each object of each evaluation episode,
+  fitted on the first half of the frames where it is visible and tested on the second half.
+
+report.json: ``format``, ``version``, ``code_version``, ``created``, ``run``, ``checkpoint``,
+``step``, ``data``, ``split``, ``fit_split``, ``image_size``, ``n_particles``, ``episodes``,
+``frames``, the three sections above and ``skipped`` ({section: why}): whatever the dataset
+cannot provide (no ground truth, no pusher) is ``null`` and ``skipped`` says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import dlp_ros
+from dlp_ros.errors import DlpError
+from training import metrics
+from training.checkpoint import run_checkpoint
+from training.data.dataset import SPLITS, Dataset
+from training.data.ground_truth import GroundTruth
+from training.dlp_config import load_dlp
+from training.models.dlp import Dlp
+from training.visualize import PALETTE, draw_particles, label, upscale
+
+logger = logging.getLogger(__name__)
+FORMAT = 'dlp_ros.dlp_evaluation'
+VERSION = 1
+CELL = 160  # px per figure cell
+PUSHER = 'pusher'
+
+
+class EvaluationError(DlpError):
+    """The run, the dataset or the arguments cannot be evaluated together."""
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add('--run', type=Path, required=True, help='train-dlp run directory')
+    add('--data', type=Path, required=True, help='dataset built by build-dataset')
+    add('--out', type=Path, required=True, help='report directory (report.json, report.png)')
+    add('--split', choices=SPLITS, default='test', help='evaluation split')
+    add('--fit-split', choices=SPLITS, default='train', help='split the pusher probe is fit on')
+    add('--checkpoint', choices=['best', 'last'], default='best', help='which checkpoint')
+    add('--max-frames', type=int, help='at most N frames: the first N/E of each of E episodes')
+    add('--max-fit-frames', type=int, default=5000, help='subsample of the probe fit frames')
+    add('--batch', type=int, default=64, help='frames per forward pass')
+    add('--figure-rows', type=int, default=4, help='frames drawn in report.png')
+    add('--seed', type=int, default=0, help='seed of the fit-frame subsample')
+    add('--no-progress', action='store_true', help='no progress bar')  # fmt: skip
+
+
+@dataclass
+class Encoded:
+    """Posterior means of the evaluated frames of one episode."""
+
+    name: str
+    mu: np.ndarray  # (T, K, 2) model units, [-1, 1] = image edges
+    logvar: np.ndarray  # (T, K, 2) model units
+    presence: np.ndarray  # (T, K) transparency
+    truth: GroundTruth | None  # the rows of the T frames
+
+
+def _encode(
+    model: Dlp, frames: np.ndarray, batch: int, bar: tqdm, keep: dict[int, Any] | None = None
+) -> dict[str, np.ndarray]:
+    """(T, S, S, 3) uint8 -> mu, logvar (T, K, 2), presence (T, K) and, when ``keep`` is given,
+    psnr, ssim (T,) with the (S, S, 3) uint8 reconstructions of the frames ``keep`` names."""
+    out: dict[str, list[np.ndarray]] = defaultdict(list)
+    with torch.inference_mode():
+        for start in range(0, len(frames), batch):
+            x = torch.from_numpy(np.array(frames[start : start + batch])).permute(0, 3, 1, 2)
+            x = x.float().div_(255.0)  # (B, 3, S, S)
+            p = model.encode(x, deterministic=True)
+            out['mu'].append(p.mu.numpy())
+            out['logvar'].append(p.logvar.numpy())
+            out['presence'].append(p.transparency[..., 0].numpy())
+            if keep is not None:
+                rec = model.decode(p).clamp(0, 1)  # (B, 3, S, S)
+                out['psnr'].append(metrics.psnr(rec, x).numpy())
+                out['ssim'].append(metrics.ssim(rec, x).numpy())
+                for t in keep.keys() & range(start, start + len(x)):
+                    keep[t] = rec[t - start].permute(1, 2, 0).mul(255).round().byte().numpy()
+            bar.update(len(x))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _counts(lengths: list[int], max_frames: int | None) -> list[int]:
+    """Frames per episode: all, or equal shares of ``max_frames`` (the first ones get the rest)."""
+    if max_frames is None:
+        return lengths
+    share, rest = divmod(max_frames, len(lengths))
+    return [min(n, share + (i < rest)) for i, n in enumerate(lengths)]
+
+
+def _to_unit(xy_px: np.ndarray, size: int) -> np.ndarray:
+    """Pixels (centre of pixel 0 = 0.5) -> model units ([-1, 1] = image edges)."""
+    return xy_px * (2.0 / size) - 1.0
+
+
+def _error(err_units: float, size: int) -> dict[str, float]:
+    px = err_units * size / 2
+    return {'error_px': px, 'error_percent': 100 * px / size}
+
+
+def _pusher_probe(
+    model: Dlp, data: Dataset, codes: list[Encoded], args: argparse.Namespace, bar: tqdm
+) -> tuple[dict[str, Any] | None, str | None]:
+    """MAFL protocol (a): the pusher across episodes; (entry, None) or (None, why skipped)."""
+    size = model.config.image_size
+    test_x, test_lv, test_y = [], [], []
+    for c in codes:
+        if c.truth is not None and PUSHER in c.truth.names:
+            n = c.truth.names.index(PUSHER)
+            v = c.truth.visible[:, n]  # (T,)
+            test_x.append(c.mu[v])
+            test_lv.append(c.logvar[v])
+            test_y.append(_to_unit(c.truth.xy[v, n], size))
+    if not test_x or not sum(len(x) for x in test_x):
+        return None, f'no visible object named {PUSHER!r} in the {args.split} split'
+    picks = []  # (episode, frame)
+    for info in data.episodes(args.fit_split):
+        truth = data.labels(info.name).ground_truth
+        if truth is not None and PUSHER in truth.names:
+            v = np.flatnonzero(truth.visible[:, truth.names.index(PUSHER)])
+            picks += [(info.name, int(t), truth) for t in v]
+    if not picks:
+        return None, f'no visible object named {PUSHER!r} in the {args.fit_split} split'
+    rng = np.random.default_rng(args.seed)
+    chosen = np.sort(rng.choice(len(picks), min(len(picks), args.max_fit_frames), replace=False))
+    bar.reset(total=len(chosen))
+    bar.set_description(f'encode {args.fit_split}')
+    fit_x, fit_lv, fit_y = [], [], []
+    for name in dict.fromkeys(picks[i][0] for i in chosen):
+        rows = [picks[i] for i in chosen if picks[i][0] == name]
+        t = np.array([r[1] for r in rows])
+        truth = rows[0][2]
+        enc = _encode(model, data.frames(name)[t], args.batch, bar)
+        fit_x.append(enc['mu'])
+        fit_lv.append(enc['logvar'])
+        fit_y.append(_to_unit(truth.xy[t, truth.names.index(PUSHER)], size))
+    fx, fl, fy = np.concatenate(fit_x), np.concatenate(fit_lv), np.concatenate(fit_y)
+    tx, tl, ty = np.concatenate(test_x), np.concatenate(test_lv), np.concatenate(test_y)
+    base = metrics.linear_probe(fx, fy, tx, ty)
+    plus = metrics.linear_probe(np.concatenate([fx, fl], -1), fy, np.concatenate([tx, tl], -1), ty)
+    entry = {**_error(base.mean_error, size), 'plus': _error(plus.mean_error, size),
+             'fit_frames': len(fx), 'test_frames': len(tx), 'ridge': metrics.RIDGE}  # fmt: skip
+    return entry, None
+
+
+def _episode_probe(codes: list[Encoded], size: int) -> tuple[dict[str, Any] | None, str | None]:
+    """MAFL protocol (b): each object within an episode, first half of its frames -> second."""
+    found = [
+        metrics.split_half_probe(c.mu, _to_unit(c.truth.xy[:, n], size), c.truth.visible[:, n])
+        for c in codes if c.truth is not None for n in range(len(c.truth.ids))
+    ]  # fmt: skip
+    errors = [e for e in found if e is not None]
+    if not errors:
+        why = 'visible in at least 4 frames' if found else 'in the ground truth (none)'
+        return None, f'no object {why} of the evaluated episodes'
+    err = np.concatenate(errors)
+    entry = {**_error(float(err.mean()), size), 'pairs': len(errors), 'test_frames': len(err),
+             'skipped_pairs': len(found) - len(errors), 'ridge': metrics.RIDGE}  # fmt: skip
+    return entry, None
+
+
+def _truth_cell(frame: np.ndarray, code: Encoded, t: int, size: int) -> np.ndarray:
+    """Ground truth circled (grey when hidden), matched particles joined to their object."""
+    cell, k = upscale(frame, CELL), CELL / size
+    truth = code.truth
+    if truth is None:
+        return label(cell, 'no ground truth')
+    xy = (code.mu[t] + 1) / 2 * size  # (K, 2) px
+    m = metrics.match_frame(xy, code.presence[t], truth.xy[t], truth.radius[t], truth.visible[t])
+    for n in range(len(truth.ids)):
+        colour = (255, 255, 255) if truth.visible[t, n] else (128, 128, 128)
+        centre = tuple(int(v) for v in np.round(truth.xy[t, n] * k))
+        cv2.circle(cell, centre, max(2, round(truth.radius[t, n] * k)), colour, 1, cv2.LINE_AA)
+    for n, j in zip(m.objects, m.particles, strict=True):
+        a = tuple(int(v) for v in np.round(truth.xy[t, n] * k))
+        b = tuple(int(v) for v in np.round(xy[j] * k))
+        colour = tuple(int(c) for c in PALETTE[j % len(PALETTE)])
+        cv2.line(cell, a, b, colour, 1, cv2.LINE_AA)
+        cv2.circle(cell, b, 3, colour, -1, cv2.LINE_AA)
+    return cell
+
+
+def _figure(rows: list[tuple[np.ndarray, np.ndarray, Encoded, int]], lines: list[str],
+            size: int) -> np.ndarray:  # fmt: skip
+    """(header + rows * CELL, 4 * CELL, 3) uint8 RGB: input, reconstruction, particles, truth."""
+    body = []
+    for i, (frame, rec, code, t) in enumerate(rows):
+        std = np.exp(0.5 * code.logvar[t]) * size / 2  # (K, 2) px
+        cells = [
+            upscale(frame, CELL),
+            upscale(rec, CELL),
+            draw_particles(frame, (code.mu[t] + 1) / 2 * size, std, code.presence[t], size, CELL),
+            _truth_cell(frame, code, t, size),
+        ]
+        names = ('input', 'reconstruction', 'particles (2 sigma)', 'ground truth')
+        names = (f'{code.name} t={t}',) if i else (f'input {code.name} t={t}', *names[1:])
+        cells = [label(c, n) for c, n in zip(cells, names, strict=False)] + cells[len(names) :]
+        body.append(np.concatenate(cells, axis=1))
+    header = np.zeros((8 + 16 * len(lines), 4 * CELL, 3), np.uint8)
+    for i, text in enumerate(lines):
+        cv2.putText(header, text, (4, 16 + 16 * i), cv2.FONT_HERSHEY_PLAIN, 1.0,
+                    (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
+    return np.concatenate([header, *body], axis=0)
+
+
+def _num(value: float | None, spec: str) -> str:
+    return 'n/a' if value is None else format(value, spec)
+
+
+def _headline(report: dict[str, Any]) -> list[str]:
+    """Two or three short lines of the headline numbers."""
+    r, loc, mafl = report['reconstruction'], report['localisation'], report['mafl']
+    head = f'{Path(report["run"]).name} step {report["step"]} | {report["split"]}'
+    lines = [f'{head}: {report["frames"]} frames | PSNR {_num(r["psnr_db"], ".2f")} dB, '
+             f'SSIM {_num(r["ssim"], ".3f")}']  # fmt: skip
+    if loc is not None:
+        err, recall = _num(loc['mean_error_px'], '.2f'), _num(loc['recall'], '.2f')
+        lines.append(f'localisation {err} px, recall {recall}, on {loc["mean_particles_on"]:.1f}')
+    probe = []
+    if mafl['pusher'] is not None:
+        p = mafl['pusher']
+        probe.append(f'pusher {_num(p["error_percent"], ".2f")}% '
+                     f'(+ {_num(p["plus"]["error_percent"], ".2f")}%)')  # fmt: skip
+    if mafl['per_episode'] is not None:
+        probe.append(f'per episode {_num(mafl["per_episode"]["error_percent"], ".2f")}%')
+    if probe:
+        lines.append('MAFL ' + ', '.join(probe))
+    return lines
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: numpy scalars to Python, non-finite floats to None."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    value = value.item() if isinstance(value, np.generic) else value
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _open(args: argparse.Namespace) -> tuple[Path, Dlp, dict[str, Any], Dataset]:
+    """Check the arguments, the run and the dataset before anything is computed or written."""
+    for name in ('batch', 'max_fit_frames', 'figure_rows', 'max_frames'):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise EvaluationError(f'--{name.replace("_", "-")} must be >= 1, got {value}')
+    if args.out.exists() and not args.out.is_dir():
+        raise EvaluationError(f'--out {args.out} exists and is not a directory')
+    checkpoint = run_checkpoint(args.run, args.checkpoint).resolve()
+    model, _, state = load_dlp(args.run, args.checkpoint)
+    data = Dataset.open(args.data)
+    s, size = data.frame_shape[0], model.config.image_size
+    if s != size:
+        raise EvaluationError(f'dataset {args.data} has {s}x{s} frames but the model of '
+                              f'{args.run} takes {size}x{size} images; build the dataset with '
+                              f'--size {size}')  # fmt: skip
+    n = len(data.episodes(args.split))
+    if not n:
+        raise EvaluationError(f'dataset {args.data} has no {args.split!r} episodes')
+    if args.max_frames is not None and args.max_frames < n:
+        raise EvaluationError(f'--max-frames {args.max_frames} is fewer than the {n} '
+                              f'{args.split} episodes')  # fmt: skip
+    return checkpoint, model, state, data
+
+
+def run(args: argparse.Namespace) -> int:
+    checkpoint, model, state, data = _open(args)
+    size, episodes = model.config.image_size, data.episodes(args.split)
+    counts = _counts([e.frames for e in episodes], args.max_frames)
+    starts = np.cumsum([0, *counts])  # (E + 1,) first global frame index of each episode
+    total = int(starts[-1])
+    figure_at = set(
+        np.linspace(0, total - 1, num=min(args.figure_rows, total)).round().astype(int)
+    )
+    bar = tqdm(total=total, unit='frame', desc=f'evaluate {args.split}', file=sys.stderr,
+               disable=args.no_progress or None)  # fmt: skip
+    codes, psnrs, ssims, kept, skipped = [], [], [], {}, {}
+    try:
+        for info, n, s0 in zip(episodes, counts, starts, strict=False):
+            keep = {int(g - s0): None for g in sorted(figure_at) if s0 <= g < s0 + n}
+            enc = _encode(model, data.frames(info.name)[:n], args.batch, bar, keep)
+            truth = data.labels(info.name).ground_truth
+            if truth is not None:  # the rows of the n evaluated frames
+                cut = {k: getattr(truth, k)[:n] for k in ('stamps_ns', 'xy', 'radius', 'visible')}
+                truth = dataclasses.replace(truth, **cut)
+            codes.append(Encoded(info.name, enc['mu'], enc['logvar'], enc['presence'], truth))
+            psnrs.append(enc['psnr'])
+            ssims.append(enc['ssim'])
+            kept.update({(len(codes) - 1, t): img for t, img in keep.items()})
+        loc = metrics.LocalisationAccumulator()
+        for c in (c for c in codes if c.truth is not None):
+            loc.add((c.mu + 1) / 2 * size, c.presence, c.truth.xy, c.truth.radius, c.truth.visible)
+        if not loc.frames:
+            skipped['localisation'] = f'the {args.split} split has no ground truth'
+        pusher, skipped['mafl.pusher'] = _pusher_probe(model, data, codes, args, bar)
+        per_episode, skipped['mafl.per_episode'] = _episode_probe(codes, size)
+    finally:
+        bar.close()
+    report = _plain({
+        'format': FORMAT, 'version': VERSION, 'code_version': dlp_ros.__version__,
+        'created': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'run': str(args.run.resolve()),
+        'checkpoint': str(checkpoint), 'step': int(state.get('step', 0)),
+        'data': str(args.data.resolve()), 'split': args.split, 'fit_split': args.fit_split,
+        'image_size': size, 'n_particles': model.config.n_particles, 'episodes': len(codes),
+        'frames': total,
+        'reconstruction': {'psnr_db': float(np.concatenate(psnrs).mean()),
+                           'ssim': float(np.concatenate(ssims).mean()), 'frames': total},
+        'localisation': loc.summary() if loc.frames else None,
+        'mafl': {'pusher': pusher, 'per_episode': per_episode},
+        'skipped': {k: v for k, v in skipped.items() if v},
+    })  # fmt: skip
+    lines = _headline(report)
+    rows = [(data.frames(codes[e].name)[t], img, codes[e], t) for (e, t), img in kept.items()]
+    ok, png = cv2.imencode('.png', cv2.cvtColor(_figure(rows, lines, size), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise EvaluationError('cannot encode report.png')
+    args.out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(args.out / 'report.png', png.tobytes())
+    _write_atomic(args.out / 'report.json', (json.dumps(report, indent=2) + '\n').encode())
+    for line in [*lines, *(f'skipped {k}: {v}' for k, v in report['skipped'].items())]:
+        print(line)  # noqa: T201
+    print(f'report -> {args.out / "report.json"}, figure -> {args.out / "report.png"}')  # noqa: T201
+    return 0
