@@ -45,9 +45,10 @@ def draw_particles(
         layer = base.copy()
         colour = tuple(int(c) for c in PALETTE[i % len(PALETTE)])
         centre = (round(x * k * 16), round(y * k * 16))  # 4 fractional bits
-        axes = (max(16, round(2 * sx * k * 16)), max(16, round(2 * sy * k * 16)))
-        cv2.ellipse(layer, centre, axes, 0, 0, 360, colour, 1, cv2.LINE_AA, 4)
-        cv2.circle(layer, centre, 2 * 16, colour, -1, cv2.LINE_AA, 4)
+        axes = (max(48, round(2 * sx * k * 16)), max(48, round(2 * sy * k * 16)))
+        cv2.ellipse(layer, centre, axes, 0, 0, 360, colour, 2, cv2.LINE_AA, 4)
+        cv2.circle(layer, centre, 3 * 16, colour, -1, cv2.LINE_AA, 4)
+        cv2.circle(layer, centre, 3 * 16, (0, 0, 0), 1, cv2.LINE_AA, 4)
         a = float(np.clip(alpha, 0.0, 1.0))
         base = (1 - a) * base + a * layer
     return base.clip(0, 255).astype(np.uint8)
