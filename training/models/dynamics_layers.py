@@ -1,0 +1,240 @@
+r"""Graph layers of the particle dynamics: an interaction-network layer in two equivalent forms.
+
+* :class:`InteractionLayer` is a ``torch_geometric`` :class:`MessagePassing` operator over an
+  ``edge_index`` (2, E): the reference implementation, and what the tests use as an oracle;
+* :class:`DenseInteractionLayer` computes the same function on dense (B, N, D) node tensors with
+  broadcasting over all pairs (no scatter, no gather), which is what the exported ONNX model runs.
+  :meth:`DenseInteractionLayer.sharing` builds one that shares the weights of an
+  :class:`InteractionLayer`.
+
+Both follow Battaglia et al., *Interaction Networks for Learning about Objects, Relations and
+Physics* (NeurIPS 2016, https://arxiv.org/abs/1612.00222), with relative positions on the edges
+as in PyG's ``EdgeConv``.
+
+Graph helpers (:func:`fully_connected_edge_index`, :func:`batch_edge_index`) build the fully
+connected graphs the dynamics model uses; ``knn_graph``/``radius_graph`` need pyg-lib, which this
+project does not have, and would not export to ONNX anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import MessagePassing
+
+logger = logging.getLogger(__name__)
+
+AGGREGATIONS = ('sum', 'mean')
+
+
+class MLP(nn.Module):
+    """Two-layer perceptron ``Linear -> [LayerNorm] -> SiLU -> Linear``.
+
+    The first linear map is a separate attribute (``first``) so that the dense interaction layer
+    can apply it to the parts of a concatenated input separately (see
+    :class:`DenseInteractionLayer`).
+
+    Args:
+        in_dim: input size.
+        hidden_dim: hidden size.
+        out_dim: output size.
+        layer_norm: LayerNorm after the first linear map.
+
+    Shapes:
+        (..., in_dim) -> (..., out_dim)
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, layer_norm: bool = True):
+        super().__init__()
+        self.first = nn.Linear(in_dim, hidden_dim)
+        norm: nn.Module = nn.LayerNorm(hidden_dim) if layer_norm else nn.Identity()
+        self.rest = nn.Sequential(norm, nn.SiLU(), nn.Linear(hidden_dim, out_dim))
+
+    @property
+    def last(self) -> nn.Linear:
+        """The output linear map (zeroed by the dynamics model's identity initialisation)."""
+        return self.rest[-1]
+
+    def reset_parameters(self) -> None:
+        for module in (self.first, *self.rest):
+            if hasattr(module, 'reset_parameters'):
+                module.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.rest(self.first(x))
+
+
+class InteractionLayer(MessagePassing):
+    r"""Interaction-network layer with relative positions, residual node update.
+
+    .. math::
+        m_{ij} = \mathrm{MLP}_e\big([h_i,\ h_j,\ p_j - p_i,\ e_{ij}]\big), \qquad
+        h_i' = h_i + \mathrm{MLP}_n\big([h_i,\ \square_{j \in \mathcal N(i)} m_{ij}]\big)
+
+    where :math:`j \to i` are the edges into node :math:`i`, :math:`p` are node positions (kept
+    fixed across layers), :math:`e_{ij}` optional edge attributes and :math:`\square` the sum or
+    the mean. The output does not depend on the order of the edges.
+
+    Args:
+        channels: node feature size D (input = output).
+        hidden_dim: hidden size of both MLPs; messages have ``hidden_dim`` entries.
+        edge_dim: size of the edge attributes (0: none).
+        pos_dim: size of the node positions.
+        aggr: ``'sum'`` or ``'mean'``.
+        layer_norm: LayerNorm inside the MLPs.
+
+    Shapes:
+        x (N, D), pos (N, pos_dim), edge_index (2, E) (row 0 = source j, row 1 = target i),
+        edge_attr (E, edge_dim) or None -> (N, D)
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        hidden_dim: int,
+        edge_dim: int = 0,
+        pos_dim: int = 2,
+        aggr: str = 'sum',
+        layer_norm: bool = True,
+    ) -> None:
+        if aggr not in AGGREGATIONS:
+            raise ValueError(f'aggr must be one of {AGGREGATIONS}, got {aggr!r}')
+        super().__init__(aggr=aggr, flow='source_to_target')
+        self.channels, self.hidden_dim = channels, hidden_dim
+        self.edge_dim, self.pos_dim, self.layer_norm = edge_dim, pos_dim, layer_norm
+        self.edge_mlp = MLP(2 * channels + pos_dim + edge_dim, hidden_dim, hidden_dim, layer_norm)
+        self.node_mlp = MLP(channels + hidden_dim, hidden_dim, channels, layer_norm)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        self.edge_mlp.reset_parameters()
+        self.node_mlp.reset_parameters()
+
+    def forward(
+        self, x: Tensor, pos: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None
+    ) -> Tensor:
+        agg = self.propagate(edge_index, x=x, pos=pos, edge_attr=edge_attr)  # (N, hidden)
+        return x + self.node_mlp(torch.cat([x, agg], dim=-1))  # (N, D)
+
+    def message(
+        self, x_i: Tensor, x_j: Tensor, pos_i: Tensor, pos_j: Tensor, edge_attr: Tensor | None
+    ) -> Tensor:
+        parts = [x_i, x_j, pos_j - pos_i]  # (E, D), (E, D), (E, pos_dim)
+        if edge_attr is not None:
+            parts.append(edge_attr)  # (E, edge_dim)
+        return self.edge_mlp(torch.cat(parts, dim=-1))  # (E, hidden)
+
+    def __repr__(self) -> str:
+        return (
+            f'{self.__class__.__name__}({self.channels}, hidden_dim={self.hidden_dim}, '
+            f'edge_dim={self.edge_dim}, aggr={self.aggr!r})'
+        )
+
+
+class DenseInteractionLayer(nn.Module):
+    r"""Dense form of :class:`InteractionLayer` over all ordered pairs of N nodes.
+
+    .. math::
+        m_{ij} = \mathrm{MLP}_e\big([h_i,\ h_j,\ p_j - p_i,\ e_{ij}]\big), \qquad
+        h_i' = h_i + \mathrm{MLP}_n\big([h_i,\ \square_{j} a_{ij}\, m_{ij}]\big)
+
+    with :math:`a_{ij}` an adjacency weight, by default 1 for :math:`i \ne j` and 0 on the
+    diagonal (a fully connected graph without self loops); the mean divides by
+    :math:`\sum_j a_{ij}`. The first linear map of :math:`\mathrm{MLP}_e` is split by input part,
+    :math:`W[h_i, h_j, \delta p, e] = W_i h_i + W_j h_j + W_p \delta p + W_e e`, so the node terms
+    cost O(N) instead of O(N^2). Only matmuls, broadcasting and reductions: exports to ONNX.
+
+    Args:
+        as :class:`InteractionLayer`.
+
+    Shapes:
+        x (B, N, D), pos (B, N, pos_dim), edge_attr (N, N, edge_dim) or (B, N, N, edge_dim) or
+        None, adj (N, N) or (B, N, N) or None -> (B, N, D)
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        hidden_dim: int,
+        edge_dim: int = 0,
+        pos_dim: int = 2,
+        aggr: str = 'sum',
+        layer_norm: bool = True,
+    ) -> None:
+        if aggr not in AGGREGATIONS:
+            raise ValueError(f'aggr must be one of {AGGREGATIONS}, got {aggr!r}')
+        super().__init__()
+        self.channels, self.hidden_dim = channels, hidden_dim
+        self.edge_dim, self.pos_dim, self.aggr = edge_dim, pos_dim, aggr
+        self.edge_mlp = MLP(2 * channels + pos_dim + edge_dim, hidden_dim, hidden_dim, layer_norm)
+        self.node_mlp = MLP(channels + hidden_dim, hidden_dim, channels, layer_norm)
+
+    @classmethod
+    def sharing(cls, layer: InteractionLayer) -> DenseInteractionLayer:
+        """A dense layer that uses ``layer``'s MLP modules (same parameters, not copies)."""
+        dense = cls(
+            layer.channels, 1, layer.edge_dim, layer.pos_dim, str(layer.aggr), layer_norm=False
+        )
+        dense.hidden_dim = layer.hidden_dim
+        dense.edge_mlp, dense.node_mlp = layer.edge_mlp, layer.node_mlp
+        return dense
+
+    def reset_parameters(self) -> None:
+        self.edge_mlp.reset_parameters()
+        self.node_mlp.reset_parameters()
+
+    def forward(
+        self,
+        x: Tensor,
+        pos: Tensor,
+        edge_attr: Tensor | None = None,
+        adj: Tensor | None = None,
+    ) -> Tensor:
+        d, p = self.channels, self.pos_dim
+        w, b = self.edge_mlp.first.weight, self.edge_mlp.first.bias  # (hidden, 2D+P+De), (hidden,)
+        a_i = x @ w[:, :d].t()  # (B, N, hidden): target part
+        a_j = x @ w[:, d : 2 * d].t()  # (B, N, hidden): source part
+        rel = pos.unsqueeze(1) - pos.unsqueeze(2)  # (B, N, N, P): [b, i, j] = p_j - p_i
+        z = a_i.unsqueeze(2) + a_j.unsqueeze(1) + rel @ w[:, 2 * d : 2 * d + p].t() + b
+        if edge_attr is not None:
+            z = z + edge_attr @ w[:, 2 * d + p :].t()  # (B, N, N, hidden)
+        m = self.edge_mlp.rest(z)  # (B, N, N, hidden) messages j -> i
+        if adj is None:
+            n = x.shape[-2]
+            adj = 1.0 - torch.eye(n, dtype=x.dtype, device=x.device)  # (N, N)
+        agg = (m * adj.unsqueeze(-1)).sum(dim=-2)  # (B, N, hidden)
+        if self.aggr == 'mean':
+            agg = agg / adj.sum(dim=-1, keepdim=True).clamp(min=1.0)
+        return x + self.node_mlp(torch.cat([x, agg], dim=-1))  # (B, N, D)
+
+    def __repr__(self) -> str:
+        return (
+            f'{self.__class__.__name__}({self.channels}, hidden_dim={self.hidden_dim}, '
+            f'edge_dim={self.edge_dim}, aggr={self.aggr!r})'
+        )
+
+
+def fully_connected_edge_index(n: int, device: torch.device | None = None) -> Tensor:
+    """All ordered pairs (j, i), j != i, of n nodes, row 0 = source j, row 1 = target i.
+
+    Returns:
+        (2, n (n - 1)) int64, sorted by target, then source.
+    """
+    idx = torch.arange(n, device=device)
+    src = idx.repeat(n)  # (n*n,) j
+    dst = idx.repeat_interleave(n)  # (n*n,) i
+    keep = src != dst
+    return torch.stack([src[keep], dst[keep]])  # (2, n (n - 1))
+
+
+def batch_edge_index(edge_index: Tensor, batch_size: int, n: int) -> Tensor:
+    """The same graph for every sample of a batch, sample b's nodes offset by b * n.
+
+    Shapes:
+        edge_index (2, E) -> (2, batch_size * E)
+    """
+    offsets = torch.arange(batch_size, device=edge_index.device) * n  # (B,)
+    batched = edge_index.unsqueeze(0) + offsets.view(-1, 1, 1)  # (B, 2, E)
+    return batched.permute(1, 0, 2).reshape(2, -1)  # (2, B * E)
