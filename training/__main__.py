@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         'training.evaluate_dlp',
         'measure a trained DLP on a split: PSNR/SSIM, localisation, MAFL probe -> report',
     ),
+    'encode-dataset': (
+        'training.encode_dataset',
+        "cache a frozen DLP encoder's tracked particles per episode (latents for dynamics)",
+    ),
 }
 
 

@@ -1,0 +1,239 @@
+"""``encode-dataset``: cache a frozen DLP's tracked particles for every episode of a dataset.
+
+Every episode (all splits) is encoded once with :func:`training.models.tracking.track_sequence`
+(posterior means; particle index = identity over time) and written as
+``LATENTS/episodes/<name>.npz``, with ``LATENTS/manifest.yaml`` describing the source, the model
+sizes, the tracking and per-attribute mean/std over the train split (format:
+``training.latents``). The cache is built in a hidden sibling directory and renamed to ``--out``
+only when complete; ``--overwrite`` replaces an existing cache only then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import dlp_ros
+from dlp_ros.errors import ConfigError, DlpError
+from training.checkpoint import run_checkpoint
+from training.data.dataset import Dataset, EpisodeInfo, write_manifest
+from training.dlp_config import load_dlp
+from training.latents import EPISODES, FORMAT, MANIFEST, STATS, VERSION, episode_file
+from training.models.dlp import Dlp
+from training.models.tracking import METHOD, ON_THRESHOLD, track_sequence
+
+logger = logging.getLogger(__name__)
+
+
+class EncodeError(DlpError):
+    """The run, the dataset or the arguments cannot be encoded together."""
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add('--dlp', type=Path, required=True, help='train-dlp run directory (the frozen encoder)')
+    add('--data', type=Path, required=True, help='dataset built by build-dataset')
+    add('--out', type=Path, required=True, help='latents directory to write')
+    add('--checkpoint', choices=['best', 'last'], default='best', help='which checkpoint')
+    add('--batch', type=int, default=64, help='frames per batched forward pass')
+    add('--threads', type=int, default=0, help='torch CPU threads (0: torch default)')
+    add('--overwrite', action='store_true', help='replace --out once the new cache is complete')
+    add('--no-progress', action='store_true', help='no progress bar')
+
+
+def _open(args: argparse.Namespace) -> tuple[Dlp, dict[str, Any], Path, Dataset]:
+    """Check the arguments, the run and the dataset before anything is computed or written."""
+    if args.batch < 1:
+        raise ConfigError(f'--batch must be >= 1, got {args.batch}')
+    if args.threads < 0:
+        raise ConfigError(f'--threads must be >= 0, got {args.threads}')
+    check_out(Path(args.out), args.overwrite)
+    if not Path(args.dlp).is_dir():
+        raise EncodeError(f'--dlp {args.dlp}: no such run directory')
+    checkpoint = run_checkpoint(args.dlp, args.checkpoint).resolve()
+    model, _, info = load_dlp(args.dlp, args.checkpoint)
+    data = Dataset.open(args.data)
+    s, size = data.frame_shape[0], model.config.image_size
+    if s != size:
+        raise EncodeError(
+            f'image size mismatch: dataset {args.data} has {s}x{s} frames but the model of '
+            f'{args.dlp} takes {size}x{size} images; build the dataset with --size {size}'
+        )
+    if not len(data):
+        raise EncodeError(f'dataset {args.data} has no episodes')
+    return model, info, checkpoint, data
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an existing ``--out`` unless ``overwrite`` and it is a latents cache or empty."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise ConfigError(f'{out} already exists; pass --overwrite to replace it')
+    if not out.is_dir() or out.is_symlink():
+        raise ConfigError(f'refusing to replace {out}: not a directory')
+    if not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise ConfigError(f'refusing to replace {out}: not a latents cache (no {MANIFEST}), not '
+                          'empty')  # fmt: skip
+
+
+def publish(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename the complete cache ``tmp`` to ``out``, replacing an existing ``out`` last."""
+    check_out(out, overwrite)  # again: --out may have appeared meanwhile
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    old = out.parent / f'.{out.name}.{os.getpid()}-{time.time_ns()}.old'
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def encode_episode(
+    model: Dlp,
+    data: Dataset,
+    name: str,
+    batch: int,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """One episode's arrays (``training.latents.ARRAYS`` and the optional labels)."""
+    frames = torch.from_numpy(np.array(data.frames(name)))  # (T, S, S, 3) uint8
+    x = frames.permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, S, S)
+    track = track_sequence(model, x, batch, progress=progress)
+    arrays = {f: v.float().numpy() for f, v in track.particles._asdict().items()}  # (T, K, .)
+    arrays['reseeded'] = track.reseeded.numpy()  # (T, K) bool
+    labels = data.labels(name)
+    arrays['stamps_ns'] = labels.stamps_ns.astype(np.int64)  # (T,)
+    arrays['grid_ns'] = labels.grid_ns.astype(np.int64)  # (T,)
+    if labels.actions is not None:
+        arrays['actions'] = labels.actions.astype(np.float32)  # (T, A)
+        if labels.action_valid is not None:
+            arrays['action_valid'] = labels.action_valid.astype(bool)  # (T,)
+    gt = labels.ground_truth
+    if gt is not None:
+        arrays.update(gt_xy=gt.xy, gt_radius=gt.radius, gt_visible=gt.visible, gt_ids=gt.ids,
+                      gt_names=np.array(gt.names, dtype=str))  # fmt: skip
+    return arrays
+
+
+class StatsAccumulator:
+    """Per-dimension mean and std of each particle attribute over all frames and particles."""
+
+    def __init__(self) -> None:
+        self.n: dict[str, int] = {}
+        self.sum: dict[str, np.ndarray] = {}  # name -> (D,) float64
+        self.sq: dict[str, np.ndarray] = {}
+        self.frames = 0
+
+    def add(self, arrays: dict[str, np.ndarray]) -> None:
+        self.frames += len(arrays['mu'])
+        for name in STATS:
+            a = arrays[name].astype(np.float64)
+            a = a.reshape(-1, a.shape[-1])  # (T K, D) or (T, Fb)
+            self.n[name] = self.n.get(name, 0) + len(a)
+            self.sum[name] = self.sum.get(name, 0.0) + a.sum(0)
+            self.sq[name] = self.sq.get(name, 0.0) + (a * a).sum(0)
+
+    def result(self) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+        """(mean, std) by attribute, lists of floats; std >= 1e-6."""
+        mean = {k: self.sum[k] / self.n[k] for k in STATS}
+        var = {k: np.maximum(self.sq[k] / self.n[k] - mean[k] ** 2, 0.0) for k in STATS}
+        std = {k: np.maximum(np.sqrt(v), 1e-6) for k, v in var.items()}
+        return ({k: v.tolist() for k, v in mean.items()}, {k: v.tolist() for k, v in std.items()})
+
+
+def manifest(
+    args: argparse.Namespace,
+    model: Dlp,
+    info: dict[str, Any],
+    checkpoint: Path,
+    data: Dataset,
+    episodes: list[EpisodeInfo],
+    stats: StatsAccumulator,
+    stats_split: str,
+    ground_truth: bool,
+) -> dict[str, Any]:
+    c = model.config
+    mean, std = stats.result()
+    return {
+        'format': FORMAT,
+        'version': VERSION,
+        'created_by': f'dlp_ros {dlp_ros.__version__}',
+        'created': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+        'source': {
+            'dataset': str(Path(args.data).resolve()),
+            'dlp_run': str(Path(args.dlp).resolve()),
+            'checkpoint': args.checkpoint,
+            'checkpoint_path': str(checkpoint),
+            'step': int(info.get('step', 0)),
+        },
+        'image_size': c.image_size,
+        'n_particles': c.n_particles,
+        'feature_dim': c.feature_dim,
+        'bg_feature_dim': c.bg_feature_dim,
+        'fps': float(data.fps),
+        'tracking': {
+            'method': METHOD,
+            'posterior': 'means',
+            'on_threshold': ON_THRESHOLD,
+            'claim_radius': c.anchor_scale,
+        },
+        'action': data.manifest.get('action'),
+        'ground_truth': ground_truth,
+        'stats': {'split': stats_split, 'frames': stats.frames, 'mean': mean, 'std': std},
+        'episodes': [{'name': e.name, 'split': e.split, 'frames': e.frames} for e in episodes],
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Encode the dataset; raise a DlpError on bad input, leaving nothing at --out."""
+    model, info, checkpoint, data = _open(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.monotonic()
+    out = Path(args.out)
+    episodes = data.episodes()
+    stats_split = 'train' if data.episodes('train') else 'all'
+    if stats_split == 'all':
+        logger.warning('dataset %s has no train episodes: stats over all episodes', args.data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f'.{out.name}.{os.getpid()}-{time.time_ns()}.partial'
+    total = sum(e.frames for e in episodes)
+    bar = tqdm(total=total, unit='frame', desc='encode', file=sys.stderr,
+               disable=args.no_progress or None)  # fmt: skip
+    try:
+        (tmp / EPISODES).mkdir(parents=True)
+        stats, ground_truth = StatsAccumulator(), False
+        for e in episodes:
+            arrays = encode_episode(model, data, e.name, args.batch, bar.update)
+            np.savez(tmp / episode_file(e.name), **arrays)
+            if stats_split == 'all' or e.split == stats_split:
+                stats.add(arrays)
+            ground_truth = ground_truth or 'gt_xy' in arrays
+        write_manifest(tmp, manifest(args, model, info, checkpoint, data, episodes, stats,
+                                     stats_split, ground_truth))  # fmt: skip
+        publish(tmp, out, args.overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+    logger.info('wrote %s: %d episodes, %d frames, K=%d, step %d of %s, in %.1f s', out,
+                len(episodes), total, model.config.n_particles, int(info.get('step', 0)),
+                args.dlp, time.monotonic() - started)  # fmt: skip
+    return 0

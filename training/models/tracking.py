@@ -1,0 +1,353 @@
+"""Tracked encoding: the particle index is an identity over time (DDLP-style anchors + re-seed).
+
+:meth:`Dlp.encode <training.models.dlp.Dlp.encode>` anchors frame t's particles at its K
+best-scored prior proposals, so particle k is a per-frame *score rank*, not an object. The
+dynamics model (``training.models.dynamics``) needs particle k at t and t + 1 to be the same
+entity. As in DDLP (Daniel & Tamar, TMLR 2024), frame t's *tracked* particles are anchored at
+frame t - 1's posterior means, so each particle's offset encoder re-finds its own object near
+where it was (it can move up to ``anchor_scale`` per frame). Anchoring alone never sends a
+particle to a new or lost object and slowly lets several particles gather on one, so each frame
+is also encoded as usual (the *detections*, anchored at the top-K proposals) and
+:func:`assign_slots` lets a detection that no tracked particle covers *re-seed* a slot: an off
+particle, or else a redundant one (two particles on one object). Frame 0 is all detections,
+i.e. exactly :meth:`Dlp.encode`. A re-seeded slot starts a new identity (``Track.reseeded``).
+
+Runtime (numpy + ONNX, no torch), per frame t, with the two export views below::
+
+    out = tracking_encoder(image, prev_mu[None])   # DlpTrackingEncoder: (1, 2K, .) fields,
+    tracked = {n: v[0, :K] for n, v in out}        # [:K] anchored at frame t - 1's final mu
+    detected = {n: v[0, K:] for n, v in out}       # [K:] at the frame's top-K proposals
+    source = first_frame_slots(K) if t == 0 else assign_slots(
+        tracked['mu'], tracked['transparency'][:, 0], detected['mu'],
+        detected['transparency'][:, 0], ON_THRESHOLD, anchor_scale)             # (K,)
+    fields = gather_slots(tracked, detected, source)           # (K, .) each; prev_mu = mu
+    bg_features = background_encoder(image, fields['mu'][None], fields['transparency'][None])
+
+(at frame 0 ``prev_mu`` may be anything, zeros). The numpy core (:func:`assign_slots`,
+:func:`first_frame_slots`, :func:`gather_slots`) has no torch inside and moves to the runtime;
+``test_tracking.py`` runs exactly this loop against :func:`track_sequence`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from training.models.dlp import Dlp, Particles, Posterior
+from training.models.dlp_parts import box_masks, crop_glimpses
+
+logger = logging.getLogger(__name__)
+
+METHOD = 'ddlp_anchors+reseed'  # recorded in latents manifests
+ON_THRESHOLD = 0.5  # a particle with transparency above this is on
+HEAD_FIELDS = ('mu', 'logvar', 'head')  # per-particle arrays that assign_slots' source gathers
+
+
+class Track(NamedTuple):
+    """A tracked sequence: particles (T, K, ...) (bg_features (T, Fb)) and re-seed flags."""
+
+    particles: Particles
+    reseeded: Tensor  # (T, K) bool: slot k starts a new identity at frame t (all at t = 0)
+
+
+# ----------------------------------------------------------------------------- numpy core
+
+
+def first_frame_slots(k: int) -> np.ndarray:
+    """Slot sources of the first frame: every slot takes its detection, (K,) = 0..K-1."""
+    return np.arange(k, dtype=np.int64)
+
+
+def assign_slots(
+    tracked_mu: np.ndarray,
+    tracked_presence: np.ndarray,
+    detected_mu: np.ndarray,
+    detected_presence: np.ndarray,
+    on_threshold: float = ON_THRESHOLD,
+    claim_radius: float = 0.25,
+) -> np.ndarray:
+    """Which slots keep their tracked particle and which take a detection (numpy only).
+
+    Detections that are on, most present first, are *new* when no claiming particle (an on
+    tracked particle, or a detection already placed) is within ``claim_radius``. Each new
+    detection re-seeds one donor slot: the off tracked particle with the lowest presence, else
+    the on one whose nearest on neighbour is closest, if within ``claim_radius / 2`` (two
+    particles on one object); with no donor left, the remaining detections are dropped. The
+    order of the detections does not matter otherwise, so a permuted detection set changes
+    nothing.
+
+    Args:
+        tracked_mu: (K, 2) positions of the particles anchored at the previous frame's means.
+        tracked_presence: (K,) their transparency in [0, 1].
+        detected_mu: (D, 2) positions of the frame's own detections (D = K in the encoder).
+        detected_presence: (D,) their transparency.
+        on_threshold: a particle is on when its transparency is above this.
+        claim_radius: normalised units ([-1, 1] = image); :func:`track_sequence` uses
+            ``anchor_scale``, the glimpse half-width.
+
+    Returns:
+        source (K,) int64: -1 keeps the tracked particle of the slot, j >= 0 re-seeds the slot
+        with detection j.
+    """
+    k, d = tracked_mu.shape[0], detected_mu.shape[0]
+    if tracked_mu.shape != (k, 2) or tracked_presence.shape != (k,):
+        raise ValueError(f'tracked_mu must be (K, 2) and tracked_presence (K,), got '
+                         f'{tracked_mu.shape}, {tracked_presence.shape}')  # fmt: skip
+    if detected_mu.shape != (d, 2) or detected_presence.shape != (d,):
+        raise ValueError(f'detected_mu must be (D, 2) and detected_presence (D,), got '
+                         f'{detected_mu.shape}, {detected_presence.shape}')  # fmt: skip
+    source = np.full(k, -1, dtype=np.int64)
+    pos = tracked_mu.astype(np.float64)  # (K, 2) slot positions, updated as slots re-seed
+    claims = tracked_presence > on_threshold  # (K,) slots that cover their neighbourhood
+    for j in np.argsort(-detected_presence, kind='stable'):
+        if detected_presence[j] <= on_threshold:
+            break  # the rest are off as well
+        if claims.any() and np.linalg.norm(pos[claims] - detected_mu[j], axis=-1).min() <= (
+            claim_radius
+        ):
+            continue  # already covered
+        donor = _donor(pos, tracked_presence, claims, source >= 0, on_threshold, claim_radius / 2)
+        if donor is None:
+            break
+        source[donor], pos[donor], claims[donor] = j, detected_mu[j], True
+    return source
+
+
+def _donor(
+    pos: np.ndarray,
+    presence: np.ndarray,
+    claims: np.ndarray,
+    reseeded: np.ndarray,
+    on_threshold: float,
+    duplicate_radius: float,
+) -> int | None:
+    """The slot to re-seed: the least present off one, else the most redundant on one."""
+    off = np.flatnonzero((presence <= on_threshold) & ~reseeded)  # (n_off,)
+    if off.size:
+        return int(off[np.argmin(presence[off])])
+    on = np.flatnonzero(claims & ~reseeded)  # (n,) tracked on slots
+    if on.size < 2:
+        return None
+    dist = np.linalg.norm(pos[on, None] - pos[None, on], axis=-1)  # (n, n)
+    np.fill_diagonal(dist, np.inf)
+    nearest = dist.min(1)  # (n,)
+    i = int(np.argmin(nearest))
+    return int(on[i]) if nearest[i] < duplicate_radius else None
+
+
+def gather_slots(
+    tracked: dict[str, np.ndarray], detected: dict[str, np.ndarray], source: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per-slot arrays (K, ...): ``tracked[name][k]``, or ``detected[name][source[k]]``."""
+    take = np.maximum(source, 0)  # (K,)
+    out = {}
+    for name, a in tracked.items():
+        keep = (source < 0).reshape(-1, *([1] * (a.ndim - 1)))  # (K, 1, ...)
+        out[name] = np.where(keep, a, detected[name][take])
+    return out
+
+
+# ----------------------------------------------------------------------------- torch posterior
+
+
+def proposals(model: Dlp, image: Tensor) -> Tensor:
+    """Image (B, 3, S, S) -> prior keypoints (B, M, 2), best first, M = max(K, L)."""
+    c = model.config
+    keypoints, score = model.prior(image)  # (B, N, 2), (B, N)
+    idx = torch.topk(score, max(c.n_particles, c.n_proposals), dim=1).indices  # (B, M)
+    return torch.gather(keypoints, 1, idx.unsqueeze(-1).expand(-1, -1, 2))  # (B, M, 2)
+
+
+def glimpse_passes(model: Dlp, image: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Passes 1 and 2 of :meth:`Dlp.posterior` at given anchors (B, K', 2), any K'.
+
+    Returns mu (B, K', 2), logvar (B, K', 2) and the pass-2 head (B, K', 8 + 2F): scale mu and
+    logvar, depth mu and logvar, transparency logit mu and logvar, features mu and logvar.
+    """
+    c = model.config
+    b, k = anchors.shape[0], anchors.shape[1]
+    g = crop_glimpses(image, anchors, c.anchor_scale, c.glimpse_size)  # (B, K', 3, g, g)
+    h = model.offset_encoder(g.flatten(0, 1)).view(b, k, 4)  # (B, K', 4)
+    mu = anchors + c.anchor_scale * torch.tanh(h[..., :2])  # (B, K', 2)
+    g = crop_glimpses(image, mu.detach(), c.anchor_scale, c.glimpse_size)
+    head = model.particle_encoder(g.flatten(0, 1)).view(b, k, -1)  # (B, K', 8 + 2F)
+    return mu, h[..., 2:], head
+
+
+def background_head(model: Dlp, image: Tensor, mu: Tensor, transparency: Tensor) -> Tensor:
+    """Background head (B, 2 Fb) of :meth:`Dlp.posterior`, the on particles' boxes hidden.
+
+    mu (B, K, 2), transparency (B, K, 1) in [0, 1].
+    """
+    c = model.config
+    on = transparency.detach().unsqueeze(-1)  # (B, K, 1, 1)
+    boxes = box_masks(mu.detach(), c.anchor_scale, c.image_size) * on  # (B, K, S, S)
+    visible = torch.prod(1 - boxes, dim=1, keepdim=True)  # (B, 1, S, S)
+    return model.bg_encoder(image * visible)  # (B, 2 Fb)
+
+
+def _assemble(
+    model: Dlp, mu: Tensor, logvar: Tensor, head: Tensor, hb: Tensor, props: Tensor
+) -> Posterior:
+    """Posterior from the heads, as :meth:`Dlp.posterior` splits them."""
+    f, fb, n = model.config.feature_dim, model.config.bg_feature_dim, model.config.n_proposals
+    return Posterior(
+        mu=mu,
+        logvar=logvar,
+        scale_mu=head[..., 0:2],
+        scale_logvar=head[..., 2:4],
+        depth_mu=head[..., 4:5],
+        depth_logvar=head[..., 5:6],
+        transparency_mu=head[..., 6:7],
+        transparency_logvar=head[..., 7:8],
+        features_mu=head[..., 8 : 8 + f],
+        features_logvar=head[..., 8 + f :],
+        bg_mu=hb[..., :fb],
+        bg_logvar=hb[..., fb:],
+        proposals=props[..., :n, :].detach(),
+    )
+
+
+def posterior_at(model: Dlp, image: Tensor, anchors: Tensor) -> Posterior:
+    """:meth:`Dlp.posterior` of images (B, 3, S, S) anchored at ``anchors`` (B, K, 2).
+
+    With ``anchors = proposals(model, image)[:, :K]`` it equals ``model.posterior(image)``.
+    """
+    mu, logvar, head = glimpse_passes(model, image, anchors)
+    hb = background_head(model, image, mu, torch.sigmoid(head[..., 6:7]))
+    return _assemble(model, mu, logvar, head, hb, proposals(model, image))
+
+
+# ----------------------------------------------------------------------------- sequences
+
+
+@torch.inference_mode()
+def track_sequence(
+    model: Dlp,
+    frames: Tensor,
+    batch: int = 64,
+    on_threshold: float = ON_THRESHOLD,
+    claim_radius: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Track:
+    """Tracked posterior means of one sequence (see the module docstring).
+
+    The prior, the detections and the background run in batches of ``batch`` frames; the
+    tracked glimpse passes run frame by frame (each frame's anchors are the previous means).
+
+    Args:
+        model: a :class:`Dlp` (eval mode).
+        frames: (T, 3, S, S) floats in [0, 1], consecutive frames of one episode.
+        batch: frames per batched pass.
+        on_threshold, claim_radius: see :func:`assign_slots`; claim_radius None: the model's
+            ``anchor_scale``.
+        progress: called with 1 after each frame (e.g. ``tqdm.update``).
+
+    Returns:
+        :class:`Track` with (T, K, ...) particles (bg_features (T, Fb)), deterministic.
+    """
+    c = model.config
+    s = c.image_size
+    if frames.ndim != 4 or tuple(frames.shape[1:]) != (3, s, s) or not len(frames):
+        raise ValueError(f'frames must be (T >= 1, 3, {s}, {s}), got {tuple(frames.shape)}')
+    if batch < 1:
+        raise ValueError(f'batch must be >= 1, got {batch}')
+    k, t_len = c.n_particles, frames.shape[0]
+    radius = c.anchor_scale if claim_radius is None else claim_radius
+    chunks = [frames[i : i + batch] for i in range(0, t_len, batch)]
+    props = torch.cat([proposals(model, x) for x in chunks])  # (T, M, 2)
+    det = [
+        glimpse_passes(model, x, p[:, :k]) for x, p in zip(chunks, props.split(batch), strict=True)
+    ]
+    detected = {
+        n: torch.cat(v).cpu().numpy()
+        for n, v in zip(HEAD_FIELDS, zip(*det, strict=True), strict=True)
+    }
+    out = {n: np.empty_like(a) for n, a in detected.items()}  # (T, K, ...) each
+    reseeded = np.zeros((t_len, k), dtype=bool)  # (T, K)
+    for t in range(t_len):
+        det_t = {n: a[t] for n, a in detected.items()}  # (K, ...) each
+        if t == 0:
+            source = first_frame_slots(k)
+            tracked_t = det_t
+        else:
+            anchors = torch.from_numpy(out['mu'][t - 1]).to(frames)[None]  # (1, K, 2)
+            passes = glimpse_passes(model, frames[t : t + 1], anchors)
+            tracked_t = {n: v[0].cpu().numpy() for n, v in zip(HEAD_FIELDS, passes, strict=True)}
+            source = assign_slots(
+                tracked_t['mu'],
+                _sigmoid(tracked_t['head'][:, 6]),
+                det_t['mu'],
+                _sigmoid(det_t['head'][:, 6]),
+                on_threshold,
+                radius,
+            )
+        for n, a in gather_slots(tracked_t, det_t, source).items():
+            out[n][t] = a
+        reseeded[t] = source >= 0
+        if progress is not None:
+            progress(1)
+    mu, logvar, head = (torch.from_numpy(out[n]).to(frames) for n in HEAD_FIELDS)
+    hb = torch.cat(
+        [
+            background_head(model, x, m, torch.sigmoid(h[..., 6:7]))
+            for x, m, h in zip(chunks, mu.split(batch), head.split(batch), strict=True)
+        ]
+    )  # (T, 2 Fb)
+    post = _assemble(model, mu, logvar, head, hb, props)
+    return Track(Dlp.sample(post, deterministic=True), torch.from_numpy(reseeded))
+
+
+def encode_sequence(model: Dlp, frames: Tensor, batch: int = 64) -> Particles:
+    """Frames (T, 3, S, S) in [0, 1] -> tracked :class:`Particles` (T, K, ...) (index = id)."""
+    return track_sequence(model, frames, batch).particles
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+# ----------------------------------------------------------------------------- export views
+
+
+class DlpTrackingEncoder(nn.Module):
+    """Export view of the per-frame passes: image (B, 3, S, S), anchors (B, K, 2) ->
+    ``OUTPUT_NAMES`` (B, 2K, ...) posterior means (transparency in [0, 1]); particles [:K] are
+    anchored at ``anchors``, [K:] are the detections (anchored at the top-K proposals)."""
+
+    INPUT_NAMES = ('image', 'anchors')
+    OUTPUT_NAMES = ('mu', 'logvar', 'scale', 'depth', 'transparency', 'features')
+
+    def __init__(self, dlp: Dlp) -> None:
+        super().__init__()
+        self.dlp = dlp
+
+    def forward(self, image: Tensor, anchors: Tensor) -> tuple[Tensor, ...]:
+        k = self.dlp.config.n_particles
+        both = torch.cat([anchors, proposals(self.dlp, image)[:, :k]], dim=1)  # (B, 2K, 2)
+        mu, logvar, head = glimpse_passes(self.dlp, image, both)
+        f = self.dlp.config.feature_dim
+        return (mu, logvar, head[..., 0:2], head[..., 4:5], torch.sigmoid(head[..., 6:7]),
+                head[..., 8 : 8 + f])  # fmt: skip
+
+
+class DlpBackgroundEncoder(nn.Module):
+    """Export view of :func:`background_head` (means): image (B, 3, S, S), mu (B, K, 2),
+    transparency (B, K, 1) -> bg_features (B, Fb)."""
+
+    INPUT_NAMES = ('image', 'mu', 'transparency')
+    OUTPUT_NAMES = ('bg_features',)
+
+    def __init__(self, dlp: Dlp) -> None:
+        super().__init__()
+        self.dlp = dlp
+
+    def forward(self, image: Tensor, mu: Tensor, transparency: Tensor) -> Tensor:
+        return background_head(self.dlp, image, mu, transparency)[
+            :, : self.dlp.config.bg_feature_dim
+        ]
