@@ -32,6 +32,7 @@ from training.dlp_config import load_dlp
 from training.latents import EPISODES, FORMAT, MANIFEST, STATS, VERSION, episode_file
 from training.models.dlp import Dlp
 from training.models.tracking import METHOD, ON_THRESHOLD, track_sequence
+from training.output_dir import check_out, publish
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def _open(args: argparse.Namespace) -> tuple[Dlp, dict[str, Any], Path, Dataset]
         raise ConfigError(f'--batch must be >= 1, got {args.batch}')
     if args.threads < 0:
         raise ConfigError(f'--threads must be >= 0, got {args.threads}')
-    check_out(Path(args.out), args.overwrite)
+    check_out(Path(args.out), args.overwrite, MANIFEST, 'latents cache')
     if not Path(args.dlp).is_dir():
         raise EncodeError(f'--dlp {args.dlp}: no such run directory')
     checkpoint = run_checkpoint(args.dlp, args.checkpoint).resolve()
@@ -73,35 +74,6 @@ def _open(args: argparse.Namespace) -> tuple[Dlp, dict[str, Any], Path, Dataset]
     if not len(data):
         raise EncodeError(f'dataset {args.data} has no episodes')
     return model, info, checkpoint, data
-
-
-def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse an existing ``--out`` unless ``overwrite`` and it is a latents cache or empty."""
-    if not out.exists() and not out.is_symlink():
-        return
-    if not overwrite:
-        raise ConfigError(f'{out} already exists; pass --overwrite to replace it')
-    if not out.is_dir() or out.is_symlink():
-        raise ConfigError(f'refusing to replace {out}: not a directory')
-    if not (out / MANIFEST).is_file() and any(out.iterdir()):
-        raise ConfigError(f'refusing to replace {out}: not a latents cache (no {MANIFEST}), not '
-                          'empty')  # fmt: skip
-
-
-def publish(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename the complete cache ``tmp`` to ``out``, replacing an existing ``out`` last."""
-    check_out(out, overwrite)  # again: --out may have appeared meanwhile
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = out.parent / f'.{out.name}.{os.getpid()}-{time.time_ns()}.old'
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def encode_episode(
@@ -227,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
             ground_truth = ground_truth or 'gt_xy' in arrays
         write_manifest(tmp, manifest(args, model, info, checkpoint, data, episodes, stats,
                                      stats_split, ground_truth))  # fmt: skip
-        publish(tmp, out, args.overwrite)
+        publish(tmp, out, args.overwrite, MANIFEST, 'latents cache')
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

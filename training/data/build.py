@@ -41,6 +41,7 @@ from training.data.dataset import (
 )
 from training.data.frame_writer import PixelStats, write_bag
 from training.data.ground_truth import gt_path, read_ground_truth
+from training.output_dir import check_out, publish
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     """Build the dataset; raise a DlpError on bad input, leaving nothing at --out."""
     fractions = check_args(args)
     out = Path(args.out)
-    check_out(out, args.overwrite)
+    check_out(out, args.overwrite, MANIFEST, 'dataset')
     started = time.monotonic()
     names = unique_names(args.bags)
     plans = [plan_bag(p, n, args) for p, n in zip(args.bags, names, strict=True)]
@@ -201,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
             for plan in plans:
                 write_bag(plan, tmp, args, stats, bar.update)
         write_manifest(tmp, manifest(args, plans, splits, stats, action))
-        publish(tmp, out, args.overwrite)
+        publish(tmp, out, args.overwrite, MANIFEST, 'dataset')
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -213,36 +214,6 @@ def run(args: argparse.Namespace) -> int:
         args.size, args.fps, len(plans), time.monotonic() - started,
     )  # fmt: skip
     return 0
-
-
-def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse an existing ``--out`` unless ``overwrite`` and it is a dataset or empty directory."""
-    if not out.exists() and not out.is_symlink():
-        return
-    if not overwrite:
-        raise ConfigError(f'{out} already exists; pass --overwrite to replace it')
-    if not out.is_dir() or out.is_symlink():
-        raise ConfigError(f'refusing to replace {out}: not a directory')
-    if not (out / MANIFEST).is_file() and any(out.iterdir()):
-        raise ConfigError(
-            f'refusing to replace {out}: it is not a dataset (no {MANIFEST}) and not empty'
-        )
-
-
-def publish(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename the complete dataset ``tmp`` to ``out``, replacing an existing ``out`` last."""
-    check_out(out, overwrite)  # again: --out may have appeared while building
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = out.parent / f'.{out.name}.{os.getpid()}-{time.time_ns()}.old'
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def action_info(args: argparse.Namespace, plans: list[ep.BagPlan]) -> dict[str, Any] | None:
