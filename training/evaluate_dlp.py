@@ -11,7 +11,10 @@ Measured on the posterior means (deterministic), see ``docs/DESIGN.md`` section 
   same units, error in px and % of the image side. ``pusher``: fitted on ``--fit-split`` frames
   where the object named 'pusher' is visible, tested on the evaluation split; ``plus`` adds the
   position log-variances to the inputs. ``per_episode``: each object of each evaluation episode,
-  fitted on the first half of the frames where it is visible and tested on the second half.
+  fitted on the first half of the frames where it is visible and tested on the second half, on
+  particles *tracked* through the episode (``training.models.tracking``: slot k stays on one
+  object; ``per_episode_untracked`` repeats it on per-frame encodings, whose slot order is a
+  per-frame score rank).
 
 report.json: ``format``, ``version``, ``code_version``, ``created``, ``run``, ``checkpoint``,
 ``step``, ``data``, ``split``, ``fit_split``, ``image_size``, ``n_particles``, ``episodes``,
@@ -48,6 +51,7 @@ from training.data.dataset import SPLITS, Dataset
 from training.data.ground_truth import GroundTruth
 from training.dlp_config import load_dlp
 from training.models.dlp import Dlp
+from training.models.tracking import track_sequence
 from training.visualize import PALETTE, draw_particles, label, upscale
 
 logger = logging.getLogger(__name__)
@@ -110,6 +114,16 @@ def _encode(
                     keep[t] = rec[t - start].permute(1, 2, 0).mul(255).round().byte().numpy()
             bar.update(len(x))
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _tracked(
+    model: Dlp, frames: np.ndarray, batch: int, name: str, truth: GroundTruth | None
+) -> Encoded:
+    """Particles of one episode tracked frame to frame (slot k stays on one object)."""
+    x = torch.from_numpy(np.array(frames)).permute(0, 3, 1, 2).float().div_(255.0)
+    with torch.inference_mode():
+        p = track_sequence(model, x, batch).particles
+    return Encoded(name, p.mu.numpy(), p.logvar.numpy(), p.transparency[..., 0].numpy(), truth)
 
 
 def _counts(lengths: list[int], max_frames: int | None) -> list[int]:
@@ -316,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
     )
     bar = tqdm(total=total, unit='frame', desc=f'evaluate {args.split}', file=sys.stderr,
                disable=args.no_progress or None)  # fmt: skip
-    codes, psnrs, ssims, kept, skipped = [], [], [], {}, {}
+    codes, tracked, psnrs, ssims, kept, skipped = [], [], [], [], {}, {}
     try:
         for info, n, s0 in zip(episodes, counts, starts, strict=False):
             keep = {int(g - s0): None for g in sorted(figure_at) if s0 <= g < s0 + n}
@@ -326,6 +340,9 @@ def run(args: argparse.Namespace) -> int:
                 cut = {k: getattr(truth, k)[:n] for k in ('stamps_ns', 'xy', 'radius', 'visible')}
                 truth = dataclasses.replace(truth, **cut)
             codes.append(Encoded(info.name, enc['mu'], enc['logvar'], enc['presence'], truth))
+            tracked.append(
+                _tracked(model, data.frames(info.name)[:n], args.batch, info.name, truth)
+            )
             psnrs.append(enc['psnr'])
             ssims.append(enc['ssim'])
             kept.update({(len(codes) - 1, t): img for t, img in keep.items()})
@@ -335,7 +352,9 @@ def run(args: argparse.Namespace) -> int:
         if not loc.frames:
             skipped['localisation'] = f'the {args.split} split has no ground truth'
         pusher, skipped['mafl.pusher'] = _pusher_probe(model, data, codes, args, bar)
-        per_episode, skipped['mafl.per_episode'] = _episode_probe(codes, size)
+        # identities must hold within an episode: particles tracked from frame to frame
+        per_episode, skipped['mafl.per_episode'] = _episode_probe(tracked, size)
+        untracked, _ = _episode_probe(codes, size)
     finally:
         bar.close()
     report = _plain({
@@ -348,7 +367,8 @@ def run(args: argparse.Namespace) -> int:
         'reconstruction': {'psnr_db': float(np.concatenate(psnrs).mean()),
                            'ssim': float(np.concatenate(ssims).mean()), 'frames': total},
         'localisation': loc.summary() if loc.frames else None,
-        'mafl': {'pusher': pusher, 'per_episode': per_episode},
+        'mafl': {'pusher': pusher, 'per_episode': per_episode,
+                 'per_episode_untracked': untracked},
         'skipped': {k: v for k, v in skipped.items() if v},
     })  # fmt: skip
     lines = _headline(report)
