@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         'training.encode_dataset',
         "cache a frozen DLP encoder's tracked particles per episode (latents for dynamics)",
     ),
+    'train-dynamics': (
+        'training.train_dynamics',
+        'train the particle dynamics on a latents cache (rollout curriculum, resumable, DDP)',
+    ),
 }
 
 

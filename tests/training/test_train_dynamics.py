@@ -1,0 +1,257 @@
+"""train-dynamics on a hand-written latents cache: a tiny run (checkpoints, metrics, baselines,
+curriculum), exact resume after a kill, a clean stop on a non-finite loss, actions + pixel loss,
+clip selection, bad input, and two DDP processes (gloo, CPU) that stay in sync."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from training.__main__ import main
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.clips import ClipSource
+from training.config import to_dict
+from training.data.dataset import write_manifest
+from training.distributed import parameter_digest
+from training.dlp_config import DlpRunConfig
+from training.dynamics_config import load_dynamics
+from training.encode_dataset import StatsAccumulator
+from training.latents import FORMAT, VERSION, LatentDataset, episode_file
+from training.models.dlp import Dlp, DlpConfig
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / 'config' / 'train' / 'dynamics_tiny.yaml'
+K, F, FB, T = 4, 4, 4, 16  # sizes of dynamics_tiny.yaml; frames per episode
+SPLITS = ('train', 'train', 'train', 'train', 'val', 'val')
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
+
+
+def write_latents(root: Path, actions: bool = False, dlp_run: Path | None = None) -> Path:
+    """A LatentDataset cache of particles in uniform straight motion (constant velocity is exact).
+
+    Train episode 0 re-seeds slot 0 at frame 8. With ``actions``: (T, 6) commands of which only
+    the first 2 entries are non-zero, invalid at frames 0 and 1.
+    """
+    rng = np.random.default_rng(0)
+    (root / 'episodes').mkdir(parents=True)
+    stats, episodes = StatsAccumulator(), []
+    for i, split in enumerate(SPLITS):
+        t = np.arange(T, dtype=np.float32)[:, None, None]  # (T, 1, 1)
+        start, velocity = rng.uniform(-0.5, 0.5, (1, K, 2)), rng.uniform(-0.03, 0.03, (1, K, 2))
+        on = np.array([1.0, 1.0, 1.0, 0.1], np.float32)[None, :, None]  # slot 3 is off
+        a = {
+            'mu': (start + t * velocity).astype(np.float32),  # (T, K, 2)
+            'logvar': np.full((T, K, 2), -6.0, np.float32),
+            'scale': np.full((T, K, 2), -1.0, np.float32),
+            'depth': np.zeros((T, K, 1), np.float32),
+            'transparency': np.broadcast_to(on, (T, K, 1)).copy(),
+            'features': np.broadcast_to(rng.normal(size=(1, K, F)), (T, K, F)).astype(np.float32),
+            'bg_features': (rng.normal(size=(1, FB)) + 0.01 * t[:, 0]).astype(np.float32),
+            'reseeded': np.zeros((T, K), bool),
+            'stamps_ns': np.arange(T, dtype=np.int64) * 100_000_000,
+        }
+        a['grid_ns'], a['reseeded'][0] = a['stamps_ns'], True
+        if i == 0:
+            a['reseeded'][8, 0] = True
+        if actions:
+            a['actions'] = np.zeros((T, 6), np.float32)
+            a['actions'][:, :2] = rng.uniform(-0.3, 0.3, (T, 2))
+            a['action_valid'] = np.arange(T) >= 2
+        name = f'episode_{i:04d}'
+        np.savez(root / episode_file(name), **a)
+        if split == 'train':
+            stats.add(a)
+        episodes.append({'name': name, 'split': split, 'frames': T})
+    mean, std = stats.result()
+    action = {'topic': '/cmd', 'type': 'geometry_msgs/msg/TwistStamped', 'dim': 6,
+              'names': ['linear.x', 'linear.y', 'linear.z', 'angular.x', 'angular.y',
+                        'angular.z']}  # fmt: skip
+    write_manifest(root, {
+        'format': FORMAT, 'version': VERSION, 'image_size': 64, 'n_particles': K,
+        'feature_dim': F, 'bg_feature_dim': FB, 'fps': 10.0, 'ground_truth': False,
+        'source': {'dataset': 'none', 'dlp_run': str(dlp_run or ''), 'checkpoint': 'last'},
+        'tracking': {'method': 'test'}, 'action': action if actions else None,
+        'stats': {'split': 'train', 'frames': stats.frames, 'mean': mean, 'std': std},
+        'episodes': episodes,
+    })  # fmt: skip
+    return root
+
+
+@pytest.fixture(scope='module')
+def latents(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_latents(tmp_path_factory.mktemp('dyn') / 'latents')
+
+
+@pytest.fixture(scope='module')
+def tiny_run(latents: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp('run') / 'run'
+    argv = ['train-dynamics', '--config', str(TINY), '--latents', str(latents), '--out', str(out)]
+    assert main([*argv, '--no-progress']) == 0
+    assert main([*argv, '--no-progress']) == 2  # a new run refuses a non-empty directory
+    return out
+
+
+def _metrics(out: Path, split: str) -> list[dict[str, Any]]:
+    lines = [json.loads(x) for x in (out / 'metrics.jsonl').read_text().splitlines()]
+    return [x for x in lines if x['split'] == split]
+
+
+def _cmd(latents: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, '-m', 'training', 'train-dynamics', '--config', str(TINY),
+            '--latents', str(latents), '--out', str(out), '--no-progress', *extra]  # fmt: skip
+
+
+def test_tiny_run_writes_checkpoints_metrics_and_baselines(tiny_run: Path) -> None:
+    train = _metrics(tiny_run, 'train')
+    assert [x['step'] for x in train] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert all(x['clips_per_s'] > 0 and np.isfinite(x['loss']) for x in train)
+    val = _metrics(tiny_run, 'val')
+    assert [x['step'] for x in val] == [20, 40]
+    for record in val:
+        for name in ('position', 'const_velocity', 'last_frame'):
+            assert len(record[f'{name}_rmse']) == 3  # full horizon, one value per step
+        assert max(record['const_velocity_rmse']) < 1e-5  # straight motion: exact
+        assert record['last_frame_rmse'][0] < record['last_frame_rmse'][-1]  # drift grows
+    model, config, info = load_dynamics(tiny_run, 'last')
+    assert info['step'] == 40 and config.model.n_particles == K and not model.training
+    assert info['latents']['fps'] == 10.0 and info['latents']['action_names'] == []
+    best = load_checkpoint(tiny_run / 'checkpoints' / 'best.pt')
+    assert best['metrics']['position_rmse_mean'] == min(x['position_rmse_mean'] for x in val)
+    assert (tiny_run / 'config.yaml').is_file() and (tiny_run / 'run.yaml').is_file()
+
+
+def test_curriculum_horizon_increases(tiny_run: Path) -> None:
+    horizons = [x['horizon'] for x in _metrics(tiny_run, 'train')]  # ramp 1 -> 3 over 20 steps
+    assert horizons == sorted(horizons) and horizons[0] == 1 and horizons[-1] == 3, horizons
+
+
+def test_resume_after_kill_is_exact(latents: Path, tmp_path: Path) -> None:
+    steps = ['--set', 'train.max_steps=200', '--set', 'train.checkpoint_every=4',
+             '--set', 'train.eval_every=1000', '--set', 'train.batch_size=32']  # fmt: skip
+    straight = tmp_path / 'straight'
+    subprocess.run(_cmd(latents, straight, *steps), check=True, capture_output=True, env=ENV)
+
+    killed = tmp_path / 'killed'
+    proc = subprocess.Popen(_cmd(latents, killed, *steps), stderr=subprocess.PIPE, env=ENV)
+    last = killed / 'checkpoints' / 'last.pt'
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if last.is_file() and load_checkpoint(last)['step'] >= 8:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = load_checkpoint(last)  # the kill never leaves a broken checkpoint
+    assert 8 <= state['step'] < 200, state['step']
+
+    resume = [sys.executable, '-m', 'training', 'train-dynamics', '--out', str(killed),
+              '--resume', '--no-progress']  # fmt: skip
+    subprocess.run(resume, check=True, capture_output=True, env=ENV)
+    a, _, info_a = load_dynamics(straight, 'last')
+    b, _, info_b = load_dynamics(killed, 'last')
+    assert info_a['step'] == info_b['step'] == 200
+    assert parameter_digest(a) == parameter_digest(b), 'resumed run diverged from the straight run'
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, out = write_latents(tmp_path / 'latents'), tmp_path / 'run'
+    argv = ['train-dynamics', '--config', str(TINY), '--latents', str(data), '--out', str(out),
+            '--no-progress', '--set', 'train.max_steps=10']  # fmt: skip
+    assert main(argv) == 0
+    for e in LatentDataset.open(data).episodes('train'):  # the latents go bad
+        path = data / episode_file(e.name)
+        arrays = dict(np.load(path))
+        arrays['features'][:] = np.nan
+        np.savez(path, **arrays)
+    resume = ['train-dynamics', '--out', str(out), '--resume', '--no-progress',
+              '--set', 'train.max_steps=20']  # fmt: skip
+    capsys.readouterr()
+    assert main(resume) == 2
+    err = capsys.readouterr().err
+    assert 'non-finite loss' in err and 'last good checkpoint' in err, err
+    state = load_checkpoint(out / 'checkpoints' / 'last.pt')
+    assert state['step'] == 10
+    assert all(torch.isfinite(v).all() for v in state['model'].values() if v.is_floating_point())
+
+
+def test_actions_and_pixel_loss(tmp_path: Path) -> None:
+    tiny_dlp = DlpConfig(image_size=64, n_particles=K, n_proposals=6, prior_channels=(8, 8),
+                         glimpse_channels=(8, 16), hidden_dim=32, feature_dim=F,
+                         bg_feature_dim=FB, decoder_channels=(16, 8),
+                         bg_encoder_channels=(8, 8, 16, 16),
+                         bg_decoder_channels=(16, 8, 8, 8))  # fmt: skip
+    torch.manual_seed(0)
+    dlp_run = tmp_path / 'dlp'
+    save_checkpoint(dlp_run / 'checkpoints' / 'last.pt', {'model': Dlp(tiny_dlp).state_dict(),
+                    'step': 1, 'config': to_dict(DlpRunConfig(model=tiny_dlp))})  # fmt: skip
+    data, out = write_latents(tmp_path / 'latents', actions=True, dlp_run=dlp_run), tmp_path / 'r'
+    sets = ['model.action_dim=2', 'train.action_columns=[0, 1]', 'train.pixel_loss_weight=1.0',
+            'train.max_steps=6', 'train.eval_every=3', 'train.log_every=2']  # fmt: skip
+    argv = ['train-dynamics', '--config', str(TINY), '--latents', str(data), '--out', str(out),
+            '--no-progress', *(x for s in sets for x in ('--set', s))]  # fmt: skip
+    assert main(argv) == 0
+    train = _metrics(out, 'train')
+    assert len(train) == 3 and all(x['pixel'] > 0 for x in train)
+    model, config, info = load_dynamics(out, 'last')
+    assert model.action_encoder is not None and config.train.action_columns == [0, 1]
+    assert info['latents']['action_names'] == ['linear.x', 'linear.y']
+
+    latents = LatentDataset.open(data)
+    # windows of 5 frames whose actions at frames 0..3 are valid: starts 2..11 of 16 frames
+    clips = ClipSource(latents, 'val', 5, action_columns=[0, 1], action_from=0)
+    assert clips.count == 2 * 10 and clips.left_out['invalid_actions'] == 2 * 2
+    batch = clips.batch(3, seed=0, step=0)
+    assert batch.actions.shape == (3, 5, 2) and batch.particles.mu.shape == (3, 5, K, 2)
+    train_clips = ClipSource(latents, 'train', 5)  # episode 0 re-seeds slot 0 at frame 8
+    assert train_clips.left_out['reseeded'] == 4 and train_clips.count == 4 * 12 - 4
+    assert ClipSource(latents, 'train', 5, skip_reseeded=False).count == 4 * 12
+
+
+def test_bad_input_errors(
+    latents: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def fails(extra: list[str], *needles: str) -> None:
+        out = tmp_path / f'out{len(list(tmp_path.iterdir()))}'
+        argv = ['train-dynamics', '--config', str(TINY), '--latents', str(latents), '--out',
+                str(out), '--no-progress', *extra]  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert all(n in err for n in needles), err
+
+    fails(['--set', 'model.n_particles=5'], 'n_particles', 'K = 4', 'model.n_particles is 5')
+    fails(['--set', 'model.feature_dim=3'], 'feature_dim', 'F = 4', 'is 3')
+    fails(['--set', 'train.nope=1'], 'unknown config key(s) train.nope')
+    fails(['--set', 'model.action_dim=2'], 'model.action_dim is 2', 'have no actions')
+    fails(['--set', 'model.history=3'], 'train.burn_in (2)', 'model.history (3)')
+    fails(['--set', 'train.horizon=20'], 'no clip of 22 frames')
+    assert main(['train-dynamics', '--out', str(tmp_path), '--resume']) == 2
+    assert 'not a train-dynamics run directory' in capsys.readouterr().err
+
+
+def test_two_ddp_processes_stay_in_sync(latents: Path, tmp_path: Path) -> None:
+    out = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+           '--master_port', str(29500 + os.getpid() % 1000 + 7), '-m', 'training',
+           'train-dynamics', '--config', str(TINY), '--latents', str(latents), '--out', str(out),
+           '--no-progress', '--set', 'train.max_steps=6']  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    digests = [json.loads((out / 'sync' / f'rank_{r}.json').read_text())['digest'] for r in (0, 1)]
+    assert digests[0] == digests[1], 'DDP ranks ended with different parameters'
+    model, _, info = load_dynamics(out, 'last')
+    assert info['step'] == 6 and parameter_digest(model) == digests[0]
+    assert yaml.safe_load((out / 'run.yaml').read_text())['latents']['fps'] == 10.0

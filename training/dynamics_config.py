@@ -1,0 +1,138 @@
+"""The configuration of a dynamics training run (``train-dynamics``): model and optimisation.
+
+```yaml
+model: {...}   # training.models.dynamics.DynamicsConfig fields (K, F, Fb must match the latents)
+train: {...}   # DynamicsTrainConfig fields below; train.loss: RolloutLossWeights fields
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.checkpoint import load_checkpoint, run_checkpoint
+from training.config import from_dict
+from training.models.dynamics import DynamicsConfig, ParticleDynamics, RolloutLossWeights
+
+
+@dataclass
+class DynamicsTrainConfig:
+    """Optimisation and bookkeeping of ``train-dynamics``."""
+
+    # Clips per optimisation step (per process under torchrun).
+    batch_size: int = 32
+    # Stop after this many steps...
+    max_steps: int = 30000
+    # ...or after this many minutes of training (0: no limit); the run can be resumed later.
+    time_limit_min: float = 0.0
+    # Peak learning rate of Adam; linear ramp over lr_ramp_steps, cosine decay to lr * lr_final.
+    lr: float = 1e-3
+    lr_ramp_steps: int = 200
+    lr_final: float = 0.1
+    # Gradient norm clip (0: none).
+    grad_clip: float = 1.0
+    # Observed frames of a clip before the rollout (>= model.history and >= 2: the
+    # constant-velocity baseline needs two); the model reads the last model.history of them.
+    burn_in: int = 4
+    # Curriculum of the rollout horizon: horizon_start predicted frames at step 0, growing
+    # linearly to horizon at horizon_ramp_steps (training.models.dynamics.curriculum_horizon).
+    # Clips always hold burn_in + horizon frames; validation always rolls out the full horizon.
+    horizon: int = 10
+    horizon_start: int = 1
+    horizon_ramp_steps: int = 5000
+    # Weights of the particle-space rollout loss terms.
+    loss: RolloutLossWeights = field(default_factory=RolloutLossWeights)
+    # Pixel loss through the frozen DLP decoder (0: off): MSE between the decoded predicted
+    # particles and the decoded target particles of pixel_loss_clips clips x pixel_loss_steps
+    # random predicted steps per optimisation step.
+    pixel_loss_weight: float = 0.0
+    pixel_loss_clips: int = 4
+    pixel_loss_steps: int = 2
+    # train-dlp run of the decoder ('' : the latents manifest's source.dlp_run) and its
+    # checkpoint ('' : the latents' source checkpoint, 'best' or 'last').
+    dlp_run: str = ''
+    dlp_checkpoint: str = ''
+    # Columns of the latents' actions fed to the model (None: all); their number must equal
+    # model.action_dim. E.g. [0, 1] = linear.x, linear.y of a Twist command.
+    action_columns: list[int] | None = None
+    # Leave out clips in which a particle slot is re-seeded (a new identity) after their first
+    # frame: its jump is not dynamics.
+    skip_reseeded: bool = True
+    # Validate every this many steps on eval_clips clips of the val split (evenly spaced).
+    eval_every: int = 500
+    eval_clips: int = 256
+    # Write checkpoints/last.pt every this many steps (and at the end).
+    checkpoint_every: int = 250
+    # Log training metrics every this many steps.
+    log_every: int = 25
+    # Seed of the model init and the clip sampling.
+    seed: int = 0
+    # CPU threads for torch (0: torch's default).
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        positive = ('batch_size', 'max_steps', 'burn_in', 'horizon', 'horizon_start',
+                    'pixel_loss_clips', 'pixel_loss_steps', 'eval_every', 'eval_clips',
+                    'checkpoint_every', 'log_every')  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f'train.{name} must be >= 1, got {getattr(self, name)}')
+        if self.lr <= 0:
+            raise ValueError(f'train.lr must be > 0, got {self.lr}')
+        if not 0 < self.lr_final <= 1:
+            raise ValueError(f'train.lr_final must be in (0, 1], got {self.lr_final}')
+        nonneg = ('time_limit_min', 'grad_clip', 'lr_ramp_steps', 'horizon_ramp_steps',
+                  'pixel_loss_weight', 'threads')  # fmt: skip
+        for name in nonneg:
+            if getattr(self, name) < 0:
+                raise ValueError(f'train.{name} must be >= 0, got {getattr(self, name)}')
+        if self.horizon_start > self.horizon:
+            raise ValueError(
+                f'train.horizon_start ({self.horizon_start}) must be <= train.horizon '
+                f'({self.horizon})'
+            )
+        if self.dlp_checkpoint not in ('', 'best', 'last'):
+            raise ValueError(f"train.dlp_checkpoint must be '', 'best' or 'last', got "
+                             f'{self.dlp_checkpoint!r}')  # fmt: skip
+        if self.action_columns is not None and (
+            any(c < 0 for c in self.action_columns)
+            or len(set(self.action_columns)) != len(self.action_columns)
+        ):
+            raise ValueError(f'train.action_columns must be distinct indices >= 0, got '
+                             f'{self.action_columns}')  # fmt: skip
+
+
+@dataclass
+class DynamicsRunConfig:
+    """Everything ``train-dynamics`` needs besides the latents."""
+
+    model: DynamicsConfig = field(default_factory=DynamicsConfig)
+    train: DynamicsTrainConfig = field(default_factory=DynamicsTrainConfig)
+
+    def __post_init__(self) -> None:
+        m, t = self.model, self.train
+        if t.burn_in < max(m.history, 2):
+            raise ValueError(f'train.burn_in ({t.burn_in}) must be >= model.history '
+                             f'({m.history}) and >= 2')  # fmt: skip
+        cols = t.action_columns
+        if cols is not None and len(cols) != m.action_dim:
+            raise ValueError(f'train.action_columns {cols} pick {len(cols)} action entries but '
+                             f'model.action_dim is {m.action_dim}')  # fmt: skip
+
+
+def load_dynamics(
+    run_dir: Path, which: str = 'best'
+) -> tuple[ParticleDynamics, DynamicsRunConfig, dict[str, Any]]:
+    """The trained model of a ``train-dynamics`` run directory, in eval mode, on the CPU.
+
+    Returns the model, its run config and the checkpoint's other entries (step, metrics,
+    ``latents``: path, fps, image size and action names of the training data).
+    """
+    state = load_checkpoint(run_checkpoint(run_dir, which))
+    config = from_dict(DynamicsRunConfig, state['config'])
+    model = ParticleDynamics(config.model)
+    model.load_state_dict(state['model'])
+    model.eval()
+    return model, config, {k: v for k, v in state.items() if k not in ('model', 'optimizer')}

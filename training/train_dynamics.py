@@ -1,0 +1,344 @@
+"""``train-dynamics``: train the particle dynamics on a latents cache made by ``encode-dataset``.
+
+    python -m training train-dynamics --config config/train/dynamics_balls64.yaml \\
+        --latents LATENTS --out RUN
+    python -m training train-dynamics --out RUN --resume          # continue after a stop or kill
+    torchrun --nproc_per_node 2 -m training train-dynamics ...      # DDP (gloo CPU, nccl GPU)
+
+Each step samples clips of ``burn_in + horizon`` tracked frames (:mod:`training.clips`), rolls
+the model out from the burn-in over the curriculum's current horizon and minimises
+:func:`~training.models.dynamics.rollout_loss` (particle space), plus optionally a pixel loss
+through the frozen DLP decoder. Validation rolls out the full horizon on fixed val clips and logs
+the position RMSE per step beside the last-frame and constant-velocity baselines.
+
+The run directory gets ``config.yaml``, ``run.yaml``, ``metrics.jsonl`` (one JSON object per
+log/eval line) and ``checkpoints/{last,best}.pt`` (atomic; best = lowest mean val position RMSE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from dlp_ros.errors import ConfigError, DlpError
+from training import distributed as dist
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.clips import Clips, ClipSource, baselines, squared_error_sums
+from training.config import apply_overrides, from_dict, load_config, to_dict
+from training.dlp_config import load_dlp
+from training.dynamics_config import DynamicsRunConfig, DynamicsTrainConfig
+from training.latents import LatentDataset
+from training.models.dlp import Dlp, Particles
+from training.models.dynamics import (
+    ParticleDynamics,
+    RolloutLossWeights,
+    curriculum_horizon,
+    frames,
+    rollout_loss,
+)
+from training.train_dlp import lr_at
+
+logger = logging.getLogger(__name__)
+RESUMABLE = ('train.max_steps', 'train.time_limit_min', 'train.eval_every', 'train.log_every',
+             'train.checkpoint_every')  # fmt: skip
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--config', type=Path, help='YAML config (model: ..., train: ...)')
+    parser.add_argument('--latents', type=Path, help='latents cache (encode-dataset)')
+    parser.add_argument('--out', type=Path, required=True, help='run directory')
+    parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                        help='override a config value, e.g. --set train.lr=1e-3')  # fmt: skip
+    parser.add_argument('--resume', action='store_true', help='continue the run in --out')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+
+def resolve(args: argparse.Namespace) -> tuple[DynamicsRunConfig, Path, dict[str, Any] | None]:
+    """Config, latents path and (on --resume) the last checkpoint."""
+    out: Path = args.out
+    if not args.resume:
+        if out.exists() and any(out.iterdir()):
+            raise DlpError(
+                f'{out} is not empty; pass --resume to continue it or choose a new --out'
+            )
+        if args.latents is None:
+            raise ConfigError('--latents is required for a new run')
+        return load_config(DynamicsRunConfig, args.config, args.set), args.latents, None
+    if args.config is not None:
+        raise ConfigError('--resume takes the config from the run directory; drop --config')
+    bad = [s for s in args.set if s.partition('=')[0] not in RESUMABLE]
+    if bad:
+        raise ConfigError(f'on --resume only {", ".join(RESUMABLE)} may change; got {bad}')
+    if not (out / 'run.yaml').is_file():
+        raise DlpError(f'{out} has no run.yaml: not a train-dynamics run directory')
+    saved = yaml.safe_load((out / 'run.yaml').read_text())
+    config = from_dict(DynamicsRunConfig, apply_overrides(saved['config'], args.set))
+    last = out / 'checkpoints' / 'last.pt'
+    state = load_checkpoint(last) if last.is_file() else None
+    return config, Path(args.latents or saved['latents']['path']), state
+
+
+def check_latents(latents: LatentDataset, config: DynamicsRunConfig) -> list[int] | None:
+    """Refuse latents whose sizes or actions do not fit the model; the action columns to use."""
+    m, names = config.model, {'K': 'n_particles', 'F': 'feature_dim', 'Fb': 'bg_feature_dim'}
+    for sym, name in names.items():
+        if latents.sizes[sym] != getattr(m, name):
+            raise ConfigError(
+                f'latents {latents.root} have {name} {sym} = {latents.sizes[sym]} but '
+                f'model.{name} is {getattr(m, name)}'
+            )
+    action = latents.manifest.get('action')
+    if not m.action_dim:
+        if action:
+            logger.info('latents have actions %s; model.action_dim = 0 ignores them', action)
+        return None
+    if not action:
+        raise ConfigError(f'model.action_dim is {m.action_dim} but latents {latents.root} '
+                          'have no actions')  # fmt: skip
+    dim = int(action['dim'])
+    columns = config.train.action_columns or list(range(dim))
+    if len(columns) != m.action_dim or max(columns) >= dim:
+        raise ConfigError(
+            f'model.action_dim is {m.action_dim} but the latents have {dim} action entries '
+            f'{action.get("names")}; set train.action_columns to pick {m.action_dim} of them'
+        )
+    return columns
+
+
+def load_decoder(latents: LatentDataset, config: DynamicsRunConfig) -> Dlp:
+    """The frozen DLP of the pixel loss (parameters without gradients, eval mode)."""
+    source = latents.manifest['source']
+    run_dir = config.train.dlp_run or source.get('dlp_run')
+    which = config.train.dlp_checkpoint or source.get('checkpoint', 'best')
+    if not run_dir:
+        raise ConfigError(
+            'train.pixel_loss_weight > 0 needs train.dlp_run (the latents name none)'
+        )
+    dlp, dlp_config, _ = load_dlp(Path(run_dir), which)
+    d = dlp_config.model
+    got = (d.n_particles, d.feature_dim, d.bg_feature_dim)
+    if got != (latents.sizes['K'], latents.sizes['F'], latents.sizes['Fb']):
+        raise ConfigError(f'DLP {run_dir} has (K, F, Fb) = {got}, unlike latents {latents.root}')
+    logger.info('pixel loss through the frozen decoder of %s (%s)', run_dir, which)
+    return dlp.requires_grad_(False)
+
+
+def predict(
+    model: ParticleDynamics, clips: Clips, burn_in: int, horizon: int, weights: RolloutLossWeights
+) -> tuple[Tensor, dict[str, float], Particles]:
+    """``rollout_loss`` of the clips and the rollout it made, (B, horizon, K, ...) particles."""
+    steps: list[Particles] = []
+    hook = model.register_forward_hook(lambda _m, _i, out: steps.append(out))
+    try:
+        loss, metrics = rollout_loss(model, clips.particles, burn_in, horizon, clips.actions,
+                                     weights)  # fmt: skip
+    finally:
+        hook.remove()
+    return loss, metrics, Particles(*(torch.stack(s, dim=1) for s in zip(*steps, strict=True)))
+
+
+class Objective(nn.Module):
+    """Loss of one batch (what DDP wraps): the rollout loss plus the optional pixel loss."""
+
+    def __init__(self, model: ParticleDynamics, config: DynamicsRunConfig, decoder: Dlp | None):
+        super().__init__()
+        self.model = model
+        self.train_config = config.train
+        self._decoder = (decoder,)  # a tuple keeps the frozen DLP out of the parameters and DDP
+
+    def forward(
+        self, clips: Clips, horizon: int, pixel_pick: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """``pixel_pick``: clip indices (P,) and predicted-step indices (P,) to decode."""
+        tc, decoder = self.train_config, self._decoder[0]
+        loss, metrics, pred = predict(self.model, clips, tc.burn_in, horizon, tc.loss)
+        if decoder is not None and pixel_pick is not None:
+            b, s = pixel_pick
+            target = frames(clips.particles, slice(tc.burn_in, tc.burn_in + horizon))
+            image = decoder.decode(Particles(*(x[b, s] for x in pred)))  # (P, 3, S, S)
+            with torch.no_grad():
+                reference = decoder.decode(Particles(*(x[b, s] for x in target)))
+            pixel = (image - reference).pow(2).mean()
+            loss = loss + tc.pixel_loss_weight * pixel
+            metrics.update(pixel=float(pixel.detach()), loss=float(loss.detach()))
+        return loss, metrics
+
+
+def pixel_pick(
+    tc: DynamicsTrainConfig, batch: int, horizon: int, step: int, rank: int
+) -> tuple[Tensor, Tensor]:
+    """Clips and predicted steps decoded by the pixel loss, seeded by (seed, step, rank)."""
+    rng = np.random.default_rng([tc.seed, step, rank, 1])
+    n_steps = min(tc.pixel_loss_steps, horizon)
+    b = rng.choice(batch, size=min(tc.pixel_loss_clips, batch), replace=False)  # (P0,)
+    s = np.stack([rng.choice(horizon, size=n_steps, replace=False) for _ in b])  # (P0, n)
+    return torch.from_numpy(np.repeat(b, n_steps)), torch.from_numpy(s.reshape(-1))
+
+
+def run(args: argparse.Namespace) -> int:
+    ctx = dist.setup()
+    config, latents_dir, state = resolve(args)
+    tc, mc = config.train, config.model
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    latents = LatentDataset.open(latents_dir)
+    columns = check_latents(latents, config)
+    source = {'length': tc.burn_in + tc.horizon, 'action_columns': columns,
+              'action_from': tc.burn_in - mc.history,
+              'skip_reseeded': tc.skip_reseeded}  # fmt: skip
+    train, val = ClipSource(latents, 'train', **source), ClipSource(latents, 'val', **source)
+    decoder = load_decoder(latents, config).to(ctx.device) if tc.pixel_loss_weight else None
+    torch.manual_seed(tc.seed)
+    model = ParticleDynamics(config.model).to(ctx.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    step, best = 0, math.inf
+    if state is not None:
+        model.load_state_dict(state['model'])
+        optimizer.load_state_dict(state['optimizer'])
+        step, best = int(state['step']), float(state.get('best_rmse', math.inf))
+        logger.info('resuming %s at step %d', args.out, step)
+    objective = dist.wrap(Objective(model, config, decoder), ctx)
+    action = latents.manifest.get('action') or {}
+    data = {'path': str(Path(latents_dir).resolve()), 'fps': latents.fps,
+            'image_size': latents.image_size, 'dlp_run': latents.manifest['source'].get('dlp_run'),
+            'action_names': [action['names'][c] for c in columns] if columns else []}  # fmt: skip
+    out: Path = args.out
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {'config': to_dict(config), 'latents': data}
+        (out / 'run.yaml').write_text(yaml.safe_dump(meta, sort_keys=False))
+        (out / 'config.yaml').write_text(yaml.safe_dump(meta['config'], sort_keys=False))
+    eval_clips = val.evenly_spaced(tc.eval_clips)
+    log = (out / 'metrics.jsonl').open('a') if ctx.is_main else None
+    bar = tqdm(total=tc.max_steps, initial=step, unit='step', file=sys.stderr,
+               disable=args.no_progress or not ctx.is_main or None,
+               desc='train-dynamics')  # fmt: skip
+    start, seen, window, evaluated = time.monotonic(), 0, time.monotonic(), -1
+
+    def write(record: dict[str, Any]) -> None:
+        log.write(json.dumps(record) + '\n')
+        log.flush()
+
+    def checkpoint(name: str, metrics: dict[str, Any]) -> None:
+        save_checkpoint(out / 'checkpoints' / f'{name}.pt', {
+            'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step,
+            'config': to_dict(config), 'best_rmse': best, 'metrics': metrics, 'latents': data,
+        })  # fmt: skip
+
+    def validate() -> None:
+        nonlocal best, evaluated
+        evaluated = step
+        if not ctx.is_main:
+            return
+        record = evaluate(model, eval_clips, config, ctx.device)
+        write({'step': step, 'split': 'val', **record})
+        logger.info('step %d: val position RMSE %.4f (constant velocity %.4f, last frame %.4f)',
+                    step, record['position_rmse_mean'], record['const_velocity_rmse_mean'],
+                    record['last_frame_rmse_mean'])  # fmt: skip
+        if record['position_rmse_mean'] < best:
+            best = record['position_rmse_mean']
+            checkpoint('best', record)
+
+    metrics: dict[str, float] = {}
+    try:
+        while step < tc.max_steps:
+            if tc.time_limit_min and time.monotonic() - start > 60 * tc.time_limit_min:
+                logger.info('time limit of %.1f min reached at step %d', tc.time_limit_min, step)
+                break
+            for group in optimizer.param_groups:
+                group['lr'] = lr_at(step, tc)
+            horizon = curriculum_horizon(step, tc.horizon, tc.horizon_ramp_steps, tc.horizon_start)
+            clips = train.batch(tc.batch_size, tc.seed, step, ctx.rank).to(ctx.device)
+            pick = pixel_pick(tc, tc.batch_size, horizon, step, ctx.rank) if decoder else None
+            model.train()
+            loss, metrics = objective(clips, horizon, pick)
+            if not torch.isfinite(loss):
+                raise DlpError(
+                    f'non-finite loss {loss.item()} at step {step} ({metrics}); stopped. The last '
+                    f'good checkpoint is {out / "checkpoints" / "last.pt"}'
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            step += 1
+            seen += tc.batch_size * ctx.world_size
+            bar.update()
+            if step % tc.log_every == 0 and ctx.is_main:
+                now = time.monotonic()
+                rate, seen, window = seen / (now - window), 0, now
+                write({'step': step, 'split': 'train', 'lr': lr_at(step, tc), 'horizon': horizon,
+                       'clips_per_s': rate, **metrics})  # fmt: skip
+                bar.set_postfix(loss=f'{metrics["loss"]:.4f}', horizon=horizon,
+                                rmse=f'{metrics["position_rmse_last"]:.4f}',
+                                clip_s=f'{rate:.0f}')  # fmt: skip
+            if step % tc.eval_every == 0 or step == tc.max_steps:
+                validate()
+            if step % tc.checkpoint_every == 0 and ctx.is_main:
+                checkpoint('last', metrics)
+    finally:
+        bar.close()
+    if evaluated != step:
+        validate()
+    if ctx.is_main:
+        checkpoint('last', metrics)
+        log.close()
+    dist.report_sync(model, ctx, out)
+    dist.teardown(ctx)
+    if ctx.is_main:
+        rmse = f'best val position RMSE {best:.4f}'
+        print(f'train-dynamics: step {step}/{tc.max_steps}, {rmse} -> {out}')  # noqa: T201
+    return 0
+
+
+@torch.no_grad()
+def evaluate(
+    model: ParticleDynamics, clips: Clips, config: DynamicsRunConfig, device: torch.device
+) -> dict[str, Any]:
+    """Full-horizon rollout on the val clips: mean loss terms and position RMSE per step.
+
+    ``position_rmse``, ``const_velocity_rmse`` and ``last_frame_rmse`` are lists over the
+    predicted steps 1 .. horizon (RMS error per coordinate, normalised units: a 64 px image is 2
+    wide, weighted by the target transparency as the loss is); ``*_mean`` average them.
+    """
+    tc = config.train
+    model.eval()
+    n = len(clips.particles.mu)
+    totals: dict[str, float] = {}
+    sums: dict[str, list[Tensor]] = {}  # name -> [squared error sums (S,), weight sums (S,)]
+    for i in range(0, n, tc.batch_size):
+        chunk = clips.take(slice(i, i + tc.batch_size), device)
+        _, metrics, pred = predict(model, chunk, tc.burn_in, tc.horizon, tc.loss)
+        b = len(chunk.particles.mu)
+        for key, value in metrics.items():
+            if not key.startswith('position_rmse'):
+                totals[key] = totals.get(key, 0.0) + value * b / n
+        target = frames(chunk.particles, slice(tc.burn_in, tc.burn_in + tc.horizon))
+        presence = target.transparency[..., 0]  # (B, S, K)
+        if not tc.loss.presence_weighted:
+            presence = torch.ones_like(presence)
+        guesses = {'position': pred.mu, **baselines(chunk.particles.mu, tc.burn_in, tc.horizon)}
+        for name, guess in guesses.items():
+            err, weight = squared_error_sums(guess, target.mu, presence)
+            acc = sums.setdefault(name, [torch.zeros_like(err), torch.zeros_like(weight)])
+            acc[0] += err
+            acc[1] += weight
+    record: dict[str, Any] = {'clips': n, 'horizon': tc.horizon, **totals}
+    for name, (err, weight) in sums.items():
+        rmse = (err / weight.clamp(min=1e-12)).sqrt().tolist()
+        record[f'{name}_rmse'] = rmse
+        record[f'{name}_rmse_mean'] = float(np.mean(rmse))
+    return record
