@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
                 rate = seen / (now - window)
                 seen, window = 0, now
                 record = {'step': step, 'split': 'train', 'lr': lr_at(step, tc),
-                          'images_per_s': rate, **metrics}  # fmt: skip
+                          'images_per_s': rate, 'wall_s': time.time(), **metrics}  # fmt: skip
                 log.write(json.dumps(record) + '\n')
                 log.flush()
                 bar.set_postfix(loss=f'{metrics["loss"]:.1f}', psnr=f'{metrics["psnr"]:.1f}',
@@ -199,7 +199,7 @@ def evaluate(
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value * len(chunk) / len(images)
         write_eval_grid(model, images[:6].to(ctx.device), out / 'eval' / f'step_{step:06d}.png')
-    record = {'step': step, 'split': 'val', **totals}
+    record = {'step': step, 'split': 'val', 'wall_s': time.time(), **totals}
     log.write(json.dumps(record) + '\n')
     log.flush()
     logger.info('step %d: val loss %.2f, PSNR %.2f dB', step, totals['loss'], totals['psnr'])
