@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.checkpoint import load_checkpoint, run_checkpoint
-from training.config import from_dict
 from training.models.dlp import Dlp, DlpConfig
+from training.runs import check_train_config, load_run_model
 
 
 @dataclass
@@ -51,16 +50,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         positive = ('batch_size', 'max_steps', 'eval_every', 'eval_images', 'checkpoint_every',
                     'log_every')  # fmt: skip
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f'train.{name} must be >= 1, got {getattr(self, name)}')
-        if self.lr <= 0:
-            raise ValueError(f'train.lr must be > 0, got {self.lr}')
-        if not 0 < self.lr_final <= 1:
-            raise ValueError(f'train.lr_final must be in (0, 1], got {self.lr_final}')
-        for name in ('time_limit_min', 'grad_clip', 'warmup_steps', 'lr_ramp_steps', 'threads'):
-            if getattr(self, name) < 0:
-                raise ValueError(f'train.{name} must be >= 0, got {getattr(self, name)}')
+        nonnegative = ('time_limit_min', 'grad_clip', 'warmup_steps', 'lr_ramp_steps', 'threads')
+        check_train_config(self, positive, nonnegative)
 
 
 @dataclass
@@ -76,9 +67,4 @@ def load_dlp(run_dir: Path, which: str = 'best') -> tuple[Dlp, DlpRunConfig, dic
 
     Returns the model, its run config and the checkpoint's other entries (step, metrics).
     """
-    state = load_checkpoint(run_checkpoint(run_dir, which))
-    config = from_dict(DlpRunConfig, state['config'])
-    model = Dlp(config.model)
-    model.load_state_dict(state['model'])
-    model.eval()
-    return model, config, {k: v for k, v in state.items() if k not in ('model', 'optimizer')}
+    return load_run_model(run_dir, which, DlpRunConfig, lambda c: Dlp(c.model))

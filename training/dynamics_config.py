@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.checkpoint import load_checkpoint, run_checkpoint
-from training.config import from_dict
 from training.models.dynamics import DynamicsConfig, ParticleDynamics, RolloutLossWeights
+from training.runs import check_train_config, load_run_model
 
 
 @dataclass
@@ -76,18 +75,9 @@ class DynamicsTrainConfig:
         positive = ('batch_size', 'max_steps', 'burn_in', 'horizon', 'horizon_start',
                     'pixel_loss_clips', 'pixel_loss_steps', 'eval_every', 'eval_clips',
                     'checkpoint_every', 'log_every')  # fmt: skip
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f'train.{name} must be >= 1, got {getattr(self, name)}')
-        if self.lr <= 0:
-            raise ValueError(f'train.lr must be > 0, got {self.lr}')
-        if not 0 < self.lr_final <= 1:
-            raise ValueError(f'train.lr_final must be in (0, 1], got {self.lr_final}')
         nonneg = ('time_limit_min', 'grad_clip', 'lr_ramp_steps', 'horizon_ramp_steps',
                   'pixel_loss_weight', 'threads')  # fmt: skip
-        for name in nonneg:
-            if getattr(self, name) < 0:
-                raise ValueError(f'train.{name} must be >= 0, got {getattr(self, name)}')
+        check_train_config(self, positive, nonneg)
         if self.horizon_start > self.horizon:
             raise ValueError(
                 f'train.horizon_start ({self.horizon_start}) must be <= train.horizon '
@@ -130,9 +120,4 @@ def load_dynamics(
     Returns the model, its run config and the checkpoint's other entries (step, metrics,
     ``latents``: path, fps, image size and action names of the training data).
     """
-    state = load_checkpoint(run_checkpoint(run_dir, which))
-    config = from_dict(DynamicsRunConfig, state['config'])
-    model = ParticleDynamics(config.model)
-    model.load_state_dict(state['model'])
-    model.eval()
-    return model, config, {k: v for k, v in state.items() if k not in ('model', 'optimizer')}
+    return load_run_model(run_dir, which, DynamicsRunConfig, lambda c: ParticleDynamics(c.model))

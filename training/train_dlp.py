@@ -28,12 +28,13 @@ from tqdm import tqdm
 
 from dlp_ros.errors import ConfigError, DlpError
 from training import distributed as dist
-from training.checkpoint import load_checkpoint, save_checkpoint
-from training.config import apply_overrides, from_dict, load_config, to_dict
+from training.checkpoint import save_checkpoint
+from training.config import to_dict
 from training.data.dataset import Dataset
 from training.dlp_config import DlpRunConfig
 from training.frames import FrameSource
 from training.models.dlp import Dlp
+from training.runs import add_run_arguments, lr_at, resolve_run
 from training.visualize import dlp_grid
 
 logger = logging.getLogger(__name__)
@@ -41,48 +42,12 @@ RESUMABLE = ('train.max_steps', 'train.time_limit_min', 'train.eval_every', 'tra
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--config', type=Path, help='YAML config (model: ..., train: ...)')
-    parser.add_argument('--data', type=Path, help='dataset directory (build-dataset)')
-    parser.add_argument('--out', type=Path, required=True, help='run directory')
-    parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
-                        help='override a config value, e.g. --set train.lr=1e-3')  # fmt: skip
-    parser.add_argument('--resume', action='store_true', help='continue the run in --out')
-    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    add_run_arguments(parser, 'data', 'dataset directory (build-dataset)')
 
 
 def resolve(args: argparse.Namespace) -> tuple[DlpRunConfig, Path, dict[str, Any] | None]:
     """Config, dataset path and (on --resume) the last checkpoint."""
-    out: Path = args.out
-    if not args.resume:
-        if out.exists() and any(out.iterdir()):
-            raise DlpError(
-                f'{out} is not empty; pass --resume to continue it or choose a new --out'
-            )
-        if args.data is None:
-            raise ConfigError('--data is required for a new run')
-        return load_config(DlpRunConfig, args.config, args.set), args.data, None
-    if args.config is not None:
-        raise ConfigError('--resume takes the config from the run directory; drop --config')
-    bad = [s for s in args.set if s.partition('=')[0] not in RESUMABLE]
-    if bad:
-        raise ConfigError(f'on --resume only {", ".join(RESUMABLE)} may change; got {bad}')
-    saved = (
-        yaml.safe_load((out / 'run.yaml').read_text()) if (out / 'run.yaml').is_file() else None
-    )
-    if saved is None:
-        raise DlpError(f'{out} has no run.yaml: not a train-dlp run directory')
-    config = from_dict(DlpRunConfig, apply_overrides(saved['config'], args.set))
-    last = out / 'checkpoints' / 'last.pt'
-    state = load_checkpoint(last) if last.is_file() else None
-    return config, Path(args.data or saved['data']), state
-
-
-def lr_at(step: int, c: Any) -> float:
-    """Linear ramp, then cosine decay from lr to lr * lr_final at max_steps."""
-    if step < c.lr_ramp_steps:
-        return c.lr * (step + 1) / c.lr_ramp_steps
-    progress = min(1.0, (step - c.lr_ramp_steps) / max(1, c.max_steps - c.lr_ramp_steps))
-    return c.lr * (c.lr_final + (1 - c.lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return resolve_run(args, DlpRunConfig, 'data', 'train-dlp', RESUMABLE, lambda r: r['data'])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,9 +34,9 @@ from tqdm import tqdm
 
 from dlp_ros.errors import ConfigError, DlpError
 from training import distributed as dist
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import save_checkpoint
 from training.clips import Clips, ClipSource, baselines, squared_error_sums
-from training.config import apply_overrides, from_dict, load_config, to_dict
+from training.config import to_dict
 from training.dlp_config import load_dlp
 from training.dynamics_config import DynamicsRunConfig, DynamicsTrainConfig
 from training.latents import LatentDataset
@@ -48,7 +48,7 @@ from training.models.dynamics import (
     frames,
     rollout_loss,
 )
-from training.train_dlp import lr_at
+from training.runs import add_run_arguments, lr_at, resolve_run
 
 logger = logging.getLogger(__name__)
 RESUMABLE = ('train.max_steps', 'train.time_limit_min', 'train.eval_every', 'train.log_every',
@@ -56,38 +56,13 @@ RESUMABLE = ('train.max_steps', 'train.time_limit_min', 'train.eval_every', 'tra
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--config', type=Path, help='YAML config (model: ..., train: ...)')
-    parser.add_argument('--latents', type=Path, help='latents cache (encode-dataset)')
-    parser.add_argument('--out', type=Path, required=True, help='run directory')
-    parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
-                        help='override a config value, e.g. --set train.lr=1e-3')  # fmt: skip
-    parser.add_argument('--resume', action='store_true', help='continue the run in --out')
-    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    add_run_arguments(parser, 'latents', 'latents cache (encode-dataset)')
 
 
 def resolve(args: argparse.Namespace) -> tuple[DynamicsRunConfig, Path, dict[str, Any] | None]:
     """Config, latents path and (on --resume) the last checkpoint."""
-    out: Path = args.out
-    if not args.resume:
-        if out.exists() and any(out.iterdir()):
-            raise DlpError(
-                f'{out} is not empty; pass --resume to continue it or choose a new --out'
-            )
-        if args.latents is None:
-            raise ConfigError('--latents is required for a new run')
-        return load_config(DynamicsRunConfig, args.config, args.set), args.latents, None
-    if args.config is not None:
-        raise ConfigError('--resume takes the config from the run directory; drop --config')
-    bad = [s for s in args.set if s.partition('=')[0] not in RESUMABLE]
-    if bad:
-        raise ConfigError(f'on --resume only {", ".join(RESUMABLE)} may change; got {bad}')
-    if not (out / 'run.yaml').is_file():
-        raise DlpError(f'{out} has no run.yaml: not a train-dynamics run directory')
-    saved = yaml.safe_load((out / 'run.yaml').read_text())
-    config = from_dict(DynamicsRunConfig, apply_overrides(saved['config'], args.set))
-    last = out / 'checkpoints' / 'last.pt'
-    state = load_checkpoint(last) if last.is_file() else None
-    return config, Path(args.latents or saved['latents']['path']), state
+    return resolve_run(args, DynamicsRunConfig, 'latents', 'train-dynamics', RESUMABLE,
+                       lambda r: r['latents']['path'])  # fmt: skip
 
 
 def check_latents(latents: LatentDataset, config: DynamicsRunConfig) -> list[int] | None:

@@ -1,0 +1,112 @@
+"""What every training command shares: its command line, new-run vs ``--resume`` resolution, the
+learning-rate schedule, and loading the trained model of a run directory.
+
+A run directory holds ``run.yaml`` (``config`` + where the data came from), ``config.yaml``,
+``metrics.jsonl`` and ``checkpoints/{last,best}.pt`` (see :mod:`training.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from torch import nn
+
+from dlp_ros.errors import ConfigError, DlpError
+from training.checkpoint import load_checkpoint, run_checkpoint
+from training.config import apply_overrides, from_dict, load_config
+
+C = TypeVar('C')
+M = TypeVar('M', bound=nn.Module)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, data_flag: str, data_help: str) -> None:
+    """``--config --<data_flag> --out --set --resume --no-progress``."""
+    parser.add_argument('--config', type=Path, help='YAML config (model: ..., train: ...)')
+    parser.add_argument(f'--{data_flag}', type=Path, help=data_help)
+    parser.add_argument('--out', type=Path, required=True, help='run directory')
+    parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                        help='override a config value, e.g. --set train.lr=1e-3')  # fmt: skip
+    parser.add_argument('--resume', action='store_true', help='continue the run in --out')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+
+def resolve_run(
+    args: argparse.Namespace,
+    config_cls: type[C],
+    data_flag: str,
+    command: str,
+    resumable: tuple[str, ...],
+    saved_data: Callable[[dict[str, Any]], str],
+) -> tuple[C, Path, dict[str, Any] | None]:
+    """Config, data path and (on ``--resume``) the last checkpoint of a training command.
+
+    A new run needs an empty ``--out`` and ``--<data_flag>``; ``--resume`` takes the config from
+    ``run.yaml`` (``saved_data`` reads the data path from it) and lets only ``resumable`` keys
+    change.
+    """
+    out: Path = args.out
+    data = getattr(args, data_flag)
+    if not args.resume:
+        if out.exists() and any(out.iterdir()):
+            raise DlpError(
+                f'{out} is not empty; pass --resume to continue it or choose a new --out'
+            )
+        if data is None:
+            raise ConfigError(f'--{data_flag} is required for a new run')
+        return load_config(config_cls, args.config, args.set), data, None
+    if args.config is not None:
+        raise ConfigError('--resume takes the config from the run directory; drop --config')
+    bad = [s for s in args.set if s.partition('=')[0] not in resumable]
+    if bad:
+        raise ConfigError(f'on --resume only {", ".join(resumable)} may change; got {bad}')
+    if not (out / 'run.yaml').is_file():
+        raise DlpError(f'{out} has no run.yaml: not a {command} run directory')
+    saved = yaml.safe_load((out / 'run.yaml').read_text())
+    config = from_dict(config_cls, apply_overrides(saved['config'], args.set))
+    last = out / 'checkpoints' / 'last.pt'
+    state = load_checkpoint(last) if last.is_file() else None
+    return config, Path(data or saved_data(saved)), state
+
+
+def check_train_config(c: Any, positive: tuple[str, ...], nonnegative: tuple[str, ...]) -> None:
+    """Validate a ``train:`` section: ``positive`` fields >= 1, ``nonnegative`` fields >= 0, and
+    the learning-rate schedule (lr > 0, lr_final in (0, 1]); errors name ``train.<field>``."""
+    for name in positive:
+        if getattr(c, name) < 1:
+            raise ValueError(f'train.{name} must be >= 1, got {getattr(c, name)}')
+    if c.lr <= 0:
+        raise ValueError(f'train.lr must be > 0, got {c.lr}')
+    if not 0 < c.lr_final <= 1:
+        raise ValueError(f'train.lr_final must be in (0, 1], got {c.lr_final}')
+    for name in nonnegative:
+        if getattr(c, name) < 0:
+            raise ValueError(f'train.{name} must be >= 0, got {getattr(c, name)}')
+
+
+def lr_at(step: int, c: Any) -> float:
+    """Linear ramp, then cosine decay from lr to lr * lr_final at max_steps."""
+    if step < c.lr_ramp_steps:
+        return c.lr * (step + 1) / c.lr_ramp_steps
+    progress = min(1.0, (step - c.lr_ramp_steps) / max(1, c.max_steps - c.lr_ramp_steps))
+    return c.lr * (c.lr_final + (1 - c.lr_final) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def load_run_model(
+    run_dir: Path, which: str, config_cls: type[C], build: Callable[[C], M]
+) -> tuple[M, C, dict[str, Any]]:
+    """The trained model of a run directory, in eval mode, on the CPU.
+
+    Returns the model (``build(config)`` with the checkpoint's weights), its run config and the
+    checkpoint's other entries (step, metrics, ...).
+    """
+    state = load_checkpoint(run_checkpoint(run_dir, which))
+    config = from_dict(config_cls, state['config'])
+    model = build(config)
+    model.load_state_dict(state['model'])
+    model.eval()
+    return model, config, {k: v for k, v in state.items() if k not in ('model', 'optimizer')}
