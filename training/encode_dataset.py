@@ -65,12 +65,7 @@ def _open(args: argparse.Namespace) -> tuple[Dlp, dict[str, Any], Path, Dataset]
     checkpoint = run_checkpoint(args.dlp, args.checkpoint).resolve()
     model, _, info = load_dlp(args.dlp, args.checkpoint)
     data = Dataset.open(args.data)
-    s, size = data.frame_shape[0], model.config.image_size
-    if s != size:
-        raise EncodeError(
-            f'image size mismatch: dataset {args.data} has {s}x{s} frames but the model of '
-            f'{args.dlp} takes {size}x{size} images; build the dataset with --size {size}'
-        )
+    data.require_frame_size(model.config.image_size, f'the model of {args.dlp}')
     if not len(data):
         raise EncodeError(f'dataset {args.data} has no episodes')
     return model, info, checkpoint, data

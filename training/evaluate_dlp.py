@@ -305,11 +305,7 @@ def _open(args: argparse.Namespace) -> tuple[Path, Dlp, dict[str, Any], Dataset]
     checkpoint = run_checkpoint(args.run, args.checkpoint).resolve()
     model, _, state = load_dlp(args.run, args.checkpoint)
     data = Dataset.open(args.data)
-    s, size = data.frame_shape[0], model.config.image_size
-    if s != size:
-        raise EvaluationError(f'dataset {args.data} has {s}x{s} frames but the model of '
-                              f'{args.run} takes {size}x{size} images; build the dataset with '
-                              f'--size {size}')  # fmt: skip
+    data.require_frame_size(model.config.image_size, f'the model of {args.run}')
     n = len(data.episodes(args.split))
     if not n:
         raise EvaluationError(f'dataset {args.data} has no {args.split!r} episodes')

@@ -26,7 +26,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from dlp_ros.errors import ConfigError, DlpError
+from dlp_ros.errors import DlpError
 from training import distributed as dist
 from training.checkpoint import save_checkpoint
 from training.config import to_dict
@@ -57,11 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if tc.threads:
         torch.set_num_threads(tc.threads)
     data = Dataset.open(data_dir)
-    if data.frame_shape[0] != config.model.image_size:
-        raise ConfigError(
-            f'dataset {data_dir} has {data.frame_shape[0]}px frames but model.image_size is '
-            f'{config.model.image_size}'
-        )
+    data.require_frame_size(config.model.image_size, 'the configured model (model.image_size)')
     train, val = FrameSource(data, 'train'), FrameSource(data, 'val')
     torch.manual_seed(tc.seed)
     model = Dlp(config.model).to(ctx.device)

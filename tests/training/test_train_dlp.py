@@ -113,3 +113,15 @@ def test_two_ddp_processes_stay_in_sync(balls_data: Path, tmp_path: Path) -> Non
     assert digests[0] == digests[1], 'DDP ranks ended with different parameters'
     model, _, info = load_dlp(out, 'last')
     assert info['step'] == 6 and parameter_digest(model) == digests[0]
+
+
+def test_frame_size_mismatch_is_refused(
+    balls_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / 'run'
+    argv = ['train-dlp', '--config', str(TINY), '--data', str(balls_data), '--out', str(out),
+            '--no-progress', '--set', 'model.image_size=32']  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert '64x64 frames' in err and '32x32 images' in err and '--size 32' in err
+    assert not (out / 'checkpoints').exists()

@@ -210,6 +210,15 @@ class Dataset:
             raise DatasetError(f'{self.root}: no episode {name!r}')
         return self._episodes[name]
 
+    def require_frame_size(self, size: int, consumer: str) -> None:
+        """Refuse frames that are not ``size`` x ``size`` (what ``consumer`` takes)."""
+        s = int(self.frame_shape[0])
+        if s != size:
+            raise DatasetError(
+                f'image size mismatch: dataset {self.root} has {s}x{s} frames but {consumer} '
+                f'takes {size}x{size} images; build the dataset with --size {size}'
+            )
+
     def frames(self, name: str) -> np.ndarray:
         """(T, S, S, 3) uint8 read-only memmap of an episode's frames."""
         info = self.episode(name)
