@@ -21,7 +21,6 @@ from training.models.tracking import (
     first_frame_slots,
     gather_slots,
     posterior_at,
-    proposals,
     track_sequence,
 )
 
@@ -96,7 +95,7 @@ def test_posterior_at_the_top_proposals_is_dlp_posterior() -> None:
     model, x = _tiny(), torch.rand(3, 3, 64, 64)
     with torch.no_grad():
         a = model.posterior(x)
-        b = posterior_at(model, x, proposals(model, x)[:, : TINY.n_particles])
+        b = posterior_at(model, x, model.proposals(x)[:, : TINY.n_particles])
     for name, u, v in zip(a._fields, a, b, strict=True):
         assert torch.allclose(u, v, atol=1e-6), name
 

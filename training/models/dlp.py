@@ -326,45 +326,70 @@ class Dlp(nn.Module):
     # --------------------------------------------------------------------------------- encoder
 
     def posterior(self, image: Tensor) -> Posterior:
-        """Image (B, 3, S, S) -> posterior parameters and the prior proposals."""
+        """Image (B, 3, S, S) -> posterior parameters and the prior proposals.
+
+        The K best prior proposals are the anchors; :meth:`glimpse_passes` refines them.
+        """
+        props = self.proposals(image)  # (B, M, 2)
+        anchors = props[:, : self.config.n_particles]  # (B, K, 2); the prior learns through them
+        mu, logvar, head = self.glimpse_passes(image, anchors)
+        hb = self.background_head(image, mu, torch.sigmoid(head[..., 6:7]))
+        return self.assemble(mu, logvar, head, hb, props)
+
+    def proposals(self, image: Tensor) -> Tensor:
+        """Image (B, 3, S, S) -> prior keypoints (B, M, 2), best first, M = max(K, L)."""
         c = self.config
-        b, k = image.shape[0], c.n_particles
         keypoints, score = self.prior(image)  # (B, N, 2), (B, N)
-        idx = torch.topk(score, max(k, c.n_proposals), dim=1).indices  # (B, M) most informative
-        keypoints = torch.gather(keypoints, 1, idx.unsqueeze(-1).expand(-1, -1, 2))  # (B, M, 2)
-        anchors = keypoints[:, :k]  # (B, K, 2); the prior CNN learns through them
-        proposals = keypoints[:, : c.n_proposals].detach()  # (B, L, 2)
+        idx = torch.topk(score, max(c.n_particles, c.n_proposals), dim=1).indices  # (B, M)
+        return torch.gather(keypoints, 1, idx.unsqueeze(-1).expand(-1, -1, 2))  # (B, M, 2)
 
+    def glimpse_passes(self, image: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Passes 1 and 2 of the posterior at anchors (B, K', 2), any K'.
+
+        Pass 1 crops a glimpse at each anchor and predicts the offset and the position
+        log-variance; pass 2 crops at the refined position and predicts the other attributes.
+
+        Returns:
+            mu (B, K', 2), logvar (B, K', 2) and the pass-2 head (B, K', 8 + 2F): scale mu and
+            logvar, depth mu and logvar, transparency logit mu and logvar, features mu and logvar.
+        """
+        c = self.config
+        b, k = anchors.shape[0], anchors.shape[1]
         g = crop_glimpses(image, anchors.detach(), c.anchor_scale, c.glimpse_size)
-        h = self.offset_encoder(g.flatten(0, 1)).view(b, k, 4)  # (B, K, 4)
-        mu = anchors + c.anchor_scale * torch.tanh(h[..., :2])  # (B, K, 2)
-        logvar = h[..., 2:]  # (B, K, 2)
-
+        h = self.offset_encoder(g.flatten(0, 1)).view(b, k, 4)  # (B, K', 4)
+        mu = anchors + c.anchor_scale * torch.tanh(h[..., :2])  # (B, K', 2)
         g = crop_glimpses(image, mu.detach(), c.anchor_scale, c.glimpse_size)
-        h = self.particle_encoder(g.flatten(0, 1)).view(b, k, -1)  # (B, K, 8 + 2F)
-        f = c.feature_dim
-        t_mu = h[..., 6:7]  # (B, K, 1) transparency logit
+        head = self.particle_encoder(g.flatten(0, 1)).view(b, k, -1)  # (B, K', 8 + 2F)
+        return mu, h[..., 2:], head
 
-        # the background encoder must not see the particles: hide their boxes
-        on = torch.sigmoid(t_mu).detach().unsqueeze(-1)  # (B, K, 1, 1)
+    def background_head(self, image: Tensor, mu: Tensor, transparency: Tensor) -> Tensor:
+        """Background head (B, 2 Fb): the encoder must not see the particles, so the boxes of
+        the particles (mu (B, K, 2)) are hidden in proportion to transparency (B, K, 1)."""
+        c = self.config
+        on = transparency.detach().unsqueeze(-1)  # (B, K, 1, 1)
         boxes = box_masks(mu.detach(), c.anchor_scale, c.image_size) * on  # (B, K, S, S)
         visible = torch.prod(1 - boxes, dim=1, keepdim=True)  # (B, 1, S, S)
-        hb = self.bg_encoder(image * visible)  # (B, 2 Fb)
-        fb = c.bg_feature_dim
+        return self.bg_encoder(image * visible)  # (B, 2 Fb)
+
+    def assemble(
+        self, mu: Tensor, logvar: Tensor, head: Tensor, hb: Tensor, props: Tensor
+    ) -> Posterior:
+        """:class:`Posterior` from the pass outputs and the proposals (B, M, 2)."""
+        f, fb, n = self.config.feature_dim, self.config.bg_feature_dim, self.config.n_proposals
         return Posterior(
             mu=mu,
             logvar=logvar,
-            scale_mu=h[..., 0:2],
-            scale_logvar=h[..., 2:4],
-            depth_mu=h[..., 4:5],
-            depth_logvar=h[..., 5:6],
-            transparency_mu=t_mu,
-            transparency_logvar=h[..., 7:8],
-            features_mu=h[..., 8 : 8 + f],
-            features_logvar=h[..., 8 + f :],
-            bg_mu=hb[:, :fb],
-            bg_logvar=hb[:, fb:],
-            proposals=proposals,
+            scale_mu=head[..., 0:2],
+            scale_logvar=head[..., 2:4],
+            depth_mu=head[..., 4:5],
+            depth_logvar=head[..., 5:6],
+            transparency_mu=head[..., 6:7],
+            transparency_logvar=head[..., 7:8],
+            features_mu=head[..., 8 : 8 + f],
+            features_logvar=head[..., 8 + f :],
+            bg_mu=hb[..., :fb],
+            bg_logvar=hb[..., fb:],
+            proposals=props[..., :n, :].detach(),
         )
 
     @staticmethod

@@ -39,7 +39,6 @@ import torch
 from torch import Tensor, nn
 
 from training.models.dlp import Dlp, Particles, Posterior
-from training.models.dlp_parts import box_masks, crop_glimpses
 
 logger = logging.getLogger(__name__)
 
@@ -155,72 +154,14 @@ def gather_slots(
 # ----------------------------------------------------------------------------- torch posterior
 
 
-def proposals(model: Dlp, image: Tensor) -> Tensor:
-    """Image (B, 3, S, S) -> prior keypoints (B, M, 2), best first, M = max(K, L)."""
-    c = model.config
-    keypoints, score = model.prior(image)  # (B, N, 2), (B, N)
-    idx = torch.topk(score, max(c.n_particles, c.n_proposals), dim=1).indices  # (B, M)
-    return torch.gather(keypoints, 1, idx.unsqueeze(-1).expand(-1, -1, 2))  # (B, M, 2)
-
-
-def glimpse_passes(model: Dlp, image: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Passes 1 and 2 of :meth:`Dlp.posterior` at given anchors (B, K', 2), any K'.
-
-    Returns mu (B, K', 2), logvar (B, K', 2) and the pass-2 head (B, K', 8 + 2F): scale mu and
-    logvar, depth mu and logvar, transparency logit mu and logvar, features mu and logvar.
-    """
-    c = model.config
-    b, k = anchors.shape[0], anchors.shape[1]
-    g = crop_glimpses(image, anchors, c.anchor_scale, c.glimpse_size)  # (B, K', 3, g, g)
-    h = model.offset_encoder(g.flatten(0, 1)).view(b, k, 4)  # (B, K', 4)
-    mu = anchors + c.anchor_scale * torch.tanh(h[..., :2])  # (B, K', 2)
-    g = crop_glimpses(image, mu.detach(), c.anchor_scale, c.glimpse_size)
-    head = model.particle_encoder(g.flatten(0, 1)).view(b, k, -1)  # (B, K', 8 + 2F)
-    return mu, h[..., 2:], head
-
-
-def background_head(model: Dlp, image: Tensor, mu: Tensor, transparency: Tensor) -> Tensor:
-    """Background head (B, 2 Fb) of :meth:`Dlp.posterior`, the on particles' boxes hidden.
-
-    mu (B, K, 2), transparency (B, K, 1) in [0, 1].
-    """
-    c = model.config
-    on = transparency.detach().unsqueeze(-1)  # (B, K, 1, 1)
-    boxes = box_masks(mu.detach(), c.anchor_scale, c.image_size) * on  # (B, K, S, S)
-    visible = torch.prod(1 - boxes, dim=1, keepdim=True)  # (B, 1, S, S)
-    return model.bg_encoder(image * visible)  # (B, 2 Fb)
-
-
-def _assemble(
-    model: Dlp, mu: Tensor, logvar: Tensor, head: Tensor, hb: Tensor, props: Tensor
-) -> Posterior:
-    """Posterior from the heads, as :meth:`Dlp.posterior` splits them."""
-    f, fb, n = model.config.feature_dim, model.config.bg_feature_dim, model.config.n_proposals
-    return Posterior(
-        mu=mu,
-        logvar=logvar,
-        scale_mu=head[..., 0:2],
-        scale_logvar=head[..., 2:4],
-        depth_mu=head[..., 4:5],
-        depth_logvar=head[..., 5:6],
-        transparency_mu=head[..., 6:7],
-        transparency_logvar=head[..., 7:8],
-        features_mu=head[..., 8 : 8 + f],
-        features_logvar=head[..., 8 + f :],
-        bg_mu=hb[..., :fb],
-        bg_logvar=hb[..., fb:],
-        proposals=props[..., :n, :].detach(),
-    )
-
-
 def posterior_at(model: Dlp, image: Tensor, anchors: Tensor) -> Posterior:
     """:meth:`Dlp.posterior` of images (B, 3, S, S) anchored at ``anchors`` (B, K, 2).
 
-    With ``anchors = proposals(model, image)[:, :K]`` it equals ``model.posterior(image)``.
+    With ``anchors = model.proposals(image)[:, :K]`` it equals ``model.posterior(image)``.
     """
-    mu, logvar, head = glimpse_passes(model, image, anchors)
-    hb = background_head(model, image, mu, torch.sigmoid(head[..., 6:7]))
-    return _assemble(model, mu, logvar, head, hb, proposals(model, image))
+    mu, logvar, head = model.glimpse_passes(image, anchors)
+    hb = model.background_head(image, mu, torch.sigmoid(head[..., 6:7]))
+    return model.assemble(mu, logvar, head, hb, model.proposals(image))
 
 
 # ----------------------------------------------------------------------------- sequences
@@ -260,9 +201,9 @@ def track_sequence(
     k, t_len = c.n_particles, frames.shape[0]
     radius = c.anchor_scale if claim_radius is None else claim_radius
     chunks = [frames[i : i + batch] for i in range(0, t_len, batch)]
-    props = torch.cat([proposals(model, x) for x in chunks])  # (T, M, 2)
+    props = torch.cat([model.proposals(x) for x in chunks])  # (T, M, 2)
     det = [
-        glimpse_passes(model, x, p[:, :k]) for x, p in zip(chunks, props.split(batch), strict=True)
+        model.glimpse_passes(x, p[:, :k]) for x, p in zip(chunks, props.split(batch), strict=True)
     ]
     detected = {
         n: torch.cat(v).cpu().numpy()
@@ -277,7 +218,7 @@ def track_sequence(
             tracked_t = det_t
         else:
             anchors = torch.from_numpy(out['mu'][t - 1]).to(frames)[None]  # (1, K, 2)
-            passes = glimpse_passes(model, frames[t : t + 1], anchors)
+            passes = model.glimpse_passes(frames[t : t + 1], anchors)
             tracked_t = {n: v[0].cpu().numpy() for n, v in zip(HEAD_FIELDS, passes, strict=True)}
             source = assign_slots(
                 tracked_t['mu'],
@@ -295,11 +236,11 @@ def track_sequence(
     mu, logvar, head = (torch.from_numpy(out[n]).to(frames) for n in HEAD_FIELDS)
     hb = torch.cat(
         [
-            background_head(model, x, m, torch.sigmoid(h[..., 6:7]))
+            model.background_head(x, m, torch.sigmoid(h[..., 6:7]))
             for x, m, h in zip(chunks, mu.split(batch), head.split(batch), strict=True)
         ]
     )  # (T, 2 Fb)
-    post = _assemble(model, mu, logvar, head, hb, props)
+    post = model.assemble(mu, logvar, head, hb, props)
     return Track(Dlp.sample(post, deterministic=True), torch.from_numpy(reseeded))
 
 
@@ -329,15 +270,15 @@ class DlpTrackingEncoder(nn.Module):
 
     def forward(self, image: Tensor, anchors: Tensor) -> tuple[Tensor, ...]:
         k = self.dlp.config.n_particles
-        both = torch.cat([anchors, proposals(self.dlp, image)[:, :k]], dim=1)  # (B, 2K, 2)
-        mu, logvar, head = glimpse_passes(self.dlp, image, both)
+        both = torch.cat([anchors, self.dlp.proposals(image)[:, :k]], dim=1)  # (B, 2K, 2)
+        mu, logvar, head = self.dlp.glimpse_passes(image, both)
         f = self.dlp.config.feature_dim
         return (mu, logvar, head[..., 0:2], head[..., 4:5], torch.sigmoid(head[..., 6:7]),
                 head[..., 8 : 8 + f])  # fmt: skip
 
 
 class DlpBackgroundEncoder(nn.Module):
-    """Export view of :func:`background_head` (means): image (B, 3, S, S), mu (B, K, 2),
+    """Export view of :meth:`Dlp.background_head` (means): image (B, 3, S, S), mu (B, K, 2),
     transparency (B, K, 1) -> bg_features (B, Fb)."""
 
     INPUT_NAMES = ('image', 'mu', 'transparency')
@@ -348,6 +289,6 @@ class DlpBackgroundEncoder(nn.Module):
         self.dlp = dlp
 
     def forward(self, image: Tensor, mu: Tensor, transparency: Tensor) -> Tensor:
-        return background_head(self.dlp, image, mu, transparency)[
+        return self.dlp.background_head(image, mu, transparency)[
             :, : self.dlp.config.bg_feature_dim
         ]
