@@ -8,8 +8,11 @@ resumed run sees exactly the clips it would have seen.
 Which windows are clips:
 
 * the episode has at least ``length`` frames;
-* with ``skip_reseeded``, no particle slot is re-seeded (a new identity, ``reseeded[t, k]``)
-  in frames 1 .. length - 1 of the window: such a jump is not dynamics;
+* a particle slot re-seeded (a new identity, ``reseeded[t, k]``) in frames 1 .. length - 1 of
+  the window jumps, and a jump is not dynamics. ``reseeded='skip'`` leaves such windows out;
+  ``'mask'`` keeps them and marks the slot invalid for that clip (``Clips.slot_valid``, which the
+  losses and metrics use as a weight), so a clip still teaches the other slots; ``'keep'`` trains
+  on the jumps too;
 * with actions, ``action_valid`` holds for every action the rollout reads: frames
   ``action_from .. length - 2`` of the window (``action_from = burn_in - H``; the action at the
   last frame produces nothing). Windows with an invalid action are left out, never masked.
@@ -33,6 +36,7 @@ from training.latents import LatentDataset
 from training.models.dlp import Particles
 
 logger = logging.getLogger(__name__)
+RESEEDED_MODES = ('skip', 'mask', 'keep')
 
 
 class Clips(NamedTuple):
@@ -40,11 +44,13 @@ class Clips(NamedTuple):
 
     particles: Particles  # (B, L, K, ...) fields; bg_features (B, L, Fb)
     actions: Tensor | None  # (B, L, A) float32, actions[:, s] applied at clip frame s
+    slot_valid: Tensor  # (B, K) float32: 1 if slot k is one identity over the whole clip, else 0
 
     def take(self, index: slice | Tensor, device: torch.device | str = 'cpu') -> Clips:
         """Clips ``index`` of the batch, on ``device``."""
         particles = Particles(*(x[index].to(device) for x in self.particles))
-        return Clips(particles, None if self.actions is None else self.actions[index].to(device))
+        actions = None if self.actions is None else self.actions[index].to(device)
+        return Clips(particles, actions, self.slot_valid[index].to(device))
 
     def to(self, device: torch.device | str) -> Clips:
         """The whole batch on ``device``."""
@@ -60,7 +66,8 @@ class ClipSource:
         length: frames per clip, L.
         action_columns: columns of the episodes' actions to return, or None for no actions.
         action_from: first clip frame whose action must be valid.
-        skip_reseeded: leave out windows with a re-seeded slot after their first frame.
+        reseeded: 'skip' (leave out windows with a re-seeded slot after their first frame),
+            'mask' (keep them, the slot is invalid in ``Clips.slot_valid``) or 'keep'.
     """
 
     def __init__(
@@ -70,14 +77,18 @@ class ClipSource:
         length: int,
         action_columns: list[int] | None = None,
         action_from: int = 0,
-        skip_reseeded: bool = True,
+        reseeded: str = 'mask',
     ) -> None:
+        if reseeded not in RESEEDED_MODES:
+            raise ValueError(f'reseeded must be one of {RESEEDED_MODES}, got {reseeded!r}')
         self.length = length
+        self.mask_reseeded = reseeded == 'mask'
         episodes = latents.episodes(split)
         if not episodes:
             raise DlpError(f'latents {latents.root} have no {split!r} episodes')
         fields: list[list[np.ndarray]] = [[] for _ in Particles._fields]
         actions: list[np.ndarray] = []
+        reseeds: list[np.ndarray] = []
         starts: list[np.ndarray] = []
         dropped_max = 0.0
         self.left_out = {'short_episodes': 0, 'reseeded': 0, 'invalid_actions': 0}
@@ -90,7 +101,8 @@ class ClipSource:
                 continue
             s = np.arange(t - length + 1)  # (W,) window starts in the episode
             keep = np.ones(len(s), dtype=bool)
-            if skip_reseeded:
+            reseeds.append(arrays['reseeded'].astype(bool))
+            if reseeded == 'skip':
                 jumps = np.concatenate([[0], np.cumsum(arrays['reseeded'].any(axis=1))])  # (T+1,)
                 bad = jumps[s + length] - jumps[s + 1] > 0  # a re-seed in frames s+1 .. s+L-1
                 self.left_out['reseeded'] += int((bad & keep).sum())
@@ -118,6 +130,11 @@ class ClipSource:
         self._fields = [torch.from_numpy(np.concatenate(f)) for f in fields]  # (N, K, ...) each
         self._actions = torch.from_numpy(np.concatenate(actions)) if actions else None  # (N, A)
         self._starts = np.concatenate(starts)  # (count,) global frame index of each clip start
+        # (N + 1, K) running count of re-seeds per slot over the concatenated episodes
+        self._reseeds = np.concatenate(
+            [np.zeros((1, self._fields[0].shape[1]), dtype=np.int64),
+             np.cumsum(np.concatenate(reseeds), axis=0)]
+        )  # fmt: skip
         if dropped_max > 0:
             logger.warning(
                 'actions outside train.action_columns %s are not always zero in the %s split '
@@ -131,7 +148,13 @@ class ClipSource:
         """The clips starting at global frame indices ``starts`` (B,)."""
         index = torch.from_numpy(starts[:, None] + np.arange(self.length))  # (B, L)
         particles = Particles(*(f[index] for f in self._fields))  # (B, L, ...) each
-        return Clips(particles, None if self._actions is None else self._actions[index])
+        actions = None if self._actions is None else self._actions[index]
+        valid = np.ones((len(starts), self._fields[0].shape[1]), dtype=np.float32)  # (B, K)
+        if self.mask_reseeded:
+            # re-seeds of each slot in clip frames 1 .. L - 1
+            jumps = self._reseeds[starts + self.length] - self._reseeds[starts + 1]  # (B, K)
+            valid = (jumps == 0).astype(np.float32)
+        return Clips(particles, actions, torch.from_numpy(valid))
 
     def batch(self, batch_size: int, seed: int, step: int, rank: int = 0) -> Clips:
         """Random clips for optimisation step ``step`` of process ``rank``."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.clips import RESEEDED_MODES
 from training.models.dynamics import DynamicsConfig, ParticleDynamics, RolloutLossWeights
 from training.runs import check_train_config, load_run_model
 
@@ -56,9 +57,10 @@ class DynamicsTrainConfig:
     # Columns of the latents' actions fed to the model (None: all); their number must equal
     # model.action_dim. E.g. [0, 1] = linear.x, linear.y of a Twist command.
     action_columns: list[int] | None = None
-    # Leave out clips in which a particle slot is re-seeded (a new identity) after their first
-    # frame: its jump is not dynamics.
-    skip_reseeded: bool = True
+    # A particle slot re-seeded (a new identity) after a clip's first frame jumps, and a jump is
+    # not dynamics: 'mask' drops that slot of that clip from the losses and metrics, 'skip'
+    # leaves the whole clip out (with a busy tracker that leaves few clips), 'keep' trains on it.
+    reseeded: str = 'mask'
     # Validate every this many steps on eval_clips clips of the val split (evenly spaced).
     eval_every: int = 500
     eval_clips: int = 256
@@ -83,6 +85,9 @@ class DynamicsTrainConfig:
                 f'train.horizon_start ({self.horizon_start}) must be <= train.horizon '
                 f'({self.horizon})'
             )
+        if self.reseeded not in RESEEDED_MODES:
+            raise ValueError(f'train.reseeded must be one of {RESEEDED_MODES}, got '
+                             f'{self.reseeded!r}')  # fmt: skip
         if self.dlp_checkpoint not in ('', 'best', 'last'):
             raise ValueError(f"train.dlp_checkpoint must be '', 'best' or 'last', got "
                              f'{self.dlp_checkpoint!r}')  # fmt: skip

@@ -118,7 +118,7 @@ def predict(
     hook = model.register_forward_hook(lambda _m, _i, out: steps.append(out))
     try:
         loss, metrics = rollout_loss(model, clips.particles, burn_in, horizon, clips.actions,
-                                     weights)  # fmt: skip
+                                     weights, slot_mask=clips.slot_valid)  # fmt: skip
     finally:
         hook.remove()
     return loss, metrics, Particles(*(torch.stack(s, dim=1) for s in zip(*steps, strict=True)))
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     columns = check_latents(latents, config)
     source = {'length': tc.burn_in + tc.horizon, 'action_columns': columns,
               'action_from': tc.burn_in - mc.history,
-              'skip_reseeded': tc.skip_reseeded}  # fmt: skip
+              'reseeded': tc.reseeded}  # fmt: skip
     train, val = ClipSource(latents, 'train', **source), ClipSource(latents, 'val', **source)
     decoder = load_decoder(latents, config).to(ctx.device) if tc.pixel_loss_weight else None
     torch.manual_seed(tc.seed)
@@ -302,9 +302,10 @@ def evaluate(
             if not key.startswith('position_rmse'):
                 totals[key] = totals.get(key, 0.0) + value * b / n
         target = frames(chunk.particles, slice(tc.burn_in, tc.burn_in + tc.horizon))
-        presence = target.transparency[..., 0]  # (B, S, K)
+        valid = chunk.slot_valid[:, None, :]  # (B, 1, K)
+        presence = target.transparency[..., 0] * valid  # (B, S, K)
         if not tc.loss.presence_weighted:
-            presence = torch.ones_like(presence)
+            presence = valid.expand_as(presence)
         guesses = {'position': pred.mu, **baselines(chunk.particles.mu, tc.burn_in, tc.horizon)}
         for name, guess in guesses.items():
             err, weight = squared_error_sums(guess, target.mu, presence)

@@ -253,6 +253,25 @@ def test_rollout_loss_trains_and_reports_metrics() -> None:
 # ------------------------------------------------------------------------------------ export
 
 
+def test_slot_mask_drops_a_slot_from_the_loss() -> None:
+    c = _config()
+    model = _model()
+    seq = _particles(2, c.history + 3, c.n_particles, c.feature_dim, c.bg_feature_dim, seed=1)
+    mask = torch.ones(2, c.n_particles)
+    mask[1, 2] = 0.0
+    loss, _ = rollout_loss(model, seq, c.history, 3, slot_mask=mask)
+    # a jump of the masked slot in the targets changes nothing; the same jump elsewhere does
+    jumped = seq._replace(mu=seq.mu.clone(), features=seq.features.clone())
+    jumped.mu[1, c.history :, 2] += 0.7
+    jumped.features[1, c.history :, 2] -= 1.3
+    again, _ = rollout_loss(model, jumped, c.history, 3, slot_mask=mask)
+    assert torch.equal(loss, again)
+    unmasked, _ = rollout_loss(model, jumped, c.history, 3)
+    assert not torch.allclose(unmasked, rollout_loss(model, seq, c.history, 3)[0])
+    with pytest.raises(ValueError, match='slot_mask'):
+        rollout_loss(model, seq, c.history, 3, slot_mask=torch.ones(2, c.n_particles + 1))
+
+
 def test_onnx_step_and_numpy_rollout_parity() -> None:
     ort = pytest.importorskip('onnxruntime')
     onnx = pytest.importorskip('onnx')

@@ -216,9 +216,18 @@ def test_actions_and_pixel_loss(tmp_path: Path) -> None:
     assert clips.count == 2 * 10 and clips.left_out['invalid_actions'] == 2 * 2
     batch = clips.batch(3, seed=0, step=0)
     assert batch.actions.shape == (3, 5, 2) and batch.particles.mu.shape == (3, 5, K, 2)
-    train_clips = ClipSource(latents, 'train', 5)  # episode 0 re-seeds slot 0 at frame 8
-    assert train_clips.left_out['reseeded'] == 4 and train_clips.count == 4 * 12 - 4
-    assert ClipSource(latents, 'train', 5, skip_reseeded=False).count == 4 * 12
+    # episode 0 re-seeds slot 0 at frame 8: windows starting at 4..7 hold the jump
+    skipped = ClipSource(latents, 'train', 5, reseeded='skip')
+    assert skipped.left_out['reseeded'] == 4 and skipped.count == 4 * 12 - 4
+    assert ClipSource(latents, 'train', 5, reseeded='keep').count == 4 * 12
+    masked = ClipSource(latents, 'train', 5)  # the default: keep the clip, mask the slot
+    assert masked.count == 4 * 12 and masked.left_out['reseeded'] == 0
+    valid = masked.gather(np.arange(12)).slot_valid  # (12, K) the windows of episode 0
+    assert valid[:, 1:].all() and valid[:, 0].tolist() == [
+        float(not 4 <= s <= 7) for s in range(12)
+    ]
+    kept = ClipSource(latents, 'train', 5, reseeded='keep').gather(np.arange(12)).slot_valid
+    assert kept.all()
 
 
 def test_bad_input_errors(

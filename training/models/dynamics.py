@@ -488,6 +488,7 @@ def rollout_loss(
     actions: Tensor | None = None,
     weights: RolloutLossWeights | None = None,
     step_weights: Tensor | None = None,
+    slot_mask: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     r"""Burn-in + multi-step rollout loss in particle space.
 
@@ -514,6 +515,8 @@ def rollout_loss(
             ``sequence``; None iff A = 0.
         weights: term weights; defaults of :class:`RolloutLossWeights` if None.
         step_weights: (horizon,) non-negative weights of the predicted steps, or None.
+        slot_mask: (B, K) weights of the particle slots per clip (0 drops a slot from every
+            foreground term, e.g. one re-seeded to a new identity within the clip), or None.
 
     Returns:
         Scalar loss and float metrics: ``loss``, each term (step-weighted MSE), and
@@ -537,16 +540,22 @@ def rollout_loss(
     pred = rollout(model, frames(seq, slice(burn_in - h, burn_in)), horizon, step_actions)
     target = frames(seq, slice(burn_in, burn_in + horizon))  # (B, horizon, K, ...)
 
-    presence = target.transparency[..., 0].detach()  # (B, horizon, K)
+    mask = torch.ones_like(target.transparency[..., 0])  # (B, horizon, K)
+    if slot_mask is not None:
+        if tuple(slot_mask.shape) != (mask.shape[0], mask.shape[2]):
+            raise ValueError(f'slot_mask must be (B, K) = {(mask.shape[0], mask.shape[2])}, '
+                             f'got {tuple(slot_mask.shape)}')  # fmt: skip
+        mask = mask * slot_mask[:, None, :].to(mask)
+    presence = target.transparency[..., 0].detach() * mask  # (B, horizon, K)
     if not w.presence_weighted:
-        presence = torch.ones_like(presence)
+        presence = mask
     norm = presence.sum(dim=(0, 2)).clamp(min=1e-6)  # (horizon,)
     per_step: dict[str, Tensor] = {}  # term -> (horizon,)
     for name in ('mu', 'logvar', 'scale', 'depth', 'features'):
         err = (getattr(pred, name) - getattr(target, name)).pow(2).mean(-1)  # (B, horizon, K)
         per_step[name] = (err * presence).sum(dim=(0, 2)) / norm
     err = (pred.transparency - target.transparency).pow(2)[..., 0]  # (B, horizon, K)
-    per_step['transparency'] = err.mean(dim=(0, 2))
+    per_step['transparency'] = (err * mask).sum(dim=(0, 2)) / mask.sum(dim=(0, 2)).clamp(min=1e-6)
     per_step['bg_features'] = (pred.bg_features - target.bg_features).pow(2).mean(dim=(0, 2))
 
     if step_weights is None:
