@@ -1,0 +1,742 @@
+"""The perception node: camera frames in, Deep Latent Particles and their predicted future out.
+
+A lifecycle node (``perception_node``), run by ``ros2 run dlp_ros perception_node`` or the
+installed ``lib/dlp_ros/perception_node``:
+
+- configure: reads and validates the parameters (declared with descriptions and ranges at
+  start-up, see :data:`dlp_ros.node_support.PARAMS`), loads the model bundle. A bad bundle or
+  parameter fails the transition with a logged reason; the process stays up.
+- activate: subscribes to ``image`` (sensor_msgs/Image or CompressedImage, sensor-data QoS,
+  depth 1) and publishes ``/dlp/particles``, ``/dlp/prediction``, ``~/overlay`` and
+  ``/diagnostics``; serves ``~/predict`` and ``~/render``.
+- deactivate / cleanup release them again.
+
+Frames are processed off the executor on a worker thread: the subscription callback only leaves
+the message in a one-slot mailbox, so the latest frame wins and the replaced ones are counted as
+dropped. Bad frames are logged (throttled), counted on /diagnostics and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import TwistStamped
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
+from rclpy.qos import HistoryPolicy, QoSProfile, qos_profile_sensor_data
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.service import Service
+from rclpy.subscription import Subscription
+from rclpy.timer import Timer
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+
+from dlp_ros import conversions
+from dlp_ros.errors import ConfigError, DlpError, ImageError
+from dlp_ros.msg import ParticleArray, Prediction
+from dlp_ros.node_support import (
+    DEFAULT_BUNDLE,
+    PARAM_SPECS,
+    PARAMS,
+    ActionHistory,
+    LatencyWindow,
+    Mailbox,
+    NodeConfig,
+    ParamSpec,
+    RateMeter,
+    Throttle,
+    actions_from_request,
+    ood_score,
+)
+from dlp_ros.overlay import draw_overlay
+from dlp_ros.particles import ParticleFrame
+from dlp_ros.runtime import DlpRuntime, Tracker
+from dlp_ros.srv import Predict, Render
+
+NODE_NAME = 'perception_node'
+PARTICLES_TOPIC = '/dlp/particles'
+PREDICTION_TOPIC = '/dlp/prediction'
+DIAGNOSTICS_PERIOD_S = 1.0
+LOG_PERIOD_S = 5.0  # throttle of the bad-frame and error logs
+MAX_HORIZON = 1000
+SUCCESS = TransitionCallbackReturn.SUCCESS
+FAILURE = TransitionCallbackReturn.FAILURE
+
+
+def default_bundle() -> str:
+    """share/dlp_ros/bundles/tabletop64 of the installed package ('' when not installed)."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return str(Path(get_package_share_directory('dlp_ros')) / 'bundles' / DEFAULT_BUNDLE)
+    except Exception:  # noqa: BLE001 - PackageNotFoundError, or no ament index at all
+        return ''
+
+
+def descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    """The ROS ParameterDescriptor of a parameter: description, range, allowed strings."""
+    desc = ParameterDescriptor(name=spec.name, description=spec.description)
+    if spec.choices:
+        desc.additional_constraints = 'one of: ' + ', '.join(spec.choices)
+    is_number = isinstance(spec.default, int | float) and not isinstance(spec.default, bool)
+    if is_number and spec.low is not None and spec.high is not None:
+        if isinstance(spec.default, int):
+            desc.integer_range = [
+                IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=0)
+            ]
+        else:
+            desc.floating_point_range = [
+                FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high), step=0.0)
+            ]
+    desc.read_only = spec.name == 'autostart'
+    return desc
+
+
+@dataclass
+class Stats:
+    """Counters of the node, shared by the executor and the worker thread (under ``lock``)."""
+
+    received: int = 0
+    processed: int = 0
+    dropped: int = 0
+    bad: int = 0
+    errors: int = 0
+    predictions: int = 0
+    last_bad: str = ''
+    last_error: str = ''
+    ood: float = math.nan
+    input_rate: RateMeter = field(default_factory=RateMeter)
+    output_rate: RateMeter = field(default_factory=RateMeter)
+    latency: LatencyWindow = field(default_factory=LatencyWindow)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class Observed:
+    """What the worker last saw, for predictions (read by ~/predict under ``lock``)."""
+
+    header: Header | None = None
+    size: tuple[int, int] = (0, 0)  # (width, height) of the input image
+    stamp_ns: int = 0
+    history: list[ParticleFrame] = field(default_factory=list)
+    actions: ActionHistory | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class PerceptionNode(LifecycleNode):
+    """The lifecycle node; see the module docstring."""
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self._param_errors: dict[str, str] = {}
+        self._declare_parameters()
+        self.add_on_set_parameters_callback(self._check_parameters)
+        self.config: NodeConfig | None = None
+        self.rt: DlpRuntime | None = None
+        self._tracker: Tracker | None = None
+        self._stats = Stats()
+        self._observed = Observed()
+        self._latest_action: np.ndarray | None = None
+        self._mailbox: Mailbox[tuple[Any, float]] | None = None  # (message, receive time)
+        self._predict_box: Mailbox[float] | None = None  # prediction requests (due time)
+        self._threads: list[threading.Thread] = []
+        self._running = False
+        self._entities: list[Any] = []  # subscriptions, publishers, services, timers of 'active'
+        self._pubs: dict[str, Any] = {}
+        self._service_group = MutuallyExclusiveCallbackGroup()
+        self._bad_log = Throttle(LOG_PERIOD_S)
+        self._error_log = Throttle(LOG_PERIOD_S)
+        self._last_prediction = -math.inf
+        self._last_frames = -math.inf
+        self._diag_last = (0, 0)  # (bad, errors) at the previous diagnostics message
+        self._input_topic = 'image'
+
+    # ------------------------------------------------------------------------- parameters
+
+    def _declare_parameters(self) -> None:
+        """Declare every parameter once. A bad override (wrong type, out of range) does not
+        raise here: the default is declared and the reason fails the next configure, until the
+        parameter is set to a valid value."""
+        overrides = getattr(self, '_parameter_overrides', {})
+        for spec in PARAMS:
+            default = default_bundle() if spec.name == 'model_bundle' else spec.default
+            desc = descriptor(spec)
+            try:
+                self.declare_parameter(spec.name, default, desc)
+            except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+                given = overrides.get(spec.name)
+                value = given.value if given is not None else None
+                if (
+                    isinstance(default, float)
+                    and isinstance(value, int)
+                    and not spec.check(float(value))
+                ):  # an integer given for a double parameter (prediction_rate:=5)
+                    self.declare_parameter(spec.name, float(value), desc, ignore_override=True)
+                    continue
+                self.declare_parameter(spec.name, default, desc, ignore_override=True)
+                self._param_errors[spec.name] = f'parameter {spec.name} = {value!r}: {exc}'
+        for name, reason in self._param_errors.items():
+            self.get_logger().error(f'{reason} (configure fails until {name} is set right)')
+
+    def _check_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Reject values outside a parameter's choices; a valid value clears its error."""
+        for param in params:
+            spec = PARAM_SPECS.get(param.name)
+            if spec is None:
+                continue
+            reason = spec.check(param.value)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        for param in params:
+            self._param_errors.pop(param.name, None)
+        return SetParametersResult(successful=True)
+
+    def _read_config(self) -> NodeConfig:
+        """The parameters as a validated NodeConfig.
+
+        Raises:
+            ConfigError: a parameter that was given a bad value, or no model bundle.
+        """
+        if self._param_errors:
+            raise ConfigError('; '.join(self._param_errors.values()))
+        values = {spec.name: self.get_parameter(spec.name).value for spec in PARAMS}
+        config = NodeConfig.from_values(values)
+        if not config.model_bundle:
+            raise ConfigError(
+                f'no model bundle: set the parameter model_bundle (the default share/dlp_ros/'
+                f'bundles/{DEFAULT_BUNDLE} is not installed)'
+            )
+        bundle = Path(config.model_bundle).expanduser()
+        if not bundle.is_dir():
+            if config.model_bundle == default_bundle():
+                raise ConfigError(
+                    f'the default model bundle {str(bundle)!r} is not installed: set the '
+                    'parameter model_bundle to a bundle directory (python -m training export)'
+                )
+            raise ConfigError(
+                f'model_bundle {str(bundle)!r} is not a directory (a bundle holds '
+                'model_card.yaml and the .onnx graphs: python -m training export)'
+            )
+        return config
+
+    # ------------------------------------------------------------------------- lifecycle
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Validate the parameters and load the model bundle."""
+        try:
+            config = self._read_config()
+            rt = DlpRuntime.load(config.model_bundle, config.providers, config.threads)
+        except (DlpError, OSError, ValueError) as exc:
+            self.get_logger().error(f'configure failed: {exc}')
+            return FAILURE
+        except Exception as exc:  # noqa: BLE001 - never leave the transition unexplained
+            self.get_logger().error(f'configure failed: {type(exc).__name__}: {exc}')
+            return FAILURE
+        self.config, self.rt, self._tracker = config, rt, rt.tracker()
+        card = rt.card
+        dyn = card.dynamics
+        self._observed = Observed(
+            actions=ActionHistory(dyn.history, dyn.action_dim) if dyn.action_dim else None
+        )
+        self.get_logger().info(
+            f'configured: bundle {config.model_bundle} (S={card.image.size}, '
+            f'K={card.particles.K}, H={dyn.history}, A={dyn.action_dim}, dt={dyn.dt:g} s) on '
+            f'{rt.provider}; input {config.image_transport}, horizon {config.horizon}, '
+            f'prediction_rate {config.prediction_rate:g} Hz'
+        )
+        if config.action_topic and not dyn.action_dim:
+            self.get_logger().warning(
+                f'action_topic {config.action_topic!r} is ignored: the model takes no actions'
+            )
+        elif dyn.action_dim and not config.action_topic:
+            self.get_logger().info(
+                f'the model takes {dyn.action_dim} actions ({", ".join(dyn.action_names)}); '
+                'action_topic is empty: predicting with zero actions'
+            )
+        return SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Create the topics, services and timers; start the worker thread."""
+        try:
+            self._activate()
+        except Exception as exc:  # noqa: BLE001
+            self.get_logger().error(f'activate failed: {type(exc).__name__}: {exc}')
+            self._deactivate()
+            return FAILURE
+        return SUCCESS
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop the worker; destroy the topics, services and timers."""
+        self._deactivate()
+        self.get_logger().info('deactivated')
+        return SUCCESS
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release the model."""
+        self._release()
+        return SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._deactivate()
+        self._release()
+        return SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._deactivate()
+        self._release()
+        return SUCCESS
+
+    def _activate(self) -> None:
+        assert self.config is not None and self.rt is not None and self._tracker is not None
+        config = self.config
+        compressed = config.image_transport == 'compressed'
+        qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=1,  # the latest frame wins
+            reliability=qos_profile_sensor_data.reliability,
+            durability=qos_profile_sensor_data.durability,
+        )
+        self._tracker.reset()
+        if self._observed.actions is not None:
+            self._observed.actions.reset()
+        self._observed.history, self._observed.header = [], None
+        self._mailbox, self._predict_box = Mailbox(), Mailbox()
+        sub = self.create_subscription(
+            CompressedImage if compressed else Image,
+            'image',
+            self._on_image,
+            qos,
+            qos_overriding_options=QoSOverridingOptions.with_default_policies(),
+        )
+        self._entities.append(sub)
+        self._input_topic = sub.topic_name
+        for key, msg_type, topic in (
+            ('particles', ParticleArray, PARTICLES_TOPIC),
+            ('prediction', Prediction, PREDICTION_TOPIC),
+            ('overlay', Image, '~/overlay'),
+            ('diagnostics', DiagnosticArray, '/diagnostics'),
+        ):
+            self._pubs[key] = self.create_publisher(msg_type, topic, 10)
+            self._entities.append(self._pubs[key])
+        for srv_type, name, callback in (
+            (Predict, '~/predict', self._on_predict),
+            (Render, '~/render', self._on_render),
+        ):
+            srv = self.create_service(srv_type, name, callback, callback_group=self._service_group)
+            self._entities.append(srv)
+        if config.action_topic and self.rt.card.dynamics.action_dim:
+            self._entities.append(
+                self.create_subscription(TwistStamped, config.action_topic, self._on_action, 10)
+            )
+        self._entities.append(self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics))
+        self._running = True
+        self._threads = [
+            threading.Thread(target=self._work, args=(self._mailbox,), name='dlp_frames'),
+            threading.Thread(
+                target=self._predict_loop, args=(self._predict_box,), name='dlp_predict'
+            ),
+        ]
+        for thread in self._threads:
+            thread.daemon = True
+            thread.start()
+        self.get_logger().info(
+            f'active: {self._input_topic} ({"CompressedImage" if compressed else "Image"}) -> '
+            f'{self._pubs["particles"].topic_name}, {self._pubs["prediction"].topic_name}'
+        )
+
+    def stop_worker(self) -> None:
+        """Stop the worker threads (waits for the frame and the prediction in progress)."""
+        self._running = False
+        for box in (self._mailbox, self._predict_box):
+            if box is not None:
+                box.close()
+        for thread in self._threads:
+            thread.join(timeout=30.0)
+            if thread.is_alive():
+                self.get_logger().error(f'the {thread.name} thread did not stop within 30 s')
+        self._threads = []
+
+    def _deactivate(self) -> None:
+        self.stop_worker()
+        destroy = {
+            Subscription: self.destroy_subscription,
+            Publisher: self.destroy_publisher,
+            Service: self.destroy_service,
+            Timer: self.destroy_timer,
+        }
+        for entity in reversed(self._entities):
+            try:  # through the node: it also drops the entity's QoS event handlers
+                next(f for kind, f in destroy.items() if isinstance(entity, kind))(entity)
+            except Exception as exc:  # noqa: BLE001 - already gone with the context
+                self.get_logger().debug(f'destroying {entity}: {exc}')
+        self._entities.clear()
+        self._pubs.clear()
+
+    def _release(self) -> None:
+        self.rt, self._tracker, self.config = None, None, None
+        self._observed = Observed()
+
+    # ------------------------------------------------------------------------- input
+
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        """Executor thread: hand the frame to the worker; an unread one is dropped."""
+        now = time.monotonic()
+        self._stats.input_rate.tick(now)
+        mailbox = self._mailbox
+        if mailbox is None:
+            return
+        replaced = mailbox.put((msg, now))
+        with self._stats.lock:
+            self._stats.received += 1
+            self._stats.dropped += int(replaced)
+
+    def _on_action(self, msg: TwistStamped) -> None:
+        rt = self.rt
+        if rt is not None:
+            dyn = rt.card.dynamics
+            self._latest_action = conversions.twist_to_action(
+                msg, dyn.action_names, dyn.action_dim
+            )
+
+    # ------------------------------------------------------------------------- worker
+
+    def _work(self, mailbox: Mailbox[tuple[Any, float]]) -> None:
+        """Frame thread: process the latest frame until stopped; never raises."""
+        while self._running:
+            item = mailbox.get(timeout=0.25)
+            if item is None or not self._running:
+                continue
+            msg, received = item
+            try:
+                self._process(msg, received)
+            except ImageError as exc:
+                self._count_bad(str(exc))
+            except Exception as exc:  # noqa: BLE001 - a frame must never stop the node
+                self._count_error(f'{type(exc).__name__}: {exc}')
+
+    def _count_bad(self, reason: str) -> None:
+        with self._stats.lock:
+            self._stats.bad += 1
+            self._stats.last_bad = reason
+        report, held = self._bad_log.ready()
+        if report:
+            more = f' ({held} more bad frames since the last report)' if held else ''
+            self.get_logger().warning(f'bad frame on {self._input_topic} skipped: {reason}{more}')
+
+    def _count_error(self, reason: str) -> None:
+        with self._stats.lock:
+            self._stats.errors += 1
+            self._stats.last_error = reason
+        report, held = self._error_log.ready()
+        if report:
+            more = f' ({held} more since the last report)' if held else ''
+            self.get_logger().error(f'processing a frame failed: {reason}{more}')
+
+    def _process(self, msg: Image | CompressedImage, received: float) -> None:
+        """Decode, encode, publish the particles; then overlay and OOD score; ask the
+        prediction thread for a prediction when one is due."""
+        rt, tracker, config = self.rt, self._tracker, self.config
+        if rt is None or tracker is None or config is None:
+            return
+        t0 = time.perf_counter()
+        rgb = conversions.image_to_rgb(msg)  # (H, W, 3)
+        x = rt.preprocess(rgb)  # (1, 3, S, S)
+        t1 = time.perf_counter()
+        height, width = rgb.shape[:2]
+        stamp = conversions.stamp_ns(msg.header)
+        observed = self._observed
+        if observed.header is not None and (
+            (width, height) != observed.size or stamp < observed.stamp_ns
+        ):
+            why = 'frame size changed' if (width, height) != observed.size else 'time went back'
+            self.get_logger().info(f'{why}: tracking starts new particle identities')
+            tracker.reset()
+            if observed.actions is not None:
+                observed.actions.reset()
+        frame = tracker.update(x)
+        t2 = time.perf_counter()
+        out = conversions.particle_array(
+            frame, msg.header, width, height, (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        )
+        self._pubs['particles'].publish(out)
+        done = time.monotonic()
+        with observed.lock:
+            observed.header, observed.size, observed.stamp_ns = msg.header, (width, height), stamp
+            observed.history = tracker.history
+            if observed.actions is not None:
+                observed.actions.observe(self._latest_action)
+        with self._stats.lock:
+            self._stats.processed += 1
+            count = self._stats.processed
+        self._stats.output_rate.tick(done)
+        self._stats.latency.add((done - received) * 1e3)
+
+        overlay = self._pubs['overlay']
+        if config.overlay and overlay.get_subscription_count() > 0:
+            overlay.publish(conversions.rgb_to_image(draw_overlay(rgb, frame), msg.header))
+        if config.ood_every_n and (count - 1) % config.ood_every_n == 0:
+            score = ood_score(rt.recon_mse(x, frame), rt.card.validation.recon_mse)
+            with self._stats.lock:
+                self._stats.ood = score
+        rate = config.prediction_rate
+        if (
+            rate > 0
+            and done - self._last_prediction >= 1.0 / rate
+            and self._predict_box is not None
+        ):
+            self._last_prediction = done
+            self._predict_box.put(done)
+
+    def _predict_loop(self, box: Mailbox[float]) -> None:
+        """Prediction thread: roll out from the latest frame on request; never raises."""
+        while self._running:
+            due = box.get(timeout=0.25)
+            if due is None or not self._running:
+                continue
+            try:
+                self._publish_prediction(time.monotonic())
+            except Exception as exc:  # noqa: BLE001 - a rollout must never stop the node
+                self._count_error(f'prediction: {type(exc).__name__}: {exc}')
+
+    def _publish_prediction(self, now: float) -> None:
+        """Publish a prediction from the latest frame, if someone listens."""
+        config, rt = self.config, self.rt
+        publisher = self._pubs.get('prediction')
+        if config is None or rt is None or publisher is None:
+            return
+        if publisher.get_subscription_count() == 0:
+            return
+        frames = config.publish_frames and (
+            config.frames_rate <= 0 or now - self._last_frames >= 1.0 / config.frames_rate
+        )
+        if frames:
+            self._last_frames = now
+        header, size, history, actions = self._snapshot(config.horizon)
+        if header is None:
+            return
+        publisher.publish(self.predict(rt, history, header, size, config.horizon, actions, frames))
+        with self._stats.lock:
+            self._stats.predictions += 1
+
+    def _snapshot(
+        self, horizon: int
+    ) -> tuple[Header | None, tuple[int, int], list[ParticleFrame], np.ndarray | None]:
+        """(header, size, history, the node's actions for ``horizon``) of the latest frame."""
+        observed = self._observed
+        with observed.lock:
+            history = list(observed.history)
+            actions = None
+            if observed.actions is not None and history:
+                actions = observed.actions.rollout_actions(horizon, len(history))
+            return observed.header, observed.size, history, actions
+
+    @staticmethod
+    def predict(
+        rt: DlpRuntime,
+        history: list[ParticleFrame],
+        header: Header,
+        size: tuple[int, int],
+        horizon: int,
+        actions: np.ndarray | None,
+        frames: bool,
+    ) -> Prediction:
+        """A dlp_ros/Prediction of ``horizon`` steps after the last frame of ``history``: step k
+        stamped header.stamp + k * dt, pixel coordinates of the (width, height) ``size``;
+        decoded frames (model resolution) when ``frames``."""
+        t0 = time.perf_counter()
+        preds = rt.predict(history, horizon, actions)
+        images = rt.render(preds) if frames else []  # (N, S, S, 3)
+        dt = float(rt.card.dynamics.dt)
+        width, height = size
+        steps = [
+            conversions.particle_array(
+                p, conversions.shifted_header(header, conversions.step_offset_ns(k, dt)),
+                width, height,
+            )
+            for k, p in enumerate(preds, start=1)
+        ]  # fmt: skip
+        decoded = [
+            conversions.rgb_to_image(img, s.header) for img, s in zip(images, steps, strict=False)
+        ]
+        return Prediction(
+            header=header,
+            dt=dt,
+            steps=steps,
+            frames=decoded,
+            predict_ms=float((time.perf_counter() - t0) * 1e3),
+        )
+
+    # ------------------------------------------------------------------------- services
+
+    def _on_predict(self, request: Predict.Request, response: Predict.Response) -> Any:
+        """~/predict: ``horizon`` steps (0: the parameter) after the latest frame."""
+        rt, config = self.rt, self.config
+        response.success = False
+        if rt is None or config is None:
+            response.message = 'the node is not configured'
+            return response
+        horizon = int(request.horizon) or config.horizon
+        if horizon > MAX_HORIZON:
+            response.message = f'horizon must be <= {MAX_HORIZON}, got {horizon}'
+            return response
+        header, size, history, actions = self._snapshot(horizon)
+        if header is None or not history:
+            response.message = 'no camera frame has been processed yet'
+            return response
+        dyn = rt.card.dynamics
+        try:
+            if len(request.actions) or not dyn.action_dim:
+                actions = actions_from_request(
+                    np.asarray(request.actions, np.float32), horizon, dyn.history, dyn.action_dim
+                )
+            response.prediction = self.predict(
+                rt, history, header, size, horizon, actions, config.publish_frames
+            )
+        except (DlpError, ValueError) as exc:
+            response.message = str(exc)
+            return response
+        except Exception as exc:  # noqa: BLE001 - answer, never crash the service
+            response.message = f'prediction failed: {type(exc).__name__}: {exc}'
+            return response
+        response.success = True
+        response.message = f'{horizon} steps of dt {dyn.dt:g} s'
+        return response
+
+    def _on_render(self, request: Render.Request, response: Render.Response) -> Any:
+        """~/render: decode the request's particles into an rgb8 image (model resolution)."""
+        rt = self.rt
+        response.success = False
+        if rt is None:
+            response.message = 'the node is not configured'
+            return response
+        p = rt.card.particles
+        try:
+            frame = conversions.particle_frame(request.particles, p.K, p.F, p.Fb)
+            image = rt.render([frame])[0]  # (S, S, 3)
+        except (DlpError, ValueError) as exc:
+            response.message = f'cannot render these particles: {exc}'
+            return response
+        except Exception as exc:  # noqa: BLE001
+            response.message = f'render failed: {type(exc).__name__}: {exc}'
+            return response
+        response.image = conversions.rgb_to_image(image, request.particles.header)
+        response.success = True
+        response.message = f'{image.shape[1]}x{image.shape[0]}'
+        return response
+
+    # ------------------------------------------------------------------------- diagnostics
+
+    def _publish_diagnostics(self) -> None:
+        """1 Hz: rates, latency, drops, bad frames, provider and OOD score on /diagnostics."""
+        publisher, rt, config = self._pubs.get('diagnostics'), self.rt, self.config
+        if publisher is None or rt is None or config is None:
+            return
+        s = self._stats
+        with s.lock:
+            received, processed, dropped = s.received, s.processed, s.dropped
+            bad, errors, predictions, ood = s.bad, s.errors, s.predictions, s.ood
+            last_bad, last_error = s.last_bad, s.last_error
+        p50, p99 = s.latency.percentiles(50, 99)
+        in_rate, out_rate = s.input_rate.rate(), s.output_rate.rate()
+        level, problems = DiagnosticStatus.OK, []
+        if errors > self._diag_last[1]:
+            level = DiagnosticStatus.ERROR
+            problems.append(f'{errors - self._diag_last[1]} frames failed: {last_error}')
+        if bad > self._diag_last[0]:
+            level = max(level, DiagnosticStatus.WARN)
+            problems.append(f'{bad - self._diag_last[0]} bad frames: {last_bad}')
+        if in_rate == 0:
+            level = max(level, DiagnosticStatus.WARN)
+            problems.append(f'no input on {self._input_topic}')
+        if math.isfinite(ood) and ood > config.ood_warn:
+            level = max(level, DiagnosticStatus.WARN)
+            problems.append(f'out of distribution (score {ood:.2f} > {config.ood_warn:g})')
+        self._diag_last = (bad, errors)
+        values = {
+            'input_topic': self._input_topic,
+            'image_transport': config.image_transport,
+            'input_rate_hz': f'{in_rate:.2f}',
+            'processed_rate_hz': f'{out_rate:.2f}',
+            'latency_p50_ms': f'{p50:.2f}',
+            'latency_p99_ms': f'{p99:.2f}',
+            'frames_received': str(received),
+            'frames_processed': str(processed),
+            'frames_dropped': str(dropped),
+            'bad_frames': str(bad),
+            'processing_errors': str(errors),
+            'last_bad_frame': last_bad,
+            'predictions_published': str(predictions),
+            'ood_score': f'{ood:.4f}',
+            'provider': rt.provider,
+            'model_bundle': config.model_bundle,
+        }
+        status = DiagnosticStatus(
+            level=level,
+            name=f'{self.get_name()}: dlp perception',
+            message='; '.join(problems) or 'ok',
+            hardware_id=rt.provider,
+            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )
+        header = Header(stamp=self.get_clock().now().to_msg())
+        publisher.publish(DiagnosticArray(header=header, status=[status]))
+
+    # ------------------------------------------------------------------------- start-up
+
+    def autostart(self) -> bool:
+        """Configure and activate when the ``autostart`` parameter is on; True when active."""
+        if not self.get_parameter('autostart').value:
+            self.get_logger().info('autostart is off: waiting for lifecycle transitions')
+            return False
+        if self.trigger_configure() != SUCCESS:
+            self.get_logger().error(
+                'autostart: configure failed; the node stays unconfigured (fix the parameters, '
+                'then configure it through ~/change_state)'
+            )
+            return False
+        return self.trigger_activate() == SUCCESS
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the perception node until SIGINT/SIGTERM; returns the exit status."""
+    logging.basicConfig(level=logging.INFO, format='[%(levelname)s] [%(name)s]: %(message)s')
+    rclpy.init(args=args)
+    node: PerceptionNode | None = None
+    executor = MultiThreadedExecutor(num_threads=2)
+    try:
+        node = PerceptionNode()
+        executor.add_node(node)
+        node.autostart()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.stop_worker()
+            executor.remove_node(node)
+            node.destroy_node()
+        executor.shutdown()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,372 @@
+"""Plain-Python parts of the perception node (no ROS): its parameters, the one-slot frame
+mailbox, rate and latency statistics, and the action history of models that take actions.
+
+dlp_ros.node turns :data:`PARAMS` into ROS parameter declarations and uses the rest from its
+worker thread; everything here is tested without rclpy.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import numpy as np
+
+from dlp_ros.errors import ConfigError
+
+T = TypeVar('T')
+ParamValue = bool | int | float | str
+DEFAULT_BUNDLE = 'tabletop64'  # share/dlp_ros/bundles/<this>, the model_bundle default
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One node parameter: name, default (its type is the parameter's type), description, and
+    the allowed values (a closed numeric range ``low..high`` or a set of strings)."""
+
+    name: str
+    default: ParamValue
+    description: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+
+    def check(self, value: object) -> str | None:
+        """None when ``value`` is allowed, otherwise the reason it is not."""
+        if isinstance(self.default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(self.default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(self.default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            kind = type(self.default).__name__
+            return f'parameter {self.name} must be a {kind}, got {value!r}'
+        if self.choices and value not in self.choices:
+            return f'parameter {self.name} must be one of {list(self.choices)}, got {value!r}'
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                return f'parameter {self.name} must be finite, got {value!r}'
+            if self.low is not None and value < self.low:
+                return f'parameter {self.name} must be >= {self.low}, got {value!r}'
+            if self.high is not None and value > self.high:
+                return f'parameter {self.name} must be <= {self.high}, got {value!r}'
+        return None
+
+
+PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec(
+        'model_bundle',
+        '',
+        'Model bundle directory: encoder/background/dynamics/decoder .onnx and model_card.yaml '
+        f'(python -m training export). Empty = the installed share/dlp_ros/bundles/'
+        f'{DEFAULT_BUNDLE}. Read at configure.',
+    ),
+    ParamSpec(
+        'image_transport',
+        'raw',
+        "Message type of the input topic `image`: 'raw' = sensor_msgs/Image (rgb8, bgr8, "
+        "mono8, rgba8, bgra8), 'compressed' = sensor_msgs/CompressedImage (jpeg, png). "
+        'Remap `image` to the camera topic (for compressed: .../compressed).',
+        choices=('raw', 'compressed'),
+    ),
+    ParamSpec(
+        'horizon',
+        10,
+        'Predicted steps on /dlp/prediction, and for ~/predict requests with horizon 0.',
+        1,
+        1000,
+    ),
+    ParamSpec(
+        'prediction_rate',
+        2.0,
+        'Rate of /dlp/prediction [Hz]: a rollout from the latest processed frame, at most one '
+        'per processed frame and only while someone subscribes. 0 = off (~/predict still '
+        'answers).',
+        0.0,
+        1000.0,
+    ),
+    ParamSpec(
+        'publish_frames',
+        False,
+        'Decode the predicted frames into /dlp/prediction (rgb8, the model resolution); only '
+        'while someone subscribes to /dlp/prediction. Costly.',
+    ),
+    ParamSpec(
+        'frames_rate',
+        1.0,
+        'Most predictions per second that carry decoded frames [Hz]; 0 = no limit.',
+        0.0,
+        1000.0,
+    ),
+    ParamSpec(
+        'providers',
+        'auto',
+        "onnxruntime execution provider: 'auto' (TensorRT > CUDA > CPU, what loads), 'cpu', "
+        "'cuda' or 'tensorrt'. The provider in use is logged and sent on /diagnostics.",
+        choices=('auto', 'cpu', 'cuda', 'tensorrt'),
+    ),
+    ParamSpec(
+        'threads',
+        0,
+        'onnxruntime intra-op threads per session; 0 = onnxruntime default (all cores).',
+        0,
+        256,
+    ),
+    ParamSpec(
+        'autostart',
+        True,
+        'Configure and activate at start-up; false = wait for lifecycle transitions '
+        '(~/change_state). Read at start-up only.',
+    ),
+    ParamSpec(
+        'overlay',
+        True,
+        'Publish ~/overlay (the input frame with the particles drawn, rgb8) while someone '
+        'subscribes to it.',
+    ),
+    ParamSpec(
+        'action_topic',
+        '',
+        'geometry_msgs/TwistStamped topic with the commands for models that take actions '
+        '(model card action_names, e.g. linear.x, linear.y); the latest command is held over '
+        'the horizon. Empty = zero actions.',
+    ),
+    ParamSpec(
+        'ood_every_n',
+        10,
+        'Compute the out-of-distribution score (reconstruction MSE of the input over the '
+        "model card's validation recon_mse) every N processed frames; 0 = off.",
+        0,
+        100000,
+    ),
+    ParamSpec(
+        'ood_warn',
+        4.0,
+        'OOD score above which /diagnostics reports WARN.',
+        0.0,
+        1e9,
+    ),
+)
+PARAM_SPECS = {spec.name: spec for spec in PARAMS}
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The node's parameters, validated (one field per :data:`PARAMS` entry)."""
+
+    model_bundle: str
+    image_transport: str
+    horizon: int
+    prediction_rate: float
+    publish_frames: bool
+    frames_rate: float
+    providers: str
+    threads: int
+    autostart: bool
+    overlay: bool
+    action_topic: str
+    ood_every_n: int
+    ood_warn: float
+
+    @classmethod
+    def from_values(cls, values: dict[str, object]) -> NodeConfig:
+        """Validate ``values`` (parameter name -> value; missing names take the default).
+
+        Raises:
+            ConfigError: an unknown name or a value of the wrong type or out of range.
+        """
+        unknown = sorted(set(values) - set(PARAM_SPECS))
+        if unknown:
+            raise ConfigError(f'unknown parameter(s) {unknown}; known: {sorted(PARAM_SPECS)}')
+        merged: dict[str, object] = {}
+        for spec in PARAMS:
+            value = values.get(spec.name, spec.default)
+            if isinstance(spec.default, float) and isinstance(value, int):
+                value = float(value) if not isinstance(value, bool) else value
+            reason = spec.check(value)
+            if reason:
+                raise ConfigError(reason)
+            merged[spec.name] = value
+        return cls(**merged)  # type: ignore[arg-type]
+
+
+class Mailbox(Generic[T]):
+    """A one-slot mailbox between the executor and the worker thread: the latest item wins.
+
+    ``put`` replaces an item the worker has not taken yet (counted in ``dropped``); ``get``
+    waits for an item.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: T | None = None
+        self._closed = False
+        self.dropped = 0
+
+    def put(self, item: T) -> bool:
+        """Leave ``item``; True when it replaced an unread one (which is then dropped)."""
+        with self._cond:
+            replaced = self._item is not None
+            self.dropped += int(replaced)
+            self._item = item
+            self._cond.notify()
+            return replaced
+
+    def get(self, timeout: float) -> T | None:
+        """The item (emptying the slot), or None after ``timeout`` s or once closed."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._item is not None or self._closed, timeout)
+            item, self._item = self._item, None
+            return item
+
+    def clear(self) -> None:
+        """Forget the unread item, if any (not counted as dropped)."""
+        with self._cond:
+            self._item = None
+
+    def close(self) -> None:
+        """Wake every waiting ``get`` (it returns None from now on, once the slot is empty)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class RateMeter:
+    """Events per second over the last ``window`` seconds (monotonic clock)."""
+
+    def __init__(self, window: float = 5.0) -> None:
+        self.window = window
+        self._times: deque[float] = deque()
+        self._start = time.monotonic()
+        self._lock = threading.Lock()
+
+    def tick(self, now: float | None = None) -> None:
+        """Record one event."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._times.append(now)
+            self._trim(now)
+
+    def rate(self, now: float | None = None) -> float:
+        """Events per second in the window (shorter right after the meter was made)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._trim(now)
+            span = min(self.window, max(now - self._start, 1e-3))
+            return len(self._times) / span
+
+    def _trim(self, now: float) -> None:
+        while self._times and self._times[0] < now - self.window:
+            self._times.popleft()
+
+
+class LatencyWindow:
+    """The last ``size`` latencies [ms] and their percentiles."""
+
+    def __init__(self, size: int = 500) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def add(self, ms: float) -> None:
+        with self._lock:
+            self._values.append(ms)
+
+    def percentiles(self, *qs: float) -> list[float]:
+        """The ``qs`` percentiles (0..100); NaN when nothing was recorded."""
+        with self._lock:
+            values = np.array(self._values, dtype=np.float64)
+        if values.size == 0:
+            return [math.nan for _ in qs]
+        return [float(v) for v in np.percentile(values, qs)]
+
+
+class ActionHistory:
+    """Actions of the frames in the tracker's history, for models with ``action_dim`` A > 0.
+
+    ``observe(action)`` is called once per processed frame with the command in force then (the
+    latest received); :meth:`rollout_actions` builds the (H + horizon - 1, A) array that
+    DlpRuntime.predict takes: the history's actions (padded at the front like the frames, by
+    repeating the first) and then the latest command held over the horizon.
+    """
+
+    def __init__(self, history: int, action_dim: int) -> None:
+        self.history = history
+        self.action_dim = action_dim
+        self._frames: deque[np.ndarray] = deque(maxlen=history)
+
+    def observe(self, action: np.ndarray | None) -> None:
+        """Record the action (A,) in force at the frame just processed (None = zeros)."""
+        if action is None:
+            action = np.zeros(self.action_dim, dtype=np.float32)
+        self._frames.append(np.asarray(action, dtype=np.float32).reshape(self.action_dim))
+
+    def reset(self) -> None:
+        self._frames.clear()
+
+    def rollout_actions(self, horizon: int, n_frames: int) -> np.ndarray:
+        """(H + horizon - 1, A) float32 for a history of ``n_frames`` (<= H) frames."""
+        h, a = self.history, self.action_dim
+        known = list(self._frames)[-n_frames:] if n_frames > 0 else []
+        if not known:
+            known = [np.zeros(a, dtype=np.float32)]
+        rows = [known[0]] * (h - len(known)) + known
+        rows += [known[-1]] * (horizon - 1)
+        return np.stack(rows).astype(np.float32)  # (H + horizon - 1, A)
+
+
+def actions_from_request(
+    flat: np.ndarray, horizon: int, history: int, action_dim: int
+) -> np.ndarray | None:
+    """A ~/predict request's flattened actions -> (H + horizon - 1, A) float32 (None when the
+    model takes no actions and the request has none).
+
+    Raises:
+        ConfigError: the length is not (horizon + H - 1) * A.
+    """
+    rows = horizon + history - 1
+    flat = np.asarray(flat, dtype=np.float32).reshape(-1)
+    if action_dim == 0:
+        if flat.size:
+            raise ConfigError(f'the model takes no actions, the request has {flat.size} values')
+        return None
+    if flat.size != rows * action_dim:
+        raise ConfigError(
+            f'actions must hold (horizon + H - 1) x A = ({horizon} + {history} - 1) x '
+            f'{action_dim} = {rows * action_dim} values, got {flat.size}'
+        )
+    return flat.reshape(rows, action_dim)
+
+
+def ood_score(recon_mse: float, val_mse: float | None) -> float:
+    """Out-of-distribution score: the frame's reconstruction MSE over the model card's
+    validation recon_mse (about 1 in distribution); NaN when the card has no positive one."""
+    if val_mse is None or not math.isfinite(val_mse) or val_mse <= 0:
+        return math.nan
+    return float(recon_mse) / float(val_mse)
+
+
+class Throttle:
+    """At most one report per ``period`` seconds; counts the reports it held back."""
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self._last = -math.inf
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def ready(self, now: float | None = None) -> tuple[bool, int]:
+        """(whether to report now, how many reports were held back since the last one)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if now - self._last >= self.period:
+                held, self._held, self._last = self._held, 0, now
+                return True, held
+            self._held += 1
+            return False, 0

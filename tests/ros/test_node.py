@@ -1,0 +1,670 @@
+"""The perception node end to end: the installed ``lib/dlp_ros/perception_node`` in a process of
+its own, a bundle exported from tiny random-weight models, real rclpy + Fast DDS on this run's
+domain (loopback only).
+
+Every node gets a unique name and its topics are remapped under a unique prefix
+(``-r /dlp/particles:=<prefix>/particles`` ...), so runs that share a domain id do not mix; each
+test also uses its own ``frame_id`` and stamps, and looks only at messages that carry them.
+"""
+
+from __future__ import annotations
+
+import array
+import importlib.util
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip('rclpy')
+pytest.importorskip('dlp_ros.srv')
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from geometry_msgs.msg import TwistStamped  # noqa: E402
+from lifecycle_msgs.msg import Transition  # noqa: E402
+from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
+from dlp_ros.conversions import stamp_ns  # noqa: E402
+from dlp_ros.image_codec import encode_compressed  # noqa: E402
+from dlp_ros.msg import ParticleArray, Prediction  # noqa: E402
+from dlp_ros.srv import Predict, Render  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+HERE = Path(__file__).resolve().parent
+K, F, FB, S, H = 4, 4, 4, 64, 2  # the tiny bundle (tests/ros/tiny_bundle.py)
+DT = 0.05
+DT_NS = 50_000_000
+T0_NS = 1_732_000_000_987_654_321  # non-zero nanoseconds: k * dt carries into the seconds
+WIDTH, HEIGHT = 64, 48  # camera frames: not square, not the model's size
+TIMEOUT_S = 20.0
+
+
+# --- bundles -------------------------------------------------------------------------------------
+def _make_tiny_bundle(out: Path, action_dim: int) -> Path:
+    spec = importlib.util.spec_from_file_location('tiny_bundle', HERE / 'tiny_bundle.py')
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_tiny_bundle(out, action_dim=action_dim, dt=DT)
+
+
+@pytest.fixture(scope='session')
+def bundle_actions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny bundle whose dynamics take 2 actions (linear.x, linear.y)."""
+    return _make_tiny_bundle(tmp_path_factory.mktemp('bundle') / 'actions', action_dim=2)
+
+
+@pytest.fixture(scope='session')
+def bundle_plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny bundle without actions."""
+    return _make_tiny_bundle(tmp_path_factory.mktemp('bundle') / 'plain', action_dim=0)
+
+
+# --- the node process ----------------------------------------------------------------------------
+def node_executable() -> Path:
+    """lib/dlp_ros/perception_node of the colcon install."""
+    from ament_index_python.packages import get_package_prefix
+
+    path = Path(get_package_prefix('dlp_ros')) / 'lib' / 'dlp_ros' / 'perception_node'
+    assert os.access(path, os.X_OK), f'{path} is missing or not executable: rebuild with colcon'
+    return path
+
+
+def _param(value: object) -> str:
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, str):
+        return value or "''"
+    return repr(value)
+
+
+class NodeProcess:
+    """The perception node in a subprocess, its topics under a unique prefix."""
+
+    def __init__(self, log_dir: Path, params: dict[str, object]) -> None:
+        tag = f'{os.getpid()}_{uuid.uuid4().hex[:8]}'
+        self.name = f'dlp_test_node_{tag}'
+        self.prefix = f'/dlp_test_{tag}'
+        self.topics = {
+            'image': f'{self.prefix}/image',
+            'particles': f'{self.prefix}/particles',
+            'prediction': f'{self.prefix}/prediction',
+            'diagnostics': f'{self.prefix}/diagnostics',
+            'overlay': f'/{self.name}/overlay',
+            'action': f'{self.prefix}/cmd',
+        }
+        args = [str(node_executable()), '--ros-args', '-r', f'__node:={self.name}']
+        args += ['-r', f'image:={self.topics["image"]}']
+        for name in ('particles', 'prediction'):
+            args += ['-r', f'/dlp/{name}:={self.topics[name]}']
+        args += ['-r', f'/diagnostics:={self.topics["diagnostics"]}']
+        for key, value in params.items():  # '{prefix}' in a string: this node's prefix
+            value = value.replace('{prefix}', self.prefix) if isinstance(value, str) else value
+            args += ['-p', f'{key}:={_param(value)}']
+        self.log_path = log_dir / f'{self.name}.log'
+        with self.log_path.open('wb') as log:
+            self.proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, 'PYTHONUNBUFFERED': '1'},
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors='replace')
+
+    def report(self) -> str:
+        status = self.proc.poll()
+        state = 'running' if status is None else f'exited with {status}'
+        return f'node {self.name} (pid {self.proc.pid}) {state}\n--- node log ---\n{self.log()}'
+
+    def assert_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f'the node process died: {self.report()}')
+
+    def stop(self) -> int:
+        """SIGINT, then SIGTERM, then SIGKILL; returns the exit status."""
+        for sig, grace in ((signal.SIGINT, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            if self.proc.poll() is not None:
+                break
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                continue
+        return self.proc.wait(1.0)
+
+
+# --- the test side -------------------------------------------------------------------------------
+class Client:
+    """An rclpy node of this process (own Context) talking to one NodeProcess."""
+
+    def __init__(self, domain_id: int, target: NodeProcess) -> None:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.signals import SignalHandlerOptions
+
+        self.target = target
+        self.context = Context()
+        rclpy.init(
+            context=self.context,
+            domain_id=domain_id,
+            signal_handler_options=SignalHandlerOptions.NO,
+        )
+        self.node = rclpy.create_node(
+            f'dlp_test_client_{uuid.uuid4().hex[:8]}', context=self.context
+        )
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.particles: list[ParticleArray] = []
+        self.predictions: list[Prediction] = []
+        self.diagnostics: list[DiagnosticArray] = []
+        self._subs = [
+            self.node.create_subscription(ParticleArray, target.topics['particles'],
+                                          self.particles.append, 50),
+            self.node.create_subscription(Prediction, target.topics['prediction'],
+                                          self.predictions.append, 50),
+            self.node.create_subscription(DiagnosticArray, target.topics['diagnostics'],
+                                          self.diagnostics.append, 50),
+        ]  # fmt: skip
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+    def spin_until(self, done: Callable[[], bool], what: str, timeout: float = TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                raise AssertionError(f'timed out after {timeout} s waiting for {what}; '
+                                     f'{self.target.report()}')  # fmt: skip
+            self.target.assert_alive()
+            self.executor.spin_once(timeout_sec=0.02)
+
+    def spin_for(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.executor.spin_once(timeout_sec=0.02)
+
+    def camera(self, compressed: bool = False, best_effort: bool = False) -> Any:
+        """A camera publisher matched with the node's subscription."""
+        qos = qos_profile_sensor_data if best_effort else 10
+        pub = self.node.create_publisher(
+            CompressedImage if compressed else Image, self.target.topics['image'], qos
+        )
+        self.spin_until(lambda: pub.get_subscription_count() > 0, 'the node to subscribe')
+        return pub
+
+    def wait_outputs(self) -> None:
+        """Until the node's particle and prediction publishers match ours (it is active)."""
+        self.spin_until(
+            lambda: all(s.get_publisher_count() > 0 for s in self._subs[:2]),
+            'the node to publish particles and predictions',
+        )
+
+    def call(self, srv_type: Any, service: str, request: Any, timeout: float = TIMEOUT_S) -> Any:
+        client = self.node.create_client(srv_type, service)
+        try:
+            self.spin_until(lambda: client.service_is_ready(), f'service {service}', timeout)
+            future = client.call_async(request)
+            self.spin_until(future.done, f'the answer of {service}', timeout)
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def particles_of(self, frame_id: str) -> list[ParticleArray]:
+        return [m for m in self.particles if m.header.frame_id == frame_id]
+
+    def predictions_of(self, frame_id: str) -> list[Prediction]:
+        return [m for m in self.predictions if m.header.frame_id == frame_id]
+
+    def latest_diagnostics(self) -> dict[str, str]:
+        """Key/values of the node's latest diagnostics status ({} if none yet)."""
+        if not self.diagnostics:
+            return {}
+        status = self.diagnostics[-1].status[0]
+        return {'level': str(status.level[0] if isinstance(status.level, bytes) else status.level),
+                'message': status.message,
+                **{kv.key: kv.value for kv in status.values}}  # fmt: skip
+
+
+def header(stamp: int, frame_id: str) -> Header:
+    msg = Header(frame_id=frame_id)
+    msg.stamp.sec, msg.stamp.nanosec = divmod(stamp, 1_000_000_000)
+    return msg
+
+
+def rgb_frame(k: int, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
+    """(H, W, 3) uint8: a gradient and a bright square that moves with ``k``."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    rgb = np.stack([xx * 4 % 256, yy * 5 % 256, np.full_like(xx, 60)], axis=-1).astype(np.uint8)
+    x0, y0 = (4 + 3 * k) % (width - 12), (3 + 2 * k) % (height - 12)
+    rgb[y0 : y0 + 12, x0 : x0 + 12] = (250, 240, 20)
+    return rgb
+
+
+def raw_image(stamp: int, frame_id: str, k: int = 0, **fields: Any) -> Image:
+    rgb = rgb_frame(k)
+    msg = Image(header=header(stamp, frame_id), height=HEIGHT, width=WIDTH, encoding='rgb8',
+                step=WIDTH * 3, data=array.array('B', rgb.tobytes()))  # fmt: skip
+    for key, value in fields.items():
+        setattr(msg, key, value)
+    return msg
+
+
+def jpeg_image(stamp: int, frame_id: str, k: int = 0, width: int = 80, height: int = 60) -> Any:
+    data = encode_compressed(rgb_frame(k, width, height), 'jpeg')
+    return CompressedImage(header=header(stamp, frame_id), format='jpeg', data=data)
+
+
+def send(client: Client, pub: Any, msgs: list[Any], period: float = 0.05) -> None:
+    """Publish ``msgs`` ``period`` s apart, spinning in between."""
+    for msg in msgs:
+        pub.publish(msg)
+        client.spin_for(period)
+
+
+def unique_frame_id() -> str:
+    return f'cam_{uuid.uuid4().hex[:8]}'
+
+
+def int_value(client: Client, key: str) -> int:
+    return int(client.latest_diagnostics().get(key, '0'))
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+@pytest.fixture(scope='class')
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp('node_logs')
+
+
+def _started(
+    log_dir: Path, ros_domain_id: int, params: dict[str, object]
+) -> Iterator[tuple[NodeProcess, Client]]:
+    node = NodeProcess(log_dir, params)
+    client = Client(ros_domain_id, node)
+    try:
+        yield node, client
+    finally:
+        client.close()
+        code = node.stop()
+        assert code == 0, f'the node did not exit cleanly on SIGINT: {node.report()}'
+
+
+@pytest.fixture(scope='class')
+def raw_node(
+    log_dir: Path, ros_domain_id: int, bundle_actions: Path
+) -> Iterator[tuple[NodeProcess, Client]]:
+    """Active node: raw input, a model with actions, predictions with frames at up to 100 Hz."""
+    params = {
+        'model_bundle': str(bundle_actions),
+        'horizon': 4,
+        'prediction_rate': 100.0,
+        'publish_frames': True,
+        'frames_rate': 0.0,
+        'ood_every_n': 1,
+        'threads': 1,
+        'action_topic': '{prefix}/cmd',
+    }
+    started = _started(log_dir, ros_domain_id, params)
+    node, client = next(started)
+    client.wait_outputs()
+    yield node, client
+    next(started, None)
+
+
+@pytest.fixture(scope='class')
+def compressed_node(
+    log_dir: Path, ros_domain_id: int, bundle_plain: Path
+) -> Iterator[tuple[NodeProcess, Client]]:
+    """Active node: CompressedImage input, a model without actions."""
+    params = {'model_bundle': str(bundle_plain), 'image_transport': 'compressed', 'threads': 1,
+              'prediction_rate': 100.0, 'horizon': 3}  # fmt: skip
+    started = _started(log_dir, ros_domain_id, params)
+    node, client = next(started)
+    client.wait_outputs()
+    yield node, client
+    next(started, None)
+
+
+# --- raw input -----------------------------------------------------------------------------------
+class TestRawInput:
+    def test_particles_carry_the_input_header_and_its_pixel_coordinates(
+        self, raw_node: tuple[NodeProcess, Client]
+    ) -> None:
+        node, client = raw_node
+        frame_id = unique_frame_id()
+        stamps = [T0_NS + i * 33_333_333 for i in range(5)]
+        send(client, client.camera(), [raw_image(s, frame_id, i) for i, s in enumerate(stamps)])
+        client.spin_until(lambda: len(client.particles_of(frame_id)) >= 3, 'particles')
+        got = client.particles_of(frame_id)
+        assert [stamp_ns(m.header) for m in got] == sorted({stamp_ns(m.header) for m in got})
+        for msg in got:
+            assert stamp_ns(msg.header) in stamps, 'the header stamp was not copied unchanged'
+            assert (msg.image_width, msg.image_height) == (WIDTH, HEIGHT)
+            assert [p.id for p in msg.particles] == list(range(K))
+            uv = np.array([[p.u, p.v] for p in msg.particles])
+            assert np.all(np.isfinite(uv))
+            assert np.all(np.abs(uv - [WIDTH / 2, HEIGHT / 2]) <= [WIDTH, HEIGHT]), uv
+            assert all(len(p.features) == F and p.u_std > 0 and p.scale > 0 for p in msg.particles)
+            assert len(msg.background_features) == FB
+            assert msg.decode_ms > 0 and msg.encode_ms > 0
+
+    def test_predictions_are_stamped_t_plus_k_dt_with_frames(
+        self, raw_node: tuple[NodeProcess, Client]
+    ) -> None:
+        node, client = raw_node
+        frame_id = unique_frame_id()
+        stamps = [T0_NS + i * 33_333_333 for i in range(4)]
+        send(client, client.camera(), [raw_image(s, frame_id, i) for i, s in enumerate(stamps)])
+        client.spin_until(lambda: client.predictions_of(frame_id), 'a prediction')
+        for pred in client.predictions_of(frame_id):
+            t = stamp_ns(pred.header)
+            assert t in stamps and pred.dt == pytest.approx(DT)
+            assert len(pred.steps) == 4 and len(pred.frames) == 4
+            for k, (step, image) in enumerate(zip(pred.steps, pred.frames, strict=True), 1):
+                assert stamp_ns(step.header) == t + k * DT_NS, f'step {k}'
+                assert step.header == image.header and step.header.frame_id == frame_id
+                assert (step.image_width, step.image_height) == (WIDTH, HEIGHT)
+                assert len(step.particles) == K
+                assert (image.width, image.height, image.encoding) == (S, S, 'rgb8')
+                assert len(image.data) == S * S * 3
+            assert pred.predict_ms > 0
+
+    def test_predict_service(self, raw_node: tuple[NodeProcess, Client]) -> None:
+        node, client = raw_node
+        frame_id = unique_frame_id()
+        send(client, client.camera(), [raw_image(T0_NS + i, frame_id, i) for i in range(3)])
+        client.spin_until(lambda: len(client.particles_of(frame_id)) >= 3, 'particles')
+        service = f'/{node.name}/predict'
+
+        answer = client.call(Predict, service, Predict.Request(horizon=3))
+        assert answer.success, answer.message
+        assert answer.prediction.header.frame_id == frame_id
+        assert stamp_ns(answer.prediction.header) == T0_NS + 2
+        assert [stamp_ns(s.header) for s in answer.prediction.steps] == [
+            T0_NS + 2 + k * DT_NS for k in (1, 2, 3)
+        ]
+        default = client.call(Predict, service, Predict.Request(horizon=0))
+        assert default.success and len(default.prediction.steps) == 4  # the horizon parameter
+        actions = np.linspace(-1, 1, (3 + H - 1) * 2).astype(np.float32).tolist()
+        given = client.call(Predict, service, Predict.Request(horizon=3, actions=actions))
+        assert given.success, given.message
+        wrong = client.call(Predict, service, Predict.Request(horizon=3, actions=[0.0] * 5))
+        assert not wrong.success and '8 values, got 5' in wrong.message
+        node.assert_alive()
+
+    def test_action_topic_commands_drive_the_prediction(
+        self, raw_node: tuple[NodeProcess, Client]
+    ) -> None:
+        """The latest TwistStamped on action_topic is the action of every history frame and is
+        held over the horizon: ~/predict without actions equals ~/predict given those actions."""
+        node, client = raw_node
+        commands = client.node.create_publisher(TwistStamped, node.topics['action'], 10)
+        client.spin_until(lambda: commands.get_subscription_count() > 0, 'the action topic')
+        command = TwistStamped()
+        command.twist.linear.x, command.twist.linear.y = 0.5, -0.25
+        send(client, commands, [command] * 3, period=0.05)
+        frame_id = unique_frame_id()
+        send(client, client.camera(), [raw_image(T0_NS + i, frame_id, i) for i in range(3)])
+        client.spin_until(lambda: len(client.particles_of(frame_id)) >= 3, 'particles')
+        service, horizon = f'/{node.name}/predict', 3
+
+        def positions(actions: list[float]) -> np.ndarray:
+            request = Predict.Request(horizon=horizon, actions=actions)
+            answer = client.call(Predict, service, request)
+            assert answer.success, answer.message
+            return np.array([[[p.u, p.v] for p in s.particles] for s in answer.prediction.steps])
+
+        rows = horizon + H - 1
+        own = positions([])
+        np.testing.assert_array_equal(own, positions([0.5, -0.25] * rows))
+        assert not np.array_equal(own, positions([0.0, 0.0] * rows)), 'actions have no effect'
+        client.node.destroy_publisher(commands)
+
+    def test_render_service(self, raw_node: tuple[NodeProcess, Client]) -> None:
+        node, client = raw_node
+        frame_id = unique_frame_id()
+        send(client, client.camera(), [raw_image(T0_NS, frame_id)])
+        client.spin_until(lambda: client.particles_of(frame_id), 'particles')
+        particles = client.particles_of(frame_id)[-1]
+        service = f'/{node.name}/render'
+        answer = client.call(Render, service, Render.Request(particles=particles))
+        assert answer.success, answer.message
+        image = answer.image
+        assert (image.width, image.height, image.encoding, image.step) == (S, S, 'rgb8', 3 * S)
+        assert len(image.data) == S * S * 3 and image.header == particles.header
+        particles.particles[0].features = [0.0] * (F + 1)
+        bad = client.call(Render, service, Render.Request(particles=particles))
+        assert not bad.success and 'features' in bad.message
+
+    def test_best_effort_camera_publisher(self, raw_node: tuple[NodeProcess, Client]) -> None:
+        node, client = raw_node
+        frame_id = unique_frame_id()
+        pub = client.camera(best_effort=True)
+        for i in range(100):  # best effort may lose a frame: send until one comes through
+            pub.publish(raw_image(T0_NS + i, frame_id, i))
+            client.spin_for(0.05)
+            if client.particles_of(frame_id):
+                break
+        assert client.particles_of(frame_id), node.report()
+
+    def test_overlay_is_published_at_the_input_resolution(
+        self, raw_node: tuple[NodeProcess, Client]
+    ) -> None:
+        node, client = raw_node
+        frame_id = unique_frame_id()
+        overlays: list[Image] = []
+        sub = client.node.create_subscription(Image, node.topics['overlay'], overlays.append, 10)
+        try:
+            client.spin_until(lambda: sub.get_publisher_count() > 0, 'the overlay publisher')
+            pub = client.camera()
+            for i in range(100):
+                pub.publish(raw_image(T0_NS + i, frame_id, i))
+                client.spin_for(0.05)
+                if any(o.header.frame_id == frame_id for o in overlays):
+                    break
+            overlay = next(o for o in overlays if o.header.frame_id == frame_id)
+            assert (overlay.width, overlay.height, overlay.encoding) == (WIDTH, HEIGHT, 'rgb8')
+            assert len(overlay.data) == WIDTH * HEIGHT * 3
+        finally:
+            client.node.destroy_subscription(sub)
+
+    def test_bad_frames_are_counted_and_the_next_good_frame_is_processed(
+        self, raw_node: tuple[NodeProcess, Client]
+    ) -> None:
+        node, client = raw_node
+        frame_id = unique_frame_id()
+        client.spin_until(lambda: 'bad_frames' in client.latest_diagnostics(), 'diagnostics')
+        bad_before = int_value(client, 'bad_frames')
+        bad = [
+            raw_image(T0_NS, frame_id, encoding='16UC1'),  # unsupported encoding
+            raw_image(
+                T0_NS, frame_id, width=0, height=0, step=0, data=array.array('B')
+            ),  # zero size
+            raw_image(T0_NS, frame_id, data=array.array('B', bytes(100))),  # truncated data
+            raw_image(T0_NS, frame_id, step=10),  # step shorter than a row
+        ]
+        pub = client.camera()
+        send(client, pub, bad, period=0.15)  # slower than the worker: none is dropped unread
+        good = T0_NS + 10**9
+        send(client, pub, [raw_image(good, frame_id)])
+        client.spin_until(
+            lambda: any(stamp_ns(m.header) == good for m in client.particles_of(frame_id)),
+            'particles of the good frame after the bad ones',
+        )
+        client.spin_until(lambda: int_value(client, 'bad_frames') >= bad_before + 4,
+                          'bad_frames on /diagnostics')  # fmt: skip
+        messages = [d.status[0].message for d in client.diagnostics]
+        assert any('bad frames' in m for m in messages), messages
+        assert 'bad frame on' in node.log()
+        node.assert_alive()
+
+    def test_a_1000_hz_burst_drops_frames_and_the_node_keeps_up(
+        self, raw_node: tuple[NodeProcess, Client]
+    ) -> None:
+        node, client = raw_node
+        frame_id = unique_frame_id()
+        pub = client.camera()
+        client.spin_until(lambda: 'frames_received' in client.latest_diagnostics(), 'diagnostics')
+        received_before = int_value(client, 'frames_received')
+        msgs = [raw_image(T0_NS + i, frame_id, i) for i in range(400)]
+        start = time.monotonic()
+        for i, msg in enumerate(msgs):  # 1000 Hz
+            while time.monotonic() < start + i * 1e-3:
+                pass
+            pub.publish(msg)
+        last = T0_NS + 10**9
+        client.spin_for(0.3)
+        send(client, pub, [raw_image(last, frame_id)])
+        client.spin_until(
+            lambda: any(stamp_ns(m.header) == last for m in client.particles_of(frame_id)),
+            'particles of the frame after the burst',
+        )
+        client.spin_until(
+            lambda: int_value(client, 'frames_received') >= received_before + 20,
+            'the burst counted on /diagnostics',
+        )
+        status = client.latest_diagnostics()
+        assert int(status['frames_dropped']) > 0, status
+        assert float(status['latency_p99_ms']) > 0 and status['provider'], status
+        node.assert_alive()
+
+
+# --- compressed input ----------------------------------------------------------------------------
+class TestCompressedInput:
+    def test_jpeg_frames_give_particles_and_predictions(
+        self, compressed_node: tuple[NodeProcess, Client]
+    ) -> None:
+        node, client = compressed_node
+        frame_id = unique_frame_id()
+        stamps = [T0_NS + i * 33_333_333 for i in range(4)]
+        pub = client.camera(compressed=True)
+        send(client, pub, [jpeg_image(s, frame_id, i) for i, s in enumerate(stamps)])
+        client.spin_until(lambda: len(client.particles_of(frame_id)) >= 2, 'particles')
+        for msg in client.particles_of(frame_id):
+            assert stamp_ns(msg.header) in stamps
+            assert (msg.image_width, msg.image_height) == (80, 60)
+            assert len(msg.particles) == K
+        client.spin_until(lambda: client.predictions_of(frame_id), 'a prediction')
+        pred = client.predictions_of(frame_id)[-1]
+        t = stamp_ns(pred.header)
+        assert [stamp_ns(s.header) for s in pred.steps] == [t + k * DT_NS for k in (1, 2, 3)]
+        assert pred.frames == []  # publish_frames is off
+        answer = client.call(Predict, f'/{node.name}/predict', Predict.Request(horizon=2))
+        assert answer.success and len(answer.prediction.steps) == 2, answer.message
+
+    def test_corrupt_jpeg_is_counted_and_the_next_frame_is_processed(
+        self, compressed_node: tuple[NodeProcess, Client]
+    ) -> None:
+        node, client = compressed_node
+        frame_id = unique_frame_id()
+        pub = client.camera(compressed=True)
+        good = jpeg_image(T0_NS, frame_id)
+        bad = [
+            CompressedImage(header=good.header, format='jpeg', data=bytes(good.data)[:40]),
+            CompressedImage(header=good.header, format='jpeg', data=b''),
+            CompressedImage(header=good.header, format='theora', data=bytes(good.data)),
+        ]
+        send(client, pub, bad, period=0.15)
+        after = jpeg_image(T0_NS + 10**9, frame_id)
+        send(client, pub, [after])
+        client.spin_until(
+            lambda: any(
+                stamp_ns(m.header) == T0_NS + 10**9 for m in client.particles_of(frame_id)
+            ),
+            'particles of the good frame',
+        )
+        client.spin_until(lambda: int_value(client, 'bad_frames') >= 3, 'bad_frames >= 3')
+        node.assert_alive()
+
+
+# --- lifecycle -----------------------------------------------------------------------------------
+def _transition(client: Client, node: NodeProcess, transition: int) -> bool:
+    request = ChangeState.Request()
+    request.transition.id = transition
+    return client.call(ChangeState, f'/{node.name}/change_state', request).success
+
+
+def _state(client: Client, node: NodeProcess) -> str:
+    return client.call(GetState, f'/{node.name}/get_state', GetState.Request()).current_state.label
+
+
+def _set(client: Client, node: NodeProcess, name: str, value: object) -> None:
+    request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+    result = client.call(SetParameters, f'/{node.name}/set_parameters', request).results[0]
+    assert result.successful, result.reason
+
+
+def test_lifecycle_bad_configuration_fails_then_good_one_works_and_deactivate_stops(
+    tmp_path: Path, ros_domain_id: int, bundle_plain: Path
+) -> None:
+    """Autostart with a bad parameter and a bad bundle: configure fails with a logged reason,
+    the process stays up; fixed through set_parameters, configure + activate work; deactivate
+    stops the output, activate resumes it; SIGINT exits 0."""
+    broken = tmp_path / 'broken_bundle'
+    broken.mkdir()
+    for item in bundle_plain.iterdir():
+        (broken / item.name).symlink_to(item)
+    (broken / 'model_card.yaml').unlink()
+    card = (
+        (bundle_plain / 'model_card.yaml')
+        .read_text()
+        .replace('schema_version: 1', 'schema_version: 99')
+    )
+    (broken / 'model_card.yaml').write_text(card)
+    params = {'model_bundle': str(broken), 'image_transport': 'theora', 'threads': 1}
+    started = _started(tmp_path, ros_domain_id, params)
+    node, client = next(started)
+    try:
+        assert _state(client, node) == 'unconfigured'
+        client.spin_until(lambda: 'image_transport must be one of' in node.log(), 'the reason')
+        _set(client, node, 'image_transport', 'raw')
+        assert not _transition(client, node, Transition.TRANSITION_CONFIGURE)
+        assert 'schema_version' in node.log() and 'unknown schema version 99' in node.log()
+        assert _state(client, node) == 'unconfigured'
+        node.assert_alive()
+
+        _set(client, node, 'model_bundle', str(bundle_plain))
+        assert _transition(client, node, Transition.TRANSITION_CONFIGURE)
+        assert _transition(client, node, Transition.TRANSITION_ACTIVATE)
+        client.wait_outputs()
+        frame_id = unique_frame_id()
+        pub = client.camera()
+        send(client, pub, [raw_image(T0_NS + i, frame_id, i) for i in range(3)])
+        client.spin_until(lambda: client.particles_of(frame_id), 'particles once active')
+
+        assert _transition(client, node, Transition.TRANSITION_DEACTIVATE)
+        assert _state(client, node) == 'inactive'
+        client.spin_for(0.3)
+        frame_id = unique_frame_id()
+        send(client, pub, [raw_image(T0_NS + i, frame_id, i) for i in range(10)])
+        client.spin_for(1.0)
+        assert client.particles_of(frame_id) == [], 'particles published while inactive'
+        node.assert_alive()
+
+        assert _transition(client, node, Transition.TRANSITION_ACTIVATE)
+        pub = client.camera()
+        send(client, pub, [raw_image(T0_NS + i, frame_id, i) for i in range(3)])
+        client.spin_until(lambda: client.particles_of(frame_id), 'particles after re-activation')
+        assert _transition(client, node, Transition.TRANSITION_DEACTIVATE)
+        assert _transition(client, node, Transition.TRANSITION_CLEANUP)
+        assert _state(client, node) == 'unconfigured'
+    finally:
+        next(started, None)

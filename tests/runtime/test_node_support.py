@@ -1,0 +1,138 @@
+"""The perception node's plain parts: parameters, mailbox, statistics, actions (no ROS)."""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from dlp_ros.errors import ConfigError
+from dlp_ros.node_support import (
+    PARAMS,
+    ActionHistory,
+    LatencyWindow,
+    Mailbox,
+    NodeConfig,
+    RateMeter,
+    Throttle,
+    actions_from_request,
+    ood_score,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_node_config_has_one_field_per_parameter_and_defaults_validate() -> None:
+    config = NodeConfig.from_values({})
+    assert list(config.__dataclass_fields__) == [p.name for p in PARAMS]
+    assert config.horizon == 10 and config.image_transport == 'raw'
+
+
+def test_config_yaml_mirrors_every_parameter_with_its_default() -> None:
+    data = yaml.safe_load((ROOT / 'config' / 'perception.yaml').read_text())
+    params = data['/**']['ros__parameters']
+    assert list(params) == [p.name for p in PARAMS]
+    for spec in PARAMS:
+        assert params[spec.name] == spec.default, spec.name
+        assert type(params[spec.name]) is type(spec.default), spec.name
+
+
+@pytest.mark.parametrize(
+    ('values', 'match'),
+    [
+        (
+            {'image_transport': 'theora'},
+            "image_transport must be one of \\['raw', 'compressed'\\]",
+        ),
+        ({'horizon': 0}, 'horizon must be >= 1'),
+        ({'prediction_rate': -1.0}, 'prediction_rate must be >= 0'),
+        ({'prediction_rate': math.inf}, 'must be finite'),
+        ({'threads': 1.5}, 'threads must be a int'),
+        ({'publish_frames': 1}, 'publish_frames must be a bool'),
+        ({'providers': 'rocm'}, 'providers must be one of'),
+        ({'colour': 'red'}, 'unknown parameter'),
+    ],
+)
+def test_node_config_rejects_bad_values_naming_the_parameter(values: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        NodeConfig.from_values(values)
+
+
+def test_node_config_takes_an_integer_for_a_double() -> None:
+    assert NodeConfig.from_values({'prediction_rate': 5}).prediction_rate == 5.0
+
+
+def test_mailbox_keeps_the_latest_item_and_counts_the_replaced_ones() -> None:
+    box: Mailbox[int] = Mailbox()
+    assert box.get(timeout=0.01) is None
+    assert box.put(1) is False
+    assert box.put(2) is True and box.put(3) is True
+    assert box.dropped == 2
+    assert box.get(timeout=0.01) == 3
+    assert box.get(timeout=0.01) is None
+
+
+def test_mailbox_close_wakes_a_waiting_get() -> None:
+    box: Mailbox[int] = Mailbox()
+    got: list[int | None] = []
+    thread = threading.Thread(target=lambda: got.append(box.get(timeout=10.0)))
+    thread.start()
+    box.close()
+    thread.join(timeout=2.0)
+    assert not thread.is_alive() and got == [None]
+
+
+def test_rate_meter_and_latency_window() -> None:
+    meter = RateMeter(window=2.0)
+    start = meter._start
+    for i in range(20):
+        meter.tick(start + 1.0 + i * 0.05)  # 20 Hz for 1 s
+    assert meter.rate(start + 2.0) == pytest.approx(10.0)  # 20 events in the 2 s window
+    assert meter.rate(start + 10.0) == 0.0
+    window = LatencyWindow(size=100)
+    assert all(math.isnan(v) for v in window.percentiles(50, 99))
+    for ms in range(1, 101):
+        window.add(float(ms))
+    p50, p99 = window.percentiles(50, 99)
+    assert p50 == pytest.approx(50.5) and p99 == pytest.approx(99.01)
+
+
+def test_throttle_reports_once_per_period_and_counts_the_rest() -> None:
+    throttle = Throttle(period=5.0)
+    assert throttle.ready(100.0) == (True, 0)
+    assert throttle.ready(101.0) == (False, 0)
+    assert throttle.ready(102.0) == (False, 0)
+    assert throttle.ready(105.5) == (True, 2)
+
+
+def test_action_history_pads_like_the_frames_and_holds_the_latest_command() -> None:
+    history = ActionHistory(history=3, action_dim=2)
+    history.observe(np.array([1.0, 2.0]))
+    history.observe(None)  # no command yet -> zeros
+    history.observe(np.array([3.0, 4.0]))
+    out = history.rollout_actions(horizon=3, n_frames=3)  # (H + horizon - 1, A)
+    assert out.shape == (5, 2) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, [[1, 2], [0, 0], [3, 4], [3, 4], [3, 4]])
+    short = history.rollout_actions(horizon=2, n_frames=1)  # history of one frame, padded
+    np.testing.assert_array_equal(short, [[3, 4]] * 4)
+    history.reset()
+    np.testing.assert_array_equal(history.rollout_actions(1, 0), np.zeros((3, 2)))
+
+
+def test_actions_from_request_checks_the_length() -> None:
+    out = actions_from_request(np.arange(8, dtype=np.float32), horizon=3, history=2, action_dim=2)
+    assert out is not None and out.shape == (4, 2)
+    with pytest.raises(ConfigError, match=r'\(3 \+ 2 - 1\) x 2 = 8 values, got 6'):
+        actions_from_request(np.zeros(6), horizon=3, history=2, action_dim=2)
+    assert actions_from_request(np.zeros(0), horizon=3, history=2, action_dim=0) is None
+    with pytest.raises(ConfigError, match='takes no actions'):
+        actions_from_request(np.zeros(2), horizon=3, history=2, action_dim=0)
+
+
+def test_ood_score_is_relative_to_the_validation_mse() -> None:
+    assert ood_score(0.02, 0.01) == pytest.approx(2.0)
+    assert math.isnan(ood_score(0.02, None)) and math.isnan(ood_score(0.02, 0.0))
