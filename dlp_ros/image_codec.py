@@ -126,3 +126,21 @@ def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
     shrinking = h >= size and w >= size
     interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     return cv2.resize(rgb, (size, size), interpolation=interp)
+
+
+def to_model_input(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB frames (..., S, S, 3) -> model input (..., 3, S, S) float32 in [0, 1] (x / 255).
+
+    The one conversion shared by training (``training.frames``, ``encode-dataset``,
+    ``evaluate-dlp``) and the runtime (:meth:`dlp_ros.runtime.DlpRuntime.preprocess`, after
+    :func:`resize_rgb`), so a frame gives the same tensor in both.
+
+    Raises:
+        ImageError: not uint8 or the last axis is not 3 (RGB).
+    """
+    if rgb.dtype != np.uint8 or rgb.ndim < 3 or rgb.shape[-1] != 3:
+        raise ImageError(f'model input must be uint8 RGB (..., H, W, 3), got {rgb.dtype} '
+                         f'{rgb.shape}')  # fmt: skip
+    chw = np.moveaxis(rgb, -1, -3)  # (..., 3, S, S) view
+    out = np.empty(chw.shape, dtype=np.float32)  # C-contiguous, as onnxruntime wants it
+    return np.divide(chw, np.float32(255.0), out=out, dtype=np.float32)

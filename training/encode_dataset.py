@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 import dlp_ros
 from dlp_ros.errors import ConfigError, DlpError
+from dlp_ros.image_codec import to_model_input
 from training.checkpoint import run_checkpoint
 from training.data.dataset import Dataset, EpisodeInfo, write_manifest
 from training.dlp_config import load_dlp
@@ -79,8 +80,7 @@ def encode_episode(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """One episode's arrays (``training.latents.ARRAYS`` and the optional labels)."""
-    frames = torch.from_numpy(np.array(data.frames(name)))  # (T, S, S, 3) uint8
-    x = frames.permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, S, S)
+    x = torch.from_numpy(to_model_input(np.asarray(data.frames(name))))  # (T, 3, S, S)
     track = track_sequence(model, x, batch, progress=progress)
     arrays = {f: v.float().numpy() for f, v in track.particles._asdict().items()}  # (T, K, .)
     arrays['reseeded'] = track.reseeded.numpy()  # (T, K) bool

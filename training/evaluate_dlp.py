@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 import dlp_ros
 from dlp_ros.errors import DlpError
+from dlp_ros.image_codec import to_model_input
 from training import metrics
 from training.checkpoint import run_checkpoint
 from training.data.dataset import SPLITS, Dataset
@@ -100,8 +101,7 @@ def _encode(
     out: dict[str, list[np.ndarray]] = defaultdict(list)
     with torch.inference_mode():
         for start in range(0, len(frames), batch):
-            x = torch.from_numpy(np.array(frames[start : start + batch])).permute(0, 3, 1, 2)
-            x = x.float().div_(255.0)  # (B, 3, S, S)
+            x = torch.from_numpy(to_model_input(np.asarray(frames[start : start + batch])))
             p = model.encode(x, deterministic=True)
             out['mu'].append(p.mu.numpy())
             out['logvar'].append(p.logvar.numpy())
@@ -120,7 +120,7 @@ def _tracked(
     model: Dlp, frames: np.ndarray, batch: int, name: str, truth: GroundTruth | None
 ) -> Encoded:
     """Particles of one episode tracked frame to frame (slot k stays on one object)."""
-    x = torch.from_numpy(np.array(frames)).permute(0, 3, 1, 2).float().div_(255.0)
+    x = torch.from_numpy(to_model_input(np.asarray(frames)))  # (T, 3, S, S)
     with torch.inference_mode():
         p = track_sequence(model, x, batch).particles
     return Encoded(name, p.mu.numpy(), p.logvar.numpy(), p.transparency[..., 0].numpy(), truth)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from dlp_ros.errors import DlpError
+from dlp_ros.image_codec import to_model_input
 from training.data.dataset import Dataset
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class FrameSource:
             batch = self._frames[indices]  # (B, S, S, 3)
         else:
             batch = np.stack([self._arrays[e][t] for e, t in self._index[indices]])
-        return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+        return torch.from_numpy(to_model_input(batch))
 
     def batch(self, batch_size: int, seed: int, step: int, rank: int = 0) -> torch.Tensor:
         """Random batch for optimisation step ``step`` of process ``rank``."""

@@ -69,8 +69,10 @@ from training.models.dlp_parts import (
     PatchPrior,
     box_masks,
     composite,
+    composite_normalised,
     crop_glimpses,
     paste_glimpses,
+    paste_glimpses_separable,
 )
 
 logger = logging.getLogger(__name__)
@@ -412,10 +414,16 @@ class Dlp(nn.Module):
 
     # --------------------------------------------------------------------------------- decoder
 
-    def render(self, particles: Particles, fixed_scale: bool = False) -> tuple[Tensor, Tensor]:
+    def render(
+        self, particles: Particles, fixed_scale: bool = False, inference: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """Particles -> (image (B, 3, S, S), decoded RGBA glimpses (B, K, 4, g, g)).
 
-        ``fixed_scale`` pastes every glimpse at the prior's scale (warm-up).
+        ``fixed_scale`` pastes every glimpse at the prior's scale (warm-up). ``inference`` uses
+        the equivalent inference forms of the paste and the compositing
+        (:func:`~training.models.dlp_parts.paste_glimpses_separable`,
+        :func:`~training.models.dlp_parts.composite_normalised`): faster without gradients,
+        slower to train, equal up to float rounding.
         """
         c = self.config
         b, k = particles.features.shape[0], particles.features.shape[1]
@@ -424,16 +432,18 @@ class Dlp(nn.Module):
         scale = particles.scale
         if fixed_scale:
             scale = torch.full_like(scale, c.scale_prior_mean)
-        layers = paste_glimpses(rgba, particles.mu, torch.sigmoid(scale), c.image_size)
+        paste = paste_glimpses_separable if inference else paste_glimpses
+        layers = paste(rgba, particles.mu, torch.sigmoid(scale), c.image_size)
         background = self.bg_decoder(particles.bg_features)  # (B, 3, S, S)
-        image = composite(
+        image = (composite_normalised if inference else composite)(
             layers, particles.depth, particles.transparency, background, c.depth_temperature
         )
         return image, rgba
 
-    def decode(self, particles: Particles) -> Tensor:
-        """:class:`Particles` -> image (B, 3, S, S) in [0, 1] (``logvar`` is not used)."""
-        return self.render(particles)[0]
+    def decode(self, particles: Particles, inference: bool = False) -> Tensor:
+        """:class:`Particles` -> image (B, 3, S, S) in [0, 1] (``logvar`` is not used);
+        ``inference``: see :meth:`render`."""
+        return self.render(particles, inference=inference)[0]
 
     # --------------------------------------------------------------------------------- loss
 
@@ -517,6 +527,10 @@ class DlpEncoder(nn.Module):
 class DlpDecoder(nn.Module):
     """Export view of :meth:`Dlp.decode`: particle tensors -> image.
 
+    ``inference`` (default) exports the inference forms of the paste and the compositing (see
+    :meth:`Dlp.render`): the same image up to float rounding, about 1.5-2x faster in
+    onnxruntime (docs/benchmarks.md).
+
     Shapes:
         mu (B, K, 2), scale (B, K, 2), depth (B, K, 1), transparency (B, K, 1), features (B, K, F),
         bg_features (B, Fb) -> image (B, 3, S, S).
@@ -525,9 +539,10 @@ class DlpDecoder(nn.Module):
     INPUT_NAMES = ('mu', 'scale', 'depth', 'transparency', 'features', 'bg_features')
     OUTPUT_NAMES = ('image',)
 
-    def __init__(self, dlp: Dlp) -> None:
+    def __init__(self, dlp: Dlp, inference: bool = True) -> None:
         super().__init__()
         self.dlp = dlp
+        self.inference = inference
 
     def forward(
         self,
@@ -540,5 +555,6 @@ class DlpDecoder(nn.Module):
     ) -> Tensor:
         logvar = torch.zeros_like(mu)  # unused by the decoder
         return self.dlp.decode(
-            Particles(mu, logvar, scale, depth, transparency, features, bg_features)
+            Particles(mu, logvar, scale, depth, transparency, features, bg_features),
+            inference=self.inference,
         )

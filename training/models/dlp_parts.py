@@ -121,6 +121,29 @@ def paste_glimpses(glimpses: Tensor, centres: Tensor, half_size: Tensor, canvas:
     return out.view(b, k, c, canvas, canvas)
 
 
+def paste_glimpses_separable(
+    glimpses: Tensor, centres: Tensor, half_size: Tensor, canvas: int
+) -> Tensor:
+    """:func:`paste_glimpses` as two small matrix products (the inference form: faster in
+    onnxruntime and eager inference, slower to train; equal up to float rounding).
+
+    The sampling grid is axis-aligned, so bilinear sampling with zero padding is separable:
+    canvas pixel (y, x) = sum_ij wy[y, i] G[i, j] wx[x, j] with the tent weights
+    ``w[s, j] = max(0, 1 - |i_s - j|)`` of the glimpse coordinate ``i_s = ((u_s + 1) g - 1) / 2``
+    (``align_corners=False``) of canvas pixel s; taps outside the glimpse get no weight.
+
+    Shapes as :func:`paste_glimpses`: (B, K, C, g, g) -> (B, K, C, S, S).
+    """
+    g = glimpses.shape[-1]
+    p = pixel_centres(canvas).to(glimpses).view(1, 1, canvas)  # (1, 1, S)
+    j = torch.arange(g, dtype=glimpses.dtype, device=glimpses.device)  # (g,)
+    ix = ((p - centres[..., 0:1]) / half_size[..., 0:1] + 1) * (g / 2) - 0.5  # (B, K, S)
+    iy = ((p - centres[..., 1:2]) / half_size[..., 1:2] + 1) * (g / 2) - 0.5
+    wx = torch.relu(1 - (ix.unsqueeze(-1) - j).abs())  # (B, K, S, g)
+    wy = torch.relu(1 - (iy.unsqueeze(-1) - j).abs())  # (B, K, S, g)
+    return wy.unsqueeze(2) @ glimpses @ wx.transpose(-1, -2).unsqueeze(2)  # (B, K, C, S, S)
+
+
 def box_masks(centres: Tensor, half_size: float, canvas: int) -> Tensor:
     """Hard square masks ``|p - centre| < half_size`` (x and y), no gradient: (B, K, S, S)."""
     p = pixel_centres(canvas).to(centres)  # (S,)
@@ -159,6 +182,25 @@ def composite(
     logits = torch.log(alpha + 1e-6) - depth[..., None, None] / temperature  # (B, K, 1, S, S)
     weights = torch.softmax(logits, dim=1)
     foreground = (weights * rgba[:, :, :3]).sum(dim=1)  # (B, 3, S, S)
+    coverage = 1 - torch.prod(1 - alpha, dim=1)  # (B, 1, S, S)
+    return coverage * foreground + (1 - coverage) * background
+
+
+def composite_normalised(
+    rgba: Tensor, depth: Tensor, transparency: Tensor, background: Tensor, temperature: float
+) -> Tensor:
+    """:func:`composite` without the per-pixel log and softmax (the inference form).
+
+    softmax_i(log(a_i + eps) - d_i / tau) = (a_i + eps) c_i / sum_j (a_j + eps) c_j with the
+    per-particle c_i = exp(-(d_i - min_j d_j) / tau) in (0, 1], so the K-axis softmax over every
+    pixel becomes a product and a sum (equal up to float rounding; slower to train).
+    Shapes as :func:`composite`.
+    """
+    alpha = rgba[:, :, 3:] * transparency[..., None, None]  # (B, K, 1, S, S)
+    z = -depth / temperature  # (B, K, 1)
+    c = torch.exp(z - z.max(dim=1, keepdim=True).values)  # (B, K, 1), the largest is 1
+    w = (alpha + 1e-6) * c[..., None, None]  # (B, K, 1, S, S) unnormalised weights
+    foreground = (w * rgba[:, :, :3]).sum(dim=1) / w.sum(dim=1)  # (B, 3, S, S)
     coverage = 1 - torch.prod(1 - alpha, dim=1)  # (B, 1, S, S)
     return coverage * foreground + (1 - coverage) * background
 

@@ -24,8 +24,9 @@ Runtime (numpy + ONNX, no torch), per frame t, with the two export views below::
     bg_features = background_encoder(image, fields['mu'][None], fields['transparency'][None])
 
 (at frame 0 ``prev_mu`` may be anything, zeros). The numpy core (:func:`assign_slots`,
-:func:`first_frame_slots`, :func:`gather_slots`) has no torch inside and moves to the runtime;
-``test_tracking.py`` runs exactly this loop against :func:`track_sequence`.
+:func:`first_frame_slots`, :func:`gather_slots`, ``ON_THRESHOLD``) lives in the runtime,
+:mod:`dlp_ros.tracking`, and is re-exported here; :class:`dlp_ros.runtime.Tracker` runs exactly
+this loop on the exported graphs, and ``test_tracking.py`` runs it against :func:`track_sequence`.
 """
 
 from __future__ import annotations
@@ -38,12 +39,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dlp_ros.tracking import ON_THRESHOLD, assign_slots, first_frame_slots, gather_slots
 from training.models.dlp import Dlp, Particles, Posterior
 
 logger = logging.getLogger(__name__)
+__all__ = [
+    'HEAD_FIELDS', 'METHOD', 'ON_THRESHOLD', 'DlpBackgroundEncoder', 'DlpTrackingEncoder', 'Track',
+    'assign_slots', 'encode_sequence', 'first_frame_slots', 'gather_slots', 'posterior_at',
+    'track_sequence',
+]  # fmt: skip
 
 METHOD = 'ddlp_anchors+reseed'  # recorded in latents manifests
-ON_THRESHOLD = 0.5  # a particle with transparency above this is on
 HEAD_FIELDS = ('mu', 'logvar', 'head')  # per-particle arrays that assign_slots' source gathers
 
 
@@ -52,103 +58,6 @@ class Track(NamedTuple):
 
     particles: Particles
     reseeded: Tensor  # (T, K) bool: slot k starts a new identity at frame t (all at t = 0)
-
-
-# ----------------------------------------------------------------------------- numpy core
-
-
-def first_frame_slots(k: int) -> np.ndarray:
-    """Slot sources of the first frame: every slot takes its detection, (K,) = 0..K-1."""
-    return np.arange(k, dtype=np.int64)
-
-
-def assign_slots(
-    tracked_mu: np.ndarray,
-    tracked_presence: np.ndarray,
-    detected_mu: np.ndarray,
-    detected_presence: np.ndarray,
-    on_threshold: float = ON_THRESHOLD,
-    claim_radius: float = 0.25,
-) -> np.ndarray:
-    """Which slots keep their tracked particle and which take a detection (numpy only).
-
-    Detections that are on, most present first, are *new* when no claiming particle (an on
-    tracked particle, or a detection already placed) is within ``claim_radius``. Each new
-    detection re-seeds one donor slot: the off tracked particle with the lowest presence, else
-    the on one whose nearest on neighbour is closest, if within ``claim_radius / 2`` (two
-    particles on one object); with no donor left, the remaining detections are dropped. The
-    order of the detections does not matter otherwise, so a permuted detection set changes
-    nothing.
-
-    Args:
-        tracked_mu: (K, 2) positions of the particles anchored at the previous frame's means.
-        tracked_presence: (K,) their transparency in [0, 1].
-        detected_mu: (D, 2) positions of the frame's own detections (D = K in the encoder).
-        detected_presence: (D,) their transparency.
-        on_threshold: a particle is on when its transparency is above this.
-        claim_radius: normalised units ([-1, 1] = image); :func:`track_sequence` uses
-            ``anchor_scale``, the glimpse half-width.
-
-    Returns:
-        source (K,) int64: -1 keeps the tracked particle of the slot, j >= 0 re-seeds the slot
-        with detection j.
-    """
-    k, d = tracked_mu.shape[0], detected_mu.shape[0]
-    if tracked_mu.shape != (k, 2) or tracked_presence.shape != (k,):
-        raise ValueError(f'tracked_mu must be (K, 2) and tracked_presence (K,), got '
-                         f'{tracked_mu.shape}, {tracked_presence.shape}')  # fmt: skip
-    if detected_mu.shape != (d, 2) or detected_presence.shape != (d,):
-        raise ValueError(f'detected_mu must be (D, 2) and detected_presence (D,), got '
-                         f'{detected_mu.shape}, {detected_presence.shape}')  # fmt: skip
-    source = np.full(k, -1, dtype=np.int64)
-    pos = tracked_mu.astype(np.float64)  # (K, 2) slot positions, updated as slots re-seed
-    claims = tracked_presence > on_threshold  # (K,) slots that cover their neighbourhood
-    for j in np.argsort(-detected_presence, kind='stable'):
-        if detected_presence[j] <= on_threshold:
-            break  # the rest are off as well
-        if claims.any() and np.linalg.norm(pos[claims] - detected_mu[j], axis=-1).min() <= (
-            claim_radius
-        ):
-            continue  # already covered
-        donor = _donor(pos, tracked_presence, claims, source >= 0, on_threshold, claim_radius / 2)
-        if donor is None:
-            break
-        source[donor], pos[donor], claims[donor] = j, detected_mu[j], True
-    return source
-
-
-def _donor(
-    pos: np.ndarray,
-    presence: np.ndarray,
-    claims: np.ndarray,
-    reseeded: np.ndarray,
-    on_threshold: float,
-    duplicate_radius: float,
-) -> int | None:
-    """The slot to re-seed: the least present off one, else the most redundant on one."""
-    off = np.flatnonzero((presence <= on_threshold) & ~reseeded)  # (n_off,)
-    if off.size:
-        return int(off[np.argmin(presence[off])])
-    on = np.flatnonzero(claims & ~reseeded)  # (n,) tracked on slots
-    if on.size < 2:
-        return None
-    dist = np.linalg.norm(pos[on, None] - pos[None, on], axis=-1)  # (n, n)
-    np.fill_diagonal(dist, np.inf)
-    nearest = dist.min(1)  # (n,)
-    i = int(np.argmin(nearest))
-    return int(on[i]) if nearest[i] < duplicate_radius else None
-
-
-def gather_slots(
-    tracked: dict[str, np.ndarray], detected: dict[str, np.ndarray], source: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Per-slot arrays (K, ...): ``tracked[name][k]``, or ``detected[name][source[k]]``."""
-    take = np.maximum(source, 0)  # (K,)
-    out = {}
-    for name, a in tracked.items():
-        keep = (source < 0).reshape(-1, *([1] * (a.ndim - 1)))  # (K, 1, ...)
-        out[name] = np.where(keep, a, detected[name][take])
-    return out
 
 
 # ----------------------------------------------------------------------------- torch posterior
