@@ -26,5 +26,10 @@ setup(
         'gpu': ['onnxruntime-gpu==1.31.1'],
         'cpu': ['onnxruntime>=1.20'],
     },
-    entry_points={'console_scripts': ['dlp-train = training.__main__:main']},
+    entry_points={
+        'console_scripts': [
+            'dlp-train = training.__main__:main',
+            'dlp-replay = training.replay:main',
+        ]
+    },
 )

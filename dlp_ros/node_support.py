@@ -114,8 +114,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec(
         'threads',
-        0,
-        'onnxruntime intra-op threads per session; 0 = onnxruntime default (all cores).',
+        1,
+        'onnxruntime intra-op threads per session; 0 = onnxruntime default (all cores). One '
+        'is fastest for these small graphs on a busy robot computer (docs/benchmarks.md).',
         0,
         256,
     ),

@@ -80,8 +80,13 @@ colcon --log-base "$ROOT/log" build --base-paths "$ROOT" --build-base "$ROOT/bui
   --install-base "$ROOT/install" --event-handlers console_cohesion- status- summary- \
   --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF >"$ROOT/log/build.txt" 2>&1 \
   || { cat "$ROOT/log/build.txt" >&2; echo "colcon build failed (log: log/build.txt)" >&2; exit 1; }
-# The pure-Python parts (training CLI, dlp-train/dlp-replay entry points) go in editable mode.
-if ! "$VENV/bin/python" -m pip show dlp-ros >/dev/null 2>&1; then
+# The pure-Python parts (training CLI, dlp-train/dlp-replay entry points) go in editable mode;
+# again whenever setup.py (its console scripts) changes.
+editable_stamp="$VENV/.dlp_ros_editable.sha256"
+want_editable=$(sha256sum "$ROOT/setup.py" | cut -d' ' -f1)
+if [ ! -f "$editable_stamp" ] || [ "$(cat "$editable_stamp")" != "$want_editable" ] \
+    || [ ! -x "$VENV/bin/dlp-replay" ]; then
   "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT"
+  echo "$want_editable" > "$editable_stamp"
 fi
 log "done in $(( $(date +%s) - start )) s; now: source scripts/env.sh"

@@ -40,6 +40,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
         'training.train_dynamics',
         'train the particle dynamics on a latents cache (rollout curriculum, resumable, DDP)',
     ),
+    'manipulate': (
+        'training.manipulate',
+        'encode an image, move/remove particles, decode: original | reconstruction | edited PNG',
+    ),
+    'replay': (
+        'training.replay',
+        "the node's pipeline on a bag, offline (dlp-replay): output bag, video, strip, summary",
+    ),
+    'export': (
+        'training.export',
+        'export a DLP run + a dynamics run as an ONNX model bundle for the runtime',
+    ),
+    'evaluate-prediction': (
+        'training.evaluate_prediction',
+        'condition on C frames, predict N: PSNR/SSIM/positions per step vs baselines -> report',
+    ),
 }
 
 
