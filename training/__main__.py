@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
-from dlp_ros.errors import DlpError
+from training.cli import execute
 
 # command -> (module with configure_parser(parser) and run(args) -> int, one-line help).
 # Modules are imported only for the command that runs, so --help stays fast.
@@ -80,20 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         sub_parser = parser._subparsers._group_actions[0].choices[command]  # noqa: SLF001
         module.configure_parser(sub_parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format='%(levelname)s %(name)s: %(message)s',
-    )
-    logging.getLogger('OpenGL').setLevel(logging.WARNING)  # PyOpenGL (MuJoCo) chatter
-    module = importlib.import_module(args._module)
-    try:
-        return int(module.run(args) or 0)
-    except DlpError as exc:
-        print(f'dlp-train {args.command}: error: {exc}', file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f'dlp-train {args.command}: interrupted; no partial output kept', file=sys.stderr)
-        return 130
+    return execute(f'dlp-train {args.command}', importlib.import_module(args._module), args)
 
 
 if __name__ == '__main__':

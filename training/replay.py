@@ -32,10 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from dlp_ros.errors import ConfigError, DlpError, EpisodeError, ImageError
+from dlp_ros.errors import ConfigError, EpisodeError, ImageError
 from dlp_ros.image_codec import decode_compressed, decode_raw, resize_rgb
 from dlp_ros.node_support import ActionHistory
 from dlp_ros.runtime import DlpRuntime
+from training.cli import main_of
 from training.data.bag_reader import (
     ACTION_TYPES,
     IMAGE,
@@ -366,21 +367,8 @@ def _run_frames(
 
 # ----------------------------------------------------------------------------- dlp-replay
 def main(argv: list[str] | None = None) -> int:
-    """The ``dlp-replay`` console script."""
-    parser = argparse.ArgumentParser(prog='dlp-replay', description=__doc__.split('\n\n')[0])
-    parser.add_argument('-v', '--verbose', action='store_true', help='debug logging')
-    configure_parser(parser)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format='%(levelname)s %(name)s: %(message)s')  # fmt: skip
-    try:
-        return run(args)
-    except DlpError as exc:
-        print(f'dlp-replay: error: {exc}', file=sys.stderr)  # noqa: T201
-        return 2
-    except KeyboardInterrupt:
-        print('dlp-replay: interrupted; no partial output kept', file=sys.stderr)  # noqa: T201
-        return 130
+    """The ``dlp-replay`` program."""
+    return main_of('dlp-replay', sys.modules[__name__], argv)
 
 
 if __name__ == '__main__':

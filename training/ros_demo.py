@@ -48,6 +48,7 @@ import numpy as np
 
 from dlp_ros.errors import ConfigError, DlpError, EpisodeError, ImageError
 from dlp_ros.model_card import load_model_card
+from training.cli import main_of
 from training.data.bag_reader import ACTION_TYPES, IMAGE_TYPES, Bag, decode_frame, header_stamp_ns
 from training.perception_outputs import (
     PARTICLES_TOPIC,
@@ -594,21 +595,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m training.ros_demo',
-                                     description=__doc__.split('\n\n')[0])  # fmt: skip
-    parser.add_argument('-v', '--verbose', action='store_true', help='debug logging')
-    configure_parser(parser)
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format='%(levelname)s %(name)s: %(message)s')  # fmt: skip
-    try:
-        return run(args)
-    except DlpError as exc:
-        print(f'ros_demo: error: {exc}', file=sys.stderr)  # noqa: T201
-        return 2
-    except KeyboardInterrupt:
-        print('ros_demo: interrupted', file=sys.stderr)  # noqa: T201
-        return 130
+    """The ``python -m training.ros_demo`` program."""
+    return main_of('python -m training.ros_demo', sys.modules[__name__], argv)
 
 
 if __name__ == '__main__':

@@ -1,8 +1,5 @@
-"""Tiny random-weight bundles (64 px with actions, 128 px without), exported once per session.
-
-The same fixtures are in tests/runtime/conftest.py (the two directories are not packages, so a
-shared module would be imported ambiguously); keep them identical.
-"""
+"""Tiny random-weight bundles (64 px with actions, 128 px without), exported once per session
+when a test asks for one (tests/export, tests/runtime)."""
 
 from __future__ import annotations
 
@@ -21,7 +18,7 @@ if TYPE_CHECKING:  # torch and training are imported when a bundle is built, not
     from training.models.dlp import Dlp, DlpConfig
     from training.models.dynamics import DynamicsConfig, ParticleDynamics
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
