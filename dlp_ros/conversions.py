@@ -100,24 +100,12 @@ def particle_array(
     ``header`` is used as given (the input image's, copied unchanged).
     """
     fields = frame.message_fields(width, height)
-    particles = [
-        Particle(
-            id=int(p['id']),
-            u=float(p['u']),
-            v=float(p['v']),
-            u_std=float(p['u_std']),
-            v_std=float(p['v_std']),
-            scale=float(p['scale']),
-            depth=float(p['depth']),
-            transparency=float(p['transparency']),
-            features=_f32(p['features']),
-        )
-        for p in fields['particles']
-    ]
+    # message_fields already holds Python ints/floats; only float32[] wants rclpy's array.array
+    particles = [Particle(**{**p, 'features': _f32(p['features'])}) for p in fields['particles']]
     return ParticleArray(
         header=header,
-        image_width=int(fields['image_width']),
-        image_height=int(fields['image_height']),
+        image_width=fields['image_width'],
+        image_height=fields['image_height'],
         particles=particles,
         background_features=_f32(fields['background_features']),
         decode_ms=float(decode_ms),

@@ -66,26 +66,13 @@ def particle_array_msg(
     ``header`` (a rosbags Header) is used unchanged: the input frame's header.
     """
     particle = store.types['dlp_ros/msg/Particle']
-    particles = [
-        particle(
-            id=int(p['id']),
-            u=float(p['u']),
-            v=float(p['v']),
-            u_std=float(p['u_std']),
-            v_std=float(p['v_std']),
-            scale=float(p['scale']),
-            depth=float(p['depth']),
-            transparency=float(p['transparency']),
-            features=np.asarray(p['features'], dtype=np.float32),
-        )
-        for p in fields['particles']
-    ]
+    particles = [particle(**p) for p in fields['particles']]  # already message-typed values
     return store.types['dlp_ros/msg/ParticleArray'](
         header=header,
-        image_width=int(fields['image_width']),
-        image_height=int(fields['image_height']),
+        image_width=fields['image_width'],
+        image_height=fields['image_height'],
         particles=particles,
-        background_features=np.asarray(fields['background_features'], dtype=np.float32),
+        background_features=fields['background_features'],
         decode_ms=float(decode_ms),
         encode_ms=float(encode_ms),
     )
