@@ -151,16 +151,23 @@ class NodeProcess:
 
     def stop(self) -> int | None:
         """SIGINT, then SIGTERM, then SIGKILL (10 s, 5 s); returns the exit code."""
-        for sig, wait in ((signal.SIGINT, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            if not self.alive():
-                break
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                logger.warning('node pid %d did not stop on %s', self.pid, sig.name)
+        code = stop_process(self.proc, (10.0, 5.0, 5.0))
         self._log_file.close()
-        return self.proc.returncode
+        return code
+
+
+def stop_process(proc: subprocess.Popen, graces: tuple[float, float, float]) -> int | None:
+    """Stop a ROS process: SIGINT, then SIGTERM, then SIGKILL, each followed by its grace period
+    in seconds (rclpy nodes shut down cleanly on SIGINT); returns the exit code."""
+    for sig, grace in zip((signal.SIGINT, signal.SIGTERM, signal.SIGKILL), graces, strict=True):
+        if proc.poll() is not None:
+            break
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            logger.warning('pid %d did not stop on %s', proc.pid, sig.name)
+    return proc.poll()
 
 
 # ----------------------------------------------------------------------------- rclpy side

@@ -8,7 +8,6 @@ domain id do not see each other's messages.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 
 from dlp_ros.msg import ParticleArray, Prediction  # noqa: E402
+from training.ros_demo import stop_process  # noqa: E402
 
 if TYPE_CHECKING:
     from conftest import RosMsgKit
@@ -75,17 +75,9 @@ class Peer:
         if self.proc.poll() is not None:
             raise AssertionError(f'the peer process died early: {self.report()}')
 
-    def stop(self) -> int:
+    def stop(self) -> int | None:
         """SIGINT, then SIGTERM, then SIGKILL, each after a grace period; returns the exit code."""
-        for sig, grace in ((signal.SIGINT, 5.0), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
-            if self.proc.poll() is not None:
-                break
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                continue
-        return self.proc.wait(1.0)
+        return stop_process(self.proc, (5.0, 3.0, 3.0))
 
 
 @pytest.fixture

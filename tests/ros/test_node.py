@@ -12,7 +12,6 @@ from __future__ import annotations
 import array
 import importlib.util
 import os
-import signal
 import subprocess
 import time
 import uuid
@@ -41,6 +40,7 @@ from dlp_ros.conversions import stamp_ns  # noqa: E402
 from dlp_ros.image_codec import encode_compressed  # noqa: E402
 from dlp_ros.msg import ParticleArray, Prediction  # noqa: E402
 from dlp_ros.srv import Predict, Render  # noqa: E402
+from training.ros_demo import stop_process  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -137,17 +137,9 @@ class NodeProcess:
         if self.proc.poll() is not None:
             raise AssertionError(f'the node process died: {self.report()}')
 
-    def stop(self) -> int:
+    def stop(self) -> int | None:
         """SIGINT, then SIGTERM, then SIGKILL; returns the exit status."""
-        for sig, grace in ((signal.SIGINT, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            if self.proc.poll() is not None:
-                break
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                continue
-        return self.proc.wait(1.0)
+        return stop_process(self.proc, (10.0, 5.0, 5.0))
 
 
 # --- the test side -------------------------------------------------------------------------------
