@@ -13,8 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 import yaml
-from torch import nn
+from torch import Tensor, nn
 
 from dlp_ros.errors import ConfigError, DlpError
 from training.checkpoint import load_checkpoint, run_checkpoint
@@ -110,3 +111,26 @@ def load_run_model(
     model.load_state_dict(state['model'])
     model.eval()
     return model, config, {k: v for k, v in state.items() if k not in ('model', 'optimizer')}
+
+
+def optimisation_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss: Tensor,
+    metrics: dict[str, float],
+    step: int,
+    grad_clip: float,
+    last_checkpoint: Path,
+) -> None:
+    """Backward pass, optional gradient-norm clip and optimizer step; a non-finite loss stops the
+    run with a DlpError naming the last good checkpoint (nothing is updated)."""
+    if not torch.isfinite(loss):
+        raise DlpError(
+            f'non-finite loss {loss.item()} at step {step} ({metrics}); stopped. The last good '
+            f'checkpoint is {last_checkpoint}'
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()

@@ -26,7 +26,6 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from dlp_ros.errors import DlpError
 from training import distributed as dist
 from training.checkpoint import save_checkpoint
 from training.config import to_dict
@@ -34,7 +33,7 @@ from training.data.dataset import Dataset
 from training.dlp_config import DlpRunConfig
 from training.frames import FrameSource
 from training.models.dlp import Dlp
-from training.runs import add_run_arguments, lr_at, resolve_run
+from training.runs import add_run_arguments, lr_at, optimisation_step, resolve_run
 from training.visualize import dlp_grid
 
 logger = logging.getLogger(__name__)
@@ -99,16 +98,8 @@ def run(args: argparse.Namespace) -> int:
             images = train.batch(tc.batch_size, tc.seed, step, ctx.rank).to(ctx.device)
             model.train()
             loss, metrics = ddp_model(images, warmup=step < tc.warmup_steps)
-            if not torch.isfinite(loss):
-                raise DlpError(
-                    f'non-finite loss {loss.item()} at step {step} ({metrics}); stopped. The last '
-                    f'good checkpoint is {out / "checkpoints" / "last.pt"}'
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
+            optimisation_step(model, optimizer, loss, metrics, step, tc.grad_clip,
+                              out / 'checkpoints' / 'last.pt')  # fmt: skip
             step += 1
             seen += tc.batch_size * ctx.world_size
             bar.update()

@@ -32,7 +32,7 @@ import yaml
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from dlp_ros.errors import ConfigError, DlpError
+from dlp_ros.errors import ConfigError
 from training import distributed as dist
 from training.checkpoint import save_checkpoint
 from training.clips import Clips, ClipSource, baselines, squared_error_sums
@@ -48,7 +48,7 @@ from training.models.dynamics import (
     frames,
     rollout_loss,
 )
-from training.runs import add_run_arguments, lr_at, resolve_run
+from training.runs import add_run_arguments, lr_at, optimisation_step, resolve_run
 
 logger = logging.getLogger(__name__)
 RESUMABLE = ('train.max_steps', 'train.time_limit_min', 'train.eval_every', 'train.log_every',
@@ -239,16 +239,8 @@ def run(args: argparse.Namespace) -> int:
             pick = pixel_pick(tc, tc.batch_size, horizon, step, ctx.rank) if decoder else None
             model.train()
             loss, metrics = objective(clips, horizon, pick)
-            if not torch.isfinite(loss):
-                raise DlpError(
-                    f'non-finite loss {loss.item()} at step {step} ({metrics}); stopped. The last '
-                    f'good checkpoint is {out / "checkpoints" / "last.pt"}'
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
+            optimisation_step(model, optimizer, loss, metrics, step, tc.grad_clip,
+                              out / 'checkpoints' / 'last.pt')  # fmt: skip
             step += 1
             seen += tc.batch_size * ctx.world_size
             bar.update()
