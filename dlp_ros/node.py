@@ -37,12 +37,13 @@ from rcl_interfaces.msg import (
     SetParametersResult,
 )
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import QoSMessageLostInfo, SubscriptionEventCallbacks
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
-from rclpy.qos import HistoryPolicy, QoSProfile, qos_profile_sensor_data
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.service import Service
 from rclpy.subscription import Subscription
@@ -63,6 +64,7 @@ from dlp_ros.node_support import (
     NodeConfig,
     ParamSpec,
     RateMeter,
+    SequenceGaps,
     Throttle,
     actions_from_request,
     ood_score,
@@ -78,6 +80,9 @@ PREDICTION_TOPIC = '/dlp/prediction'
 DIAGNOSTICS_PERIOD_S = 1.0
 LOG_PERIOD_S = 5.0  # throttle of the bad-frame and error logs
 MAX_HORIZON = 1000
+# rclpy >= Iron hands a callback of two arguments the message info (publication sequence
+# numbers); Humble's does not, and the frames lost in DDS are then the middleware's own count.
+MESSAGE_INFO = hasattr(Subscription, 'CallbackType')
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
 
@@ -113,18 +118,28 @@ def descriptor(spec: ParamSpec) -> ParameterDescriptor:
 
 @dataclass
 class Stats:
-    """Counters of the node, shared by the executor and the worker thread (under ``lock``)."""
+    """Counters of the node, shared by the executor and the worker thread (under ``lock``).
+
+    Every frame the camera sent is either lost in DDS (``gaps.lost``: transport, or replaced
+    in the subscription's queue before the executor took it; ``lost_transport`` is the part the
+    middleware reports itself) or ``received`` by the callback; every received frame is then
+    ``processed``, ``dropped`` (replaced in the mailbox before the worker took it), ``bad``,
+    an error, or still in the mailbox.
+    """
 
     received: int = 0
     processed: int = 0
     dropped: int = 0
+    lost_transport: int = 0
+    gaps: SequenceGaps = field(default_factory=SequenceGaps)
     bad: int = 0
     errors: int = 0
     predictions: int = 0
     last_bad: str = ''
     last_error: str = ''
     ood: float = math.nan
-    input_rate: RateMeter = field(default_factory=RateMeter)
+    input_rate: RateMeter = field(default_factory=RateMeter)  # frames sent (received + lost)
+    callback_rate: RateMeter = field(default_factory=RateMeter)  # frames received
     output_rate: RateMeter = field(default_factory=RateMeter)
     latency: LatencyWindow = field(default_factory=LatencyWindow)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -167,7 +182,7 @@ class PerceptionNode(LifecycleNode):
         self._error_log = Throttle(LOG_PERIOD_S)
         self._last_prediction = -math.inf
         self._last_frames = -math.inf
-        self._diag_last = (0, 0)  # (bad, errors) at the previous diagnostics message
+        self._diag_last = (0, 0, 0)  # (bad, errors, lost_transport) at the last diagnostics
         self._input_topic = 'image'
 
     # ------------------------------------------------------------------------- parameters
@@ -309,10 +324,13 @@ class PerceptionNode(LifecycleNode):
         assert self.config is not None and self.rt is not None and self._tracker is not None
         config = self.config
         compressed = config.image_transport == 'compressed'
+        reliable = config.input_reliability == 'reliable'
         qos = QoSProfile(
             history=HistoryPolicy.KEEP_LAST,
             depth=1,  # the latest frame wins
-            reliability=qos_profile_sensor_data.reliability,
+            reliability=ReliabilityPolicy.RELIABLE
+            if reliable
+            else qos_profile_sensor_data.reliability,
             durability=qos_profile_sensor_data.durability,
         )
         self._tracker.reset()
@@ -320,12 +338,15 @@ class PerceptionNode(LifecycleNode):
             self._observed.actions.reset()
         self._observed.history, self._observed.header = [], None
         self._mailbox, self._predict_box = Mailbox(), Mailbox()
+        with self._stats.lock:
+            self._stats.gaps.reset()  # a new subscription: no writer known yet
         sub = self.create_subscription(
             CompressedImage if compressed else Image,
             'image',
-            self._on_image,
+            self._on_image_info if MESSAGE_INFO else self._on_image,
             qos,
             qos_overriding_options=QoSOverridingOptions.with_default_policies(),
+            event_callbacks=SubscriptionEventCallbacks(message_lost=self._on_message_lost),
         )
         self._entities.append(sub)
         self._input_topic = sub.topic_name
@@ -397,17 +418,29 @@ class PerceptionNode(LifecycleNode):
 
     # ------------------------------------------------------------------------- input
 
-    def _on_image(self, msg: Image | CompressedImage) -> None:
+    def _on_image_info(self, msg: Image | CompressedImage, info: dict[str, int]) -> None:
+        """Executor thread: count the frames the sequence number shows lost, then
+        :meth:`_on_image`."""
+        self._on_image(msg, int(info.get('publication_sequence_number', 0)))
+
+    def _on_image(self, msg: Image | CompressedImage, sequence: int = 0) -> None:
         """Executor thread: hand the frame to the worker; an unread one is dropped."""
         now = time.monotonic()
-        self._stats.input_rate.tick(now)
         mailbox = self._mailbox
         if mailbox is None:
             return
         replaced = mailbox.put((msg, now))
         with self._stats.lock:
+            lost = self._stats.gaps.observe(sequence, now)
             self._stats.received += 1
             self._stats.dropped += int(replaced)
+        self._stats.input_rate.tick(now, 1 + lost)
+        self._stats.callback_rate.tick(now)
+
+    def _on_message_lost(self, info: QoSMessageLostInfo) -> None:
+        """Executor thread: frames the middleware reports lost on the way (transport)."""
+        with self._stats.lock:
+            self._stats.lost_transport += int(info.total_count_change)
 
     def _on_action(self, msg: TwistStamped) -> None:
         rt = self.rt
@@ -655,9 +688,19 @@ class PerceptionNode(LifecycleNode):
             received, processed, dropped = s.received, s.processed, s.dropped
             bad, errors, predictions, ood = s.bad, s.errors, s.predictions, s.ood
             last_bad, last_error = s.last_bad, s.last_error
+            # without sequence numbers the middleware's own count is all there is
+            lost = s.gaps.lost if s.gaps.supported else s.lost_transport
+            lost_transport = s.lost_transport
         p50, p99 = s.latency.percentiles(50, 99)
         in_rate, out_rate = s.input_rate.rate(), s.output_rate.rate()
+        callback_rate = s.callback_rate.rate()
         level, problems = DiagnosticStatus.OK, []
+        if lost_transport > self._diag_last[2]:
+            level = max(level, DiagnosticStatus.WARN)
+            problems.append(
+                f'{lost_transport - self._diag_last[2]} frames lost in transport (try '
+                'input_reliability reliable, or the Fast DDS large-frames profile)'
+            )
         if errors > self._diag_last[1]:
             level = DiagnosticStatus.ERROR
             problems.append(f'{errors - self._diag_last[1]} frames failed: {last_error}')
@@ -670,17 +713,22 @@ class PerceptionNode(LifecycleNode):
         if math.isfinite(ood) and ood > config.ood_warn:
             level = max(level, DiagnosticStatus.WARN)
             problems.append(f'out of distribution (score {ood:.2f} > {config.ood_warn:g})')
-        self._diag_last = (bad, errors)
+        self._diag_last = (bad, errors, lost_transport)
         values = {
             'input_topic': self._input_topic,
             'image_transport': config.image_transport,
+            'input_reliability': config.input_reliability,
             'input_rate_hz': f'{in_rate:.2f}',
+            'received_rate_hz': f'{callback_rate:.2f}',
             'processed_rate_hz': f'{out_rate:.2f}',
             'latency_p50_ms': f'{p50:.2f}',
             'latency_p99_ms': f'{p99:.2f}',
             'frames_received': str(received),
             'frames_processed': str(processed),
             'frames_dropped': str(dropped),
+            'frames_lost_dds': str(lost),
+            'frames_lost_transport': str(lost_transport),
+            'frames_sent': str(received + lost),
             'bad_frames': str(bad),
             'processing_errors': str(errors),
             'last_bad_frame': last_bad,

@@ -77,6 +77,15 @@ PARAMS: tuple[ParamSpec, ...] = (
         choices=('raw', 'compressed'),
     ),
     ParamSpec(
+        'input_reliability',
+        'best_effort',
+        'QoS reliability of the camera subscription (depth 1 either way: the latest frame '
+        "wins): 'best_effort' (sensor data) or 'reliable' (lost fragments of large frames are "
+        'sent again; needs a reliable camera publisher). A qos_overrides parameter of the '
+        'topic takes precedence. Read at activate.',
+        choices=('best_effort', 'reliable'),
+    ),
+    ParamSpec(
         'horizon',
         10,
         'Predicted steps on /dlp/prediction, and for ~/predict requests with horizon 0.',
@@ -164,6 +173,7 @@ class NodeConfig:
 
     model_bundle: str
     image_transport: str
+    input_reliability: str
     horizon: int
     prediction_rate: float
     publish_frames: bool
@@ -244,15 +254,17 @@ class RateMeter:
 
     def __init__(self, window: float = 5.0) -> None:
         self.window = window
-        self._times: deque[float] = deque()
+        self._events: deque[tuple[float, int]] = deque()  # (time, count)
+        self._total = 0  # sum of the counts in the window
         self._start = time.monotonic()
         self._lock = threading.Lock()
 
-    def tick(self, now: float | None = None) -> None:
-        """Record one event."""
+    def tick(self, now: float | None = None, count: int = 1) -> None:
+        """Record ``count`` events at ``now``."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            self._times.append(now)
+            self._events.append((now, count))
+            self._total += count
             self._trim(now)
 
     def rate(self, now: float | None = None) -> float:
@@ -261,11 +273,65 @@ class RateMeter:
         with self._lock:
             self._trim(now)
             span = min(self.window, max(now - self._start, 1e-3))
-            return len(self._times) / span
+            return self._total / span
 
     def _trim(self, now: float) -> None:
-        while self._times and self._times[0] < now - self.window:
-            self._times.popleft()
+        while self._events and self._events[0][0] < now - self.window:
+            self._total -= self._events.popleft()[1]
+
+
+class SequenceGaps:
+    """Frames lost between the camera's publisher and the node's callback, from the gaps in the
+    publishers' sequence numbers (``publication_sequence_number`` of the message info).
+
+    DDS numbers every sample a writer sends 1, 2, 3 ...; a sample that arrives with a number
+    more than one past the previous one of its writer reveals the samples in between as lost:
+    dropped by the transport (a fragment missing, a full shared-memory segment) or replaced in
+    the reader's keep-last history before the executor took it. Samples lost after the last one
+    that arrived are counted when the next one arrives.
+
+    The message info does not name the writer. Each arrival is attributed to the most recently
+    seen writer whose last number is below it and whose gap is possible in the time since its
+    last arrival (at most ``max_rate`` Hz); with none, it starts a new writer (a new or
+    restarted publisher; nothing before its first arrival is counted). Exact for one publisher
+    and for publishers taking turns (the usual camera driver, restarted or replaced); for
+    several publishing at once, an estimate. At most ``max_writers`` are remembered.
+    """
+
+    UNSUPPORTED = (0, 2**64 - 1)  # RMW_MESSAGE_INFO_SEQUENCE_NUMBER_UNSUPPORTED, and unset
+    SLACK = 10  # samples a gap may exceed max_rate * elapsed by
+
+    def __init__(self, max_writers: int = 8, max_rate: float = 10_000.0) -> None:
+        self.max_writers = max_writers
+        self.max_rate = max_rate
+        self._writers: list[tuple[int, float]] = []  # (last number, last arrival), recent last
+        self.lost = 0
+        self.supported = True
+
+    def observe(self, seq: int, now: float | None = None) -> int:
+        """Record an arrival with sequence number ``seq`` at ``now`` (monotonic s); returns how
+        many samples it shows to be lost (0 when the middleware gives no sequence numbers)."""
+        if seq in self.UNSUPPORTED:
+            self.supported = False
+            return 0
+        now = time.monotonic() if now is None else now
+        gap = 0
+        for i in range(len(self._writers) - 1, -1, -1):
+            last, seen = self._writers[i]
+            possible = self.max_rate * max(now - seen, 0.0) + self.SLACK
+            if last < seq and seq - last - 1 <= possible:
+                gap = seq - last - 1
+                self._writers.pop(i)
+                break
+        self._writers.append((seq, now))
+        if len(self._writers) > self.max_writers:
+            self._writers.pop(0)
+        self.lost += gap
+        return gap
+
+    def reset(self) -> None:
+        """Forget every writer (a new subscription)."""
+        self._writers.clear()
 
 
 class LatencyWindow:

@@ -12,6 +12,8 @@ echo "[test] ruff format --check + ruff check"
 ruff format --check --quiet . || { echo "ruff format found unformatted files (run: ruff format .)"; exit 1; }
 ruff check --quiet .
 echo "[test] pytest"
+# The setup above built the messages: a ROS test that cannot import them is a failure, not a skip.
+export DLP_REQUIRE_ROS=1
 set +e
 python -m pytest "$@"
 rc=$?

@@ -2,6 +2,11 @@
 
 Without torchrun's environment (``WORLD_SIZE`` unset or 1) everything is a no-op on one process.
 Backend: nccl when each process has a GPU, gloo otherwise (CPU, and the tests).
+
+A training command runs inside :func:`process_group`: on success the ranks meet at a barrier
+before leaving the group; on an error each rank leaves at once, so that a rank that stops never
+waits for (nor is waited for by) the others. Whatever makes one rank stop must make every rank
+stop at the same point (see :func:`ranks_where`), or the others block in DDP's next collective.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +87,46 @@ def report_sync(model: nn.Module, ctx: Context, out: Path) -> None:
     path.write_text(json.dumps({'rank': ctx.rank, 'digest': parameter_digest(model)}))
 
 
-def teardown(ctx: Context) -> None:
+def rank_and_size() -> tuple[int, int]:
+    """This process's rank and the world size of the joined process group; (0, 1) if none."""
+    if tdist.is_available() and tdist.is_initialized():
+        return tdist.get_rank(), tdist.get_world_size()
+    return 0, 1
+
+
+def ranks_where(flag: bool, device: torch.device) -> list[int]:
+    """The ranks on which ``flag`` is true, the same list on every rank.
+
+    Distributed, this is one all-reduce of a ``world_size`` vector that every rank must call at
+    the same point; on one process it is ``[0]`` or ``[]`` without any collective. ``device`` is
+    where the collective's tensor lives (a CUDA device under nccl).
+    """
+    rank, world = rank_and_size()
+    if world == 1:
+        return [0] if flag else []
+    votes = torch.zeros(world, dtype=torch.int32, device=device)
+    votes[rank] = int(flag)
+    tdist.all_reduce(votes, op=tdist.ReduceOp.SUM)
+    return [int(r) for r in votes.nonzero().flatten().tolist()]
+
+
+def teardown(ctx: Context, *, barrier: bool = True) -> None:
+    """Leave the process group (if joined): after a barrier, or at once with ``barrier=False``
+    (the error path, where some rank may never reach the barrier)."""
     if ctx.distributed and tdist.is_initialized():
-        tdist.barrier()
+        if barrier:
+            tdist.barrier()
         tdist.destroy_process_group()
+
+
+@contextmanager
+def process_group() -> Iterator[Context]:
+    """:func:`setup` on entry; on an exception :func:`teardown` without a barrier (then the
+    exception goes on), otherwise a normal teardown if the body did not already do it."""
+    ctx = setup()
+    try:
+        yield ctx
+    except BaseException:
+        teardown(ctx, barrier=False)
+        raise
+    teardown(ctx)

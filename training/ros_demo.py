@@ -48,6 +48,7 @@ import numpy as np
 
 from dlp_ros.errors import ConfigError, DlpError, EpisodeError, ImageError
 from dlp_ros.model_card import load_model_card
+from training import dds_shm
 from training.cli import main_of
 from training.data.bag_reader import ACTION_TYPES, IMAGE_TYPES, Bag, decode_frame, header_stamp_ns
 from training.perception_outputs import (
@@ -158,15 +159,20 @@ class NodeProcess:
 
 def stop_process(proc: subprocess.Popen, graces: tuple[float, float, float]) -> int | None:
     """Stop a ROS process: SIGINT, then SIGTERM, then SIGKILL, each followed by its grace period
-    in seconds (rclpy nodes shut down cleanly on SIGINT); returns the exit code."""
+    in seconds (rclpy nodes shut down cleanly on SIGINT); returns the exit code. A process that
+    had to be killed leaves its Fast DDS shared-memory files behind: they are removed."""
+    killed = False
     for sig, grace in zip((signal.SIGINT, signal.SIGTERM, signal.SIGKILL), graces, strict=True):
         if proc.poll() is not None:
             break
         proc.send_signal(sig)
+        killed = sig == signal.SIGKILL
         try:
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             logger.warning('pid %d did not stop on %s', proc.pid, sig.name)
+    if killed:
+        dds_shm.clean_stale()
     return proc.poll()
 
 
@@ -560,6 +566,7 @@ def run(args: argparse.Namespace) -> int:
             action_topic = found[0] if len(found) == 1 else None
     episode = read_episode(args.bag, args.topic, action_topic)
     env = ros_environment()
+    dds_shm.clean_stale()  # what killed ROS processes left in /dev/shm
     out: Path = args.out
     tmp = out.with_name(f'.{out.name}.partial')
     shutil.rmtree(tmp, ignore_errors=True)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from dlp_ros.errors import ConfigError, DlpError
 from training.checkpoint import load_checkpoint, run_checkpoint
 from training.config import apply_overrides, from_dict, load_config
+from training.distributed import rank_and_size, ranks_where
 
 C = TypeVar('C')
 M = TypeVar('M', bound=nn.Module)
@@ -122,15 +123,35 @@ def optimisation_step(
     grad_clip: float,
     last_checkpoint: Path,
 ) -> None:
-    """Backward pass, optional gradient-norm clip and optimizer step; a non-finite loss stops the
-    run with a DlpError naming the last good checkpoint (nothing is updated)."""
-    if not torch.isfinite(loss):
-        raise DlpError(
-            f'non-finite loss {loss.item()} at step {step} ({metrics}); stopped. The last good '
-            f'checkpoint is {last_checkpoint}'
-        )
+    """Backward pass, optional gradient-norm clip and optimizer step.
+
+    A non-finite loss stops the run with a DlpError naming the step and the last good checkpoint;
+    nothing is updated. Under DDP the ranks first agree (one tiny all-reduce, before backward)
+    on which of them have a non-finite loss, and if any has, every rank raises: a rank that
+    stopped alone would leave the others blocked in the gradient all-reduce of ``backward``.
+    """
+    if bad := ranks_where(not bool(torch.isfinite(loss.detach()).all()), loss.device):
+        raise non_finite_error(loss, metrics, step, bad, last_checkpoint)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
+
+
+def non_finite_error(
+    loss: Tensor, metrics: dict[str, float], step: int, bad: list[int], last_checkpoint: Path
+) -> DlpError:
+    """The error every rank raises when the loss of ranks ``bad`` is non-finite at ``step``."""
+    if last_checkpoint.is_file():
+        kept = f'The last good checkpoint is {last_checkpoint}'
+    else:
+        kept = f'There is no last good checkpoint yet ({last_checkpoint} was not written)'
+    value = loss.detach().float().mean().item()
+    rank, world = rank_and_size()
+    if world == 1:
+        return DlpError(f'non-finite loss {value} at step {step} ({metrics}); stopped. {kept}')
+    return DlpError(
+        f'non-finite loss at step {step} on rank(s) {", ".join(map(str, bad))} of {world}; '
+        f'every rank stopped (rank {rank}: loss {value}, {metrics}). {kept}'
+    )

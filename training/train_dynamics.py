@@ -163,7 +163,14 @@ def pixel_pick(
 
 
 def run(args: argparse.Namespace) -> int:
-    ctx = dist.setup()
+    """Train on this process, in the process group when started by torchrun: an error leaves the
+    group without a barrier, so that no rank waits for one that stopped."""
+    with dist.process_group() as ctx:
+        return train_on(args, ctx)
+
+
+def train_on(args: argparse.Namespace, ctx: dist.Context) -> int:
+    """The dynamics training of this process (rank ``ctx.rank``); 0 when done."""
     config, latents_dir, state = resolve(args)
     tc, mc = config.train, config.model
     if tc.threads:

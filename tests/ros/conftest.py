@@ -1,7 +1,11 @@
 """Fixtures and helpers for the dlp_ros message tests (real rclpy, real Fast DDS, rosbags).
 
 Everything ROS is imported lazily, inside functions, so that this conftest loads on a machine
-without ROS; the test modules skip themselves there with ``pytest.importorskip``.
+without ROS; the test modules skip themselves there with ``pytest.importorskip``. Where ROS must
+be there (``DLP_REQUIRE_ROS=1``, set by scripts/test.sh and so in CI), a missing rclpy or
+unbuilt dlp_ros messages fail the run instead: a broken setup must not pass as green.
+
+Before the first ROS test, the Fast DDS shared-memory files of killed processes are removed.
 
 The helpers reach the tests through the ``ros_msgs`` fixture (a :class:`RosMsgKit`), not by
 ``from conftest import ...``, which depends on pytest's import mode and on which conftest was
@@ -26,6 +30,33 @@ if TYPE_CHECKING:
 
 # Set this to pin the domain id (1..232) instead of deriving it from the pid.
 DOMAIN_ID_OVERRIDE = 'DLP_TEST_ROS_DOMAIN_ID'
+# Set to 1 to make a missing rclpy / unbuilt message package an error instead of a skip.
+REQUIRE_ROS = 'DLP_REQUIRE_ROS'
+
+
+def _require_ros() -> None:
+    """Import what the ROS tests need; with ``$DLP_REQUIRE_ROS=1`` a failure stops the run."""
+    if os.environ.get(REQUIRE_ROS) != '1':
+        return
+    import importlib
+
+    for module in (
+        'rclpy',
+        'dlp_ros.msg',
+        'dlp_ros.srv',
+        'sensor_msgs.msg',
+        'diagnostic_msgs.msg',
+    ):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise pytest.UsageError(
+                f'{REQUIRE_ROS}=1 and the ROS tests cannot import {module} ({exc}): run '
+                'scripts/setup.sh (colcon build) and source scripts/env.sh'
+            ) from exc
+
+
+_require_ros()
 
 # A fixed capture time with a non-zero nanosecond part, so that k * dt carries into the seconds.
 T0_NS = 1_732_000_000_987_654_321
@@ -58,6 +89,15 @@ def ros_domain_id() -> Iterator[int]:
         mp.setenv('ROS_DOMAIN_ID', str(domain))
         mp.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
         yield domain
+
+
+@pytest.fixture(scope='session', autouse=True)
+def no_stale_shared_memory() -> None:
+    """Removes the Fast DDS shared-memory files (segments and ports) that killed processes
+    left in /dev/shm, before any ROS process of this run exists."""
+    from training.dds_shm import clean_stale
+
+    clean_stale(ports=True)
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from rclpy.qos import ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
@@ -163,6 +163,7 @@ class Client:
         )
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
+        self.probes_sent = 0  # publishes of the last camera()'s probe frame
         self.particles: list[ParticleArray] = []
         self.predictions: list[Prediction] = []
         self.diagnostics: list[DiagnosticArray] = []
@@ -201,12 +202,20 @@ class Client:
             self.executor.spin_once(timeout_sec=0.02)
 
     def camera(self, compressed: bool = False, best_effort: bool = False) -> Any:
-        """A camera publisher matched with the node's subscription."""
+        """A camera publisher matched with the node's subscription on both sides.
+
+        The publisher seeing the subscription is not enough: the node's reader may match the
+        new writer later and silently discard what arrives before. A probe frame (a frame id
+        of its own) is sent, and again after each second, until its particles come back.
+        """
         qos = qos_profile_sensor_data if best_effort else 10
         pub = self.node.create_publisher(
             CompressedImage if compressed else Image, self.target.topics['image'], qos
         )
         self.spin_until(lambda: pub.get_subscription_count() > 0, 'the node to subscribe')
+        probe_id, stamp = f'probe_{uuid.uuid4().hex[:8]}', time.time_ns()
+        probe = jpeg_image(stamp, probe_id) if compressed else raw_image(stamp, probe_id)
+        self.probes_sent = send_processed(self, pub, [probe])
         return pub
 
     def wait_outputs(self) -> None:
@@ -278,11 +287,12 @@ def send(client: Client, pub: Any, msgs: list[Any], period: float = 0.05) -> Non
         client.spin_for(period)
 
 
-def send_processed(client: Client, pub: Any, msgs: list[Any], timeout: float = TIMEOUT_S) -> None:
+def send_processed(client: Client, pub: Any, msgs: list[Any], timeout: float = TIMEOUT_S) -> int:
     """Publish camera ``msgs`` one at a time, each once the node has published the particles of
     the one before: none is replaced in the node's one-frame mailbox, however busy the machine.
     A frame lost on the way (best effort, or sent before the node's side of the match is up) is
-    sent again after a second."""
+    sent again after a second. Returns how many times it published."""
+    published = 0
     for msg in msgs:
         frame_id, stamp = msg.header.frame_id, stamp_ns(msg.header)
         deadline = time.monotonic() + timeout
@@ -292,12 +302,14 @@ def send_processed(client: Client, pub: Any, msgs: list[Any], timeout: float = T
                 raise AssertionError(f'timed out after {timeout} s waiting for {what}; '
                                      f'{client.target.report()}')  # fmt: skip
             pub.publish(msg)
+            published += 1
             client.spin_until_or(
                 lambda f=frame_id, t=stamp: any(
                     stamp_ns(m.header) == t for m in client.particles_of(f)
                 ),
                 1.0,
             )
+    return published
 
 
 def unique_frame_id() -> str:
@@ -306,6 +318,44 @@ def unique_frame_id() -> str:
 
 def int_value(client: Client, key: str) -> int:
     return int(client.latest_diagnostics().get(key, '0'))
+
+
+def fresh_diagnostics(client: Client) -> dict[str, str]:
+    """The node's diagnostics from a message published after this call (the node's counters
+    then include everything that reached it before)."""
+    seen = len(client.diagnostics)
+    client.spin_until(lambda: len(client.diagnostics) >= seen + 2, 'two new diagnostics messages')
+    return client.latest_diagnostics()
+
+
+def send_bad_counted(client: Client, pub: Any, msg: Any, reason: str) -> None:
+    """Publish a bad frame until /diagnostics counts one more bad frame (a frame lost on the
+    way is sent again after two diagnostics periods), then check the reason it gives."""
+    before = int(fresh_diagnostics(client)['bad_frames'])
+    deadline = time.monotonic() + TIMEOUT_S
+    while int_value(client, 'bad_frames') <= before:
+        if time.monotonic() > deadline:
+            raise AssertionError(f'timed out after {TIMEOUT_S} s waiting for bad frame '
+                                 f'"{reason}" to be counted; {client.target.report()}')  # noqa: E501  # fmt: skip
+        pub.publish(msg)
+        client.spin_until_or(lambda: int_value(client, 'bad_frames') > before, 2.5)
+    assert reason in client.latest_diagnostics()['last_bad_frame'], client.latest_diagnostics()
+
+
+def flood(pub: Any, msgs: list[Any], rate: float) -> None:
+    """Publish ``msgs`` at ``rate`` Hz (busy-waiting between them, not spinning)."""
+    start = time.monotonic()
+    for i, msg in enumerate(msgs):
+        while time.monotonic() < start + i / rate:
+            pass
+        pub.publish(msg)
+
+
+def accounted(before: dict[str, str], after: dict[str, str]) -> dict[str, int]:
+    """The change of the node's frame counters between two diagnostics messages."""
+    keys = ('frames_received', 'frames_lost_dds', 'frames_processed', 'frames_dropped',
+            'bad_frames', 'processing_errors')  # fmt: skip
+    return {k: int(after[k]) - int(before[k]) for k in keys}
 
 
 # --- fixtures ------------------------------------------------------------------------------------
@@ -464,8 +514,7 @@ class TestRawInput:
     def test_render_service(self, raw_node: tuple[NodeProcess, Client]) -> None:
         node, client = raw_node
         frame_id = unique_frame_id()
-        send(client, client.camera(), [raw_image(T0_NS, frame_id)])
-        client.spin_until(lambda: client.particles_of(frame_id), 'particles')
+        send_processed(client, client.camera(), [raw_image(T0_NS, frame_id)])
         particles = client.particles_of(frame_id)[-1]
         service = f'/{node.name}/render'
         answer = client.call(Render, service, Render.Request(particles=particles))
@@ -514,59 +563,66 @@ class TestRawInput:
     ) -> None:
         node, client = raw_node
         frame_id = unique_frame_id()
-        client.spin_until(lambda: 'bad_frames' in client.latest_diagnostics(), 'diagnostics')
-        bad_before = int_value(client, 'bad_frames')
-        bad = [
-            raw_image(T0_NS, frame_id, encoding='16UC1'),  # unsupported encoding
-            raw_image(
-                T0_NS, frame_id, width=0, height=0, step=0, data=array.array('B')
-            ),  # zero size
-            raw_image(T0_NS, frame_id, data=array.array('B', bytes(100))),  # truncated data
-            raw_image(T0_NS, frame_id, step=10),  # step shorter than a row
-        ]
         pub = client.camera()
-        send(client, pub, bad, period=0.15)  # slower than the worker: none is dropped unread
+        bad = [
+            (raw_image(T0_NS, frame_id, encoding='16UC1'), "unsupported image encoding '16UC1'"),
+            (
+                raw_image(T0_NS, frame_id, width=0, height=0, step=0, data=array.array('B')),
+                'zero size',
+            ),
+            (raw_image(T0_NS, frame_id, data=array.array('B', bytes(100))), 'truncated'),
+            (raw_image(T0_NS, frame_id, step=10), 'smaller than width*channels'),
+        ]
+        for msg, reason in bad:  # each one awaited until counted, with its reason
+            send_bad_counted(client, pub, msg, reason)
         good = T0_NS + 10**9
-        send(client, pub, [raw_image(good, frame_id)])
-        client.spin_until(
-            lambda: any(stamp_ns(m.header) == good for m in client.particles_of(frame_id)),
-            'particles of the good frame after the bad ones',
-        )
-        client.spin_until(lambda: int_value(client, 'bad_frames') >= bad_before + 4,
-                          'bad_frames on /diagnostics')  # fmt: skip
+        send_processed(client, pub, [raw_image(good, frame_id)])
         messages = [d.status[0].message for d in client.diagnostics]
         assert any('bad frames' in m for m in messages), messages
         assert 'bad frame on' in node.log()
         node.assert_alive()
 
-    def test_a_1000_hz_burst_drops_frames_and_the_node_keeps_up(
+    def test_a_1000_hz_burst_sheds_frames_and_the_node_keeps_up(
         self, raw_node: tuple[NodeProcess, Client]
     ) -> None:
+        """More frames than the node can take: fewer are processed than sent, every one is
+        accounted for, the node stays responsive and the frame after the burst is processed."""
         node, client = raw_node
         frame_id = unique_frame_id()
+        before = fresh_diagnostics(client)
         pub = client.camera()
-        client.spin_until(lambda: 'frames_received' in client.latest_diagnostics(), 'diagnostics')
-        received_before = int_value(client, 'frames_received')
-        msgs = [raw_image(T0_NS + i, frame_id, i) for i in range(400)]
-        start = time.monotonic()
-        for i, msg in enumerate(msgs):  # 1000 Hz
-            while time.monotonic() < start + i * 1e-3:
-                pass
-            pub.publish(msg)
+        flood(pub, [raw_image(T0_NS + i, frame_id, i) for i in range(400)], rate=1000.0)
         last = T0_NS + 10**9
-        client.spin_for(0.3)
-        send(client, pub, [raw_image(last, frame_id)])
-        client.spin_until(
-            lambda: any(stamp_ns(m.header) == last for m in client.particles_of(frame_id)),
-            'particles of the frame after the burst',
-        )
-        client.spin_until(
-            lambda: int_value(client, 'frames_received') >= received_before + 20,
-            'the burst counted on /diagnostics',
-        )
-        status = client.latest_diagnostics()
-        assert int(status['frames_dropped']) > 0, status
-        assert float(status['latency_p99_ms']) > 0 and status['provider'], status
+        send_processed(client, pub, [raw_image(last, frame_id)])
+        answer = client.call(Predict, f'/{node.name}/predict', Predict.Request(horizon=2))
+        assert answer.success, answer.message
+        after = fresh_diagnostics(client)
+        change = accounted(before, after)
+        assert change['frames_processed'] < 400, change
+        assert change['frames_lost_dds'] + change['frames_dropped'] > 0, change
+        assert float(after['latency_p99_ms']) > 0 and after['provider'], after
+        node.assert_alive()
+
+    def test_a_200_hz_flood_is_accounted_for_on_diagnostics(
+        self, raw_node: tuple[NodeProcess, Client]
+    ) -> None:
+        """Received + lost in DDS = sent (within 2 %), and received = processed + dropped in
+        the mailbox + bad + failed, at a 200 Hz flood of 1000 frames."""
+        node, client = raw_node
+        frame_id = unique_frame_id()
+        before = fresh_diagnostics(client)
+        pub = client.camera()  # a new publisher: its numbers start at 1
+        sent = client.probes_sent + 1000
+        flood(pub, [raw_image(T0_NS + i, frame_id, i) for i in range(1000)], rate=200.0)
+        sent += send_processed(client, pub, [raw_image(T0_NS + 10**9, frame_id)])  # last gap
+        after = fresh_diagnostics(client)
+        change = accounted(before, after)
+        seen = change['frames_received'] + change['frames_lost_dds']
+        assert abs(seen - sent) <= 0.02 * sent, (sent, change)
+        rest = (change['frames_processed'] + change['frames_dropped'] + change['bad_frames']
+                + change['processing_errors'])  # fmt: skip
+        assert rest == change['frames_received'], change
+        assert float(after['input_rate_hz']) >= float(after['received_rate_hz']), after
         node.assert_alive()
 
 
@@ -601,20 +657,19 @@ class TestCompressedInput:
         pub = client.camera(compressed=True)
         good = jpeg_image(T0_NS, frame_id)
         bad = [
-            CompressedImage(header=good.header, format='jpeg', data=bytes(good.data)[:40]),
-            CompressedImage(header=good.header, format='jpeg', data=b''),
-            CompressedImage(header=good.header, format='theora', data=bytes(good.data)),
-        ]
-        send(client, pub, bad, period=0.15)
-        after = jpeg_image(T0_NS + 10**9, frame_id)
-        send(client, pub, [after])
-        client.spin_until(
-            lambda: any(
-                stamp_ns(m.header) == T0_NS + 10**9 for m in client.particles_of(frame_id)
+            (
+                CompressedImage(header=good.header, format='jpeg', data=bytes(good.data)[:40]),
+                'is corrupt: cannot decode',
             ),
-            'particles of the good frame',
-        )
-        client.spin_until(lambda: int_value(client, 'bad_frames') >= 3, 'bad_frames >= 3')
+            (CompressedImage(header=good.header, format='jpeg', data=b''), 'has no data'),
+            (
+                CompressedImage(header=good.header, format='theora', data=bytes(good.data)),
+                "unsupported CompressedImage format 'theora'",
+            ),
+        ]
+        for msg, reason in bad:
+            send_bad_counted(client, pub, msg, reason)
+        send_processed(client, pub, [jpeg_image(T0_NS + 10**9, frame_id)])
         node.assert_alive()
 
 
@@ -665,9 +720,12 @@ def test_lifecycle_bad_configuration_fails_then_good_one_works_and_deactivate_st
         node.assert_alive()
 
         _set(client, node, 'model_bundle', str(bundle_plain))
+        _set(client, node, 'input_reliability', 'reliable')
         assert _transition(client, node, Transition.TRANSITION_CONFIGURE)
         assert _transition(client, node, Transition.TRANSITION_ACTIVATE)
         client.wait_outputs()
+        endpoints = client.node.get_subscriptions_info_by_topic(node.topics['image'])
+        assert [e.qos_profile.reliability for e in endpoints] == [ReliabilityPolicy.RELIABLE]
         frame_id = unique_frame_id()
         pub = client.camera()
         send(client, pub, [raw_image(T0_NS + i, frame_id, i) for i in range(3)])

@@ -18,6 +18,7 @@ from dlp_ros.node_support import (
     Mailbox,
     NodeConfig,
     RateMeter,
+    SequenceGaps,
     Throttle,
     actions_from_request,
     ood_score,
@@ -99,6 +100,63 @@ def test_rate_meter_and_latency_window() -> None:
         window.add(float(ms))
     p50, p99 = window.percentiles(50, 99)
     assert p50 == pytest.approx(50.5) and p99 == pytest.approx(99.01)
+
+
+def test_rate_meter_counts_weighted_ticks() -> None:
+    meter = RateMeter(window=2.0)
+    start = meter._start
+    for i in range(10):
+        meter.tick(start + 1.0 + i * 0.1, count=3)  # 10 arrivals, each standing for 3 frames
+    assert meter.rate(start + 2.0) == pytest.approx(15.0)
+    assert meter.rate(start + 3.45) == pytest.approx(3 * 5 / 2.0)  # the last 2 s: 5 ticks
+    assert meter.rate(start + 10.0) == 0.0
+
+
+def test_sequence_gaps_of_one_publisher() -> None:
+    gaps = SequenceGaps()
+    arrived = [3, 4, 5, 9, 10, 11, 20]  # 6..8 and 12..19 lost; nothing known before 3
+    assert [gaps.observe(s, now=1.0 + 0.01 * s) for s in arrived] == [0, 0, 0, 3, 0, 0, 8]
+    assert gaps.lost == 11 and gaps.supported
+
+
+def test_sequence_gaps_of_publishers_taking_turns_and_restarting() -> None:
+    gaps = SequenceGaps()
+    clock = iter(range(100))
+    first = [1, 2, 4, 5]  # one lost
+    second = [1, 2, 3, 7]  # a second publisher (numbers start again): three lost
+    again = [6, 8]  # the first one again (its 6 continues from 5): one lost
+    for seq in first + second:
+        gaps.observe(seq, now=float(next(clock)))
+    assert gaps.lost == 4
+    for seq in again:
+        gaps.observe(seq, now=float(next(clock)))
+    assert gaps.lost == 5
+    gaps.reset()
+    assert gaps.observe(100, now=50.0) == 0, 'after a reset nothing is known before it'
+
+
+def test_sequence_gaps_tell_an_idle_publisher_resuming_from_the_active_one() -> None:
+    gaps = SequenceGaps(max_rate=1000.0)
+    gaps.observe(500, now=0.0)  # a publisher that has been running, then pauses
+    for i, seq in enumerate(range(1, 11)):  # another one starts, 100 Hz
+        gaps.observe(seq, now=10.0 + 0.01 * i)
+    # 501 right after 10: 490 lost in 10 ms is impossible at 1 kHz, so it is the first one's
+    assert gaps.observe(501, now=10.1) == 0
+    assert gaps.observe(11, now=10.11) == 0
+    assert gaps.lost == 0
+
+
+def test_sequence_gaps_without_sequence_numbers_count_nothing() -> None:
+    gaps = SequenceGaps()
+    assert gaps.observe(0) == 0 and gaps.observe(2**64 - 1) == 0
+    assert gaps.lost == 0 and not gaps.supported
+
+
+def test_sequence_gaps_remember_a_bounded_number_of_writers() -> None:
+    gaps = SequenceGaps(max_writers=2)
+    for seq in (50, 10, 1):  # three writers; the first (50) is forgotten
+        gaps.observe(seq, now=0.0)
+    assert gaps.observe(60, now=100.0) == 60 - 1 - 1  # the most recent one below it
 
 
 def test_throttle_reports_once_per_period_and_counts_the_rest() -> None:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
+import struct
+import zlib
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +15,16 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
+from rosbags.rosbag2.storage_mcap import ChunkInfo, McapReader
 
 from dlp_ros.image_codec import resize_rgb
 from training.__main__ import main
 from training.data.bag_writer import BagWriter
 from training.data.dataset import Dataset, DatasetError
 from training.data.episode_plan import assign_splits
+from training.data.typestore import typestore
 
 CAMERA = '/camera/image'  # the topic make_camera_bag writes (conftest.py)
 NS = 1_000_000_000
@@ -335,6 +343,246 @@ def test_truncated_bag(
     file.write_bytes(data[: int(len(data) * keep)])
     assert build_bag(bag.path, tmp_path / 'ds') == 2
     assert_fails(capsys, tmp_path / 'ds', f'bag {bag.path} is truncated or corrupt', file.name)
+
+
+# --- damage in the middle of a bag: an error naming the file and time range, or skipped ----------
+
+
+def flip(file: Path, offset: int, count: int = 64) -> None:
+    """Invert ``count`` bytes of ``file`` from ``offset`` (in place)."""
+    data = bytearray(file.read_bytes())
+    data[offset : offset + count] = bytes(b ^ 0xFF for b in data[offset : offset + count])
+    file.write_bytes(bytes(data))
+
+
+def mcap_chunks(file: Path) -> list[ChunkInfo]:
+    """The chunk index of an mcap file (rosbags writes ~1 MiB uncompressed chunks, CRC 0)."""
+    reader = McapReader(file)
+    reader.open()
+    try:
+        return list(reader.chunks)
+    finally:
+        reader.close()
+
+
+def add_chunk_crcs(file: Path) -> None:
+    """Fill in every chunk's uncompressed_crc, as the rosbag2 mcap plugin writes them."""
+    data = bytearray(file.read_bytes())
+    for chunk in mcap_chunks(file):
+        assert chunk.compression == ''  # the records are stored as they are
+        records = chunk.chunk_start_offset + 9 + 40  # opcode, length, header, '' and its size
+        crc = zlib.crc32(data[records : records + chunk.uncompressed_size])
+        struct.pack_into('<I', data, chunk.chunk_start_offset + 9 + 24, crc)
+    file.write_bytes(bytes(data))
+
+
+def indexed_message(file: Path, chunk: ChunkInfo, k: int) -> tuple[int, int]:
+    """(file offset, log time) of the message that entry ``k`` of the chunk's index names."""
+    data = file.read_bytes()
+    pos = chunk.chunk_start_offset + chunk.chunk_length  # the message index records follow
+    assert data[pos] == 0x07
+    log_time, offset = struct.unpack_from('<QQ', data, pos + 15 + 16 * k)
+    return chunk.chunk_start_offset + 9 + 40 + offset, log_time
+
+
+@pytest.mark.parametrize(
+    ('damage', 'reason'),
+    [
+        ('crc', 'CRC mismatch'),
+        ('record', 'bad record (opcode 0xfa'),
+        ('channel', 'the messages do not match the message index'),
+    ],
+)
+def test_damaged_mcap_chunk(
+    make_camera_bag: MakeBag,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+    damage: str,
+    reason: str,
+) -> None:
+    bag = make_camera_bag(n=90, size=(96, 128))  # ~37 kB frames: 4 chunks
+    (file,) = bag.path.glob('*.mcap')
+    chunks = mcap_chunks(file)
+    assert len(chunks) >= 3
+    middle = chunks[1]
+    if damage == 'crc':  # pixel bytes in the middle of the chunk: only its CRC can tell
+        add_chunk_crcs(file)
+        flip(file, middle.chunk_start_offset + middle.chunk_length // 2)
+    elif damage == 'record':  # no CRC (as rosbags writes): a message record's header
+        flip(file, indexed_message(file, middle, 10)[0])
+    else:  # no CRC: just its channel id (rosbags would drop the message without a word)
+        flip(file, indexed_message(file, middle, 10)[0] + 9, count=2)
+    start, end = middle.message_start_time, middle.message_end_time
+    lost = [s for s in bag.stamps_ns if start <= s + 1000 <= end]  # bag time = stamp + 1 us
+    assert 20 < len(lost) == sum(middle.channel_count.values())
+    out = tmp_path / 'ds'
+    assert build_bag(bag.path, out) == 2
+    err = assert_fails(capsys, out, f'bag {bag.path} is truncated or corrupt', file.name,
+                       f'from {start} ns to {end} ns', f'messages lost: {len(lost)}',
+                       '--skip-bad-frames')  # fmt: skip
+    assert reason in err
+    with caplog.at_level(logging.WARNING):
+        assert build_bag(bag.path, out, '--skip-bad-frames') == 0
+    assert f'{file.name} is damaged from {start} ns to {end} ns' in caplog.text
+    ds, name = only_episode(out)
+    kept = [s for s in bag.stamps_ns if s not in lost]
+    assert sorted(set(ds.labels(name).stamps_ns.tolist())) == kept
+    (bad,) = ds.manifest['sources'][0]['bad_ranges']
+    assert bad['bag'] == str(bag.path) and bad['file'] == file.name
+    assert (bad['start_ns'], bad['end_ns'], bad['messages']) == (start, end, len(lost))
+    assert f'mcap chunk at byte {middle.chunk_start_offset}' in bad['reason']
+
+
+def write_zstd_bag(path: Path, mode: CompressionMode, n: int = 90) -> list[int]:
+    """An mcap bag with zstd chunks (STORAGE) or zstd messages (MESSAGE); returns the bag times.
+
+    Written with rosbags' Writer directly: BagWriter does not compress.
+    """
+    store = typestore()
+    types = store.types
+    writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
+    writer.set_compression(mode, CompressionFormat.ZSTD)
+    writer.open()
+    conn = writer.add_connection(CAMERA, 'sensor_msgs/msg/Image', typestore=store)
+    times = []
+    for k in range(n):
+        stamp = NS + k * NS // 10
+        rgb = np.full((96, 128, 3), k, dtype=np.uint8)  # (H, W, 3), compresses well
+        header = types['std_msgs/msg/Header'](
+            stamp=types['builtin_interfaces/msg/Time'](sec=stamp // NS, nanosec=stamp % NS),
+            frame_id='cam',
+        )
+        msg = types['sensor_msgs/msg/Image'](
+            header=header, height=96, width=128, encoding='rgb8', is_bigendian=0, step=384,
+            data=rgb.reshape(-1),
+        )  # fmt: skip
+        writer.write(conn, stamp + 1000, store.serialize_cdr(msg, conn.msgtype))
+        times.append(stamp + 1000)
+    writer.close()
+    return times
+
+
+@pytest.mark.parametrize('mode', ['chunk', 'message'])
+def test_zstd_that_does_not_decompress(
+    tmp_path: Path, capsys: pytest.CaptureFixture, mode: str
+) -> None:
+    path = tmp_path / 'zstd'
+    times = write_zstd_bag(
+        path, CompressionMode.STORAGE if mode == 'chunk' else CompressionMode.MESSAGE
+    )
+    (file,) = path.glob('*.mcap')
+    chunks = mcap_chunks(file)
+    if mode == 'chunk':  # the zstd frame header of a middle chunk's records
+        middle = chunks[1]
+        assert len(chunks) >= 3 and middle.compression == 'zstd'
+        flip(file, middle.chunk_start_offset + 9 + 40 + len('zstd'))
+        start, end = middle.message_start_time, middle.message_end_time
+        lost = sum(middle.channel_count.values())
+    else:  # the zstd frame header of the data of message #45 (one small chunk)
+        assert [c.compression for c in chunks] == ['']
+        offset, start = indexed_message(file, chunks[0], 45)
+        flip(file, offset + 9 + 22, count=8)
+        end, lost = start, 1
+        assert start == times[45]
+    assert build_bag(path, tmp_path / 'ds') == 2
+    assert_fails(capsys, tmp_path / 'ds', f'from {start} ns to {end} ns',
+                 f'messages lost: {lost}', 'Zstandard')  # fmt: skip
+    assert build_bag(path, tmp_path / 'ds', '--skip-bad-frames') == 0
+    (bad,) = Dataset.open(tmp_path / 'ds').manifest['sources'][0]['bad_ranges']
+    assert (bad['start_ns'], bad['end_ns'], bad['messages']) == (start, end, lost)
+    assert start in times and end in times
+
+
+def test_clean_mcap_with_crcs_reads_as_written(make_camera_bag: MakeBag, tmp_path: Path) -> None:
+    bag = make_camera_bag(n=60, size=(96, 128))
+    (file,) = bag.path.glob('*.mcap')
+    add_chunk_crcs(file)
+    assert build_bag(bag.path, tmp_path / 'ds') == 0
+    ds, name = only_episode(tmp_path / 'ds')
+    assert ds.labels(name).stamps_ns.tolist() == bag.stamps_ns
+    assert ds.manifest['sources'][0]['bad_ranges'] == []
+
+
+def damage_sqlite3_row(file: Path, damage: str, index: int) -> tuple[int, int]:
+    """Damage the row of message ``index``; return its (id, bag time).
+
+    blob: garbage over its CDR header and first pixels (SQL UPDATE); overflow: the first bytes of
+    an overflow page of its blob (the next-page pointer), so reading the blob fails; leaf: the
+    b-tree page that holds the start of the row.
+    """
+    with closing(sqlite3.connect(file)) as db, db:
+        row_id, bag_ns, blob = db.execute(
+            'SELECT id, timestamp, data FROM messages ORDER BY timestamp LIMIT 1 OFFSET ?',
+            (index,),
+        ).fetchone()
+        if damage == 'blob':
+            garbage = bytes(b ^ 0xFF for b in blob[4:68])
+            db.execute('UPDATE messages SET data = ? WHERE id = ?',
+                       (blob[:4] + garbage + blob[68:], row_id))  # fmt: skip
+        page_size = db.execute('PRAGMA page_size').fetchone()[0]
+    if damage != 'blob':
+        assert damage == 'overflow' or len(blob) < page_size - 100  # leaf: the row fits a page
+        part = blob[2000:2100] if damage == 'overflow' else blob[:100]
+        data = file.read_bytes()
+        where = data.find(part)
+        assert where > 0 and data.find(part, where + 1) < 0
+        flip(file, where // page_size * page_size)
+    return row_id, bag_ns
+
+
+@pytest.mark.parametrize(('damage', 'size'), [('blob', (32, 32)), ('overflow', (64, 64))])
+def test_damaged_sqlite3_row(
+    make_camera_bag: MakeBag,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+    damage: str,
+    size: tuple[int, int],
+) -> None:
+    bag = make_camera_bag(storage='sqlite3', n=30, size=size)
+    (file,) = bag.path.glob('*.db3')
+    row_id, bag_ns = damage_sqlite3_row(file, damage, 14)
+    assert bag_ns == bag.stamps_ns[14] + 1000
+    out = tmp_path / 'ds'
+    assert build_bag(bag.path, out) == 2
+    err = assert_fails(capsys, out, f'bag {bag.path} is truncated or corrupt', file.name,
+                       f'from {bag_ns} ns to {bag_ns} ns', 'messages lost: 1',
+                       '--skip-bad-frames')  # fmt: skip
+    assert ('cannot be decoded' if damage == 'blob' else f'row(s) {row_id} cannot be read') in err
+    with caplog.at_level(logging.WARNING):
+        assert build_bag(bag.path, out, '--skip-bad-frames') == 0
+    assert f'{file.name} is damaged from {bag_ns} ns to {bag_ns} ns' in caplog.text
+    ds, name = only_episode(out)
+    kept = bag.stamps_ns[:14] + bag.stamps_ns[15:]
+    assert sorted(set(ds.labels(name).stamps_ns.tolist())) == kept
+    (bad,) = ds.manifest['sources'][0]['bad_ranges']
+    assert (bad['bag'], bad['file']) == (str(bag.path), file.name)
+    assert (bad['start_ns'], bad['end_ns'], bad['messages']) == (bag_ns, bag_ns, 1)
+
+
+def test_sqlite3_row_that_fails_the_open(
+    make_camera_bag: MakeBag, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    bag = make_camera_bag(storage='sqlite3', n=30)
+    (file,) = bag.path.glob('*.db3')
+    _, bag_ns = damage_sqlite3_row(file, 'leaf', 14)
+    for extra in ((), ('--skip-bad-frames',)):  # rosbags reads every row's topic on open
+        assert build_bag(bag.path, tmp_path / 'ds', *extra) == 2
+        assert_fails(capsys, tmp_path / 'ds', f'bag {bag.path} is truncated or corrupt',
+                     f'{file.name}: 1 row(s) from {bag_ns} ns to {bag_ns} ns',
+                     'cannot be skipped')  # fmt: skip
+
+
+@pytest.mark.parametrize('storage', STORAGES)
+def test_clean_bag_has_no_bad_ranges(
+    make_camera_bag: MakeBag, tmp_path: Path, storage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    bag = make_camera_bag(storage=storage, n=20)
+    with caplog.at_level(logging.WARNING):
+        assert build_bag(bag.path, tmp_path / 'ds', '--skip-bad-frames') == 0
+    assert 'damaged' not in caplog.text
+    assert Dataset.open(tmp_path / 'ds').manifest['sources'][0]['bad_ranges'] == []
 
 
 def test_unsupported_encoding(

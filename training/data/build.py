@@ -4,6 +4,10 @@ Pass 1 reads only the header stamps of every bag (no image decode) and plans the
 source frame of every output frame (:mod:`training.data.episode_plan`). Pass 2 decodes just those
 frames and writes them into one preallocated .npy memmap per episode (:mod:`.frame_writer`). The
 dataset is built in a hidden sibling directory and renamed to ``--out`` only when complete.
+
+Damaged storage in a bag (an mcap chunk failing its checks, unreadable sqlite3 rows, messages whose
+CDR cannot be deserialised) fails the build, naming the bag file and the time range; with
+``--skip-bad-frames`` it is logged, skipped, and listed per bag in the manifest (``bad_ranges``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from training.data.bag_reader import (
     ACTION_TYPES,
     IMAGE_TYPES,
     Bag,
+    BagDamageError,
+    Damage,
     check_encoding,
     frame_encoding,
 )
@@ -66,7 +72,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default='fail',
         help='header stamps going backwards: fail (default) or drop those frames',
     )
-    add('--skip-bad-frames', action='store_true', help='replace undecodable frames by neighbours')
+    add(
+        '--skip-bad-frames',
+        action='store_true',
+        help='replace undecodable frames by neighbours, and skip damaged storage chunks/rows of '
+        'a bag (logged, listed in the manifest as bad_ranges) instead of failing',
+    )
     add('--overwrite', action='store_true', help='replace --out once the new dataset is complete')
     add('--no-progress', action='store_true', help='no progress bar')
 
@@ -176,6 +187,20 @@ def report_bag(plan: ep.BagPlan, args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the dataset; raise a DlpError on bad input, leaving nothing at --out."""
+    damage = Damage(skip=args.skip_bad_frames)
+    try:
+        with damage.active():  # both passes (and every Bag they open) report damage here
+            return _build(args, damage)
+    except BagDamageError as exc:
+        raise BagDamageError(
+            f'{exc}; nothing was written. Pass --skip-bad-frames to skip the damaged part '
+            '(it is then listed in the manifest as bad_ranges) and build from the rest',
+            exc.bad,
+        ) from exc
+
+
+def _build(args: argparse.Namespace, damage: Damage) -> int:
+    """:func:`run` with ``damage`` active."""
     fractions = check_args(args)
     out = Path(args.out)
     check_out(out, args.overwrite, MANIFEST, 'dataset')
@@ -201,11 +226,18 @@ def run(args: argparse.Namespace) -> int:
         ) as bar:
             for plan in plans:
                 write_bag(plan, tmp, args, stats, bar.update)
-        write_manifest(tmp, manifest(args, plans, splits, stats, action))
+        write_manifest(tmp, manifest(args, plans, splits, stats, action, damage))
         publish(tmp, out, args.overwrite, MANIFEST, 'dataset')
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    skipped = {p.path: len(damage.ranges(p.path)) for p in plans if damage.ranges(p.path)}
+    if skipped:
+        logger.warning(
+            '%d damaged range(s) of %d bag(s) skipped (--skip-bad-frames): see bad_ranges of '
+            'the sources in %s',
+            sum(skipped.values()), len(skipped), out / MANIFEST,
+        )  # fmt: skip
     counts = {s: sum(v == s for v in splits.values()) for s in ep.SPLITS}
     logger.info(
         'wrote %s: %d episodes (train %d, val %d, test %d), %d frames of %dx%d at %g fps from %d '
@@ -234,6 +266,7 @@ def manifest(
     splits: dict[str, str],
     stats: PixelStats,
     action: dict[str, Any] | None,
+    damage: Damage,
 ) -> dict[str, Any]:
     """The manifest.yaml content (plain Python types)."""
     mean, std = stats.mean_std()
@@ -264,6 +297,7 @@ def manifest(
             **p.rate.as_dict(),
             'episodes': [e.name for e in p.episodes],
             'dropped_episodes': p.dropped,
+            'bad_ranges': [r.as_dict() for r in damage.ranges(p.path)],
         }
         for p in plans
     ]
