@@ -9,8 +9,11 @@ one per frame despite timing jitter; no decoded frames). Measured:
 
 - end-to-end latency: receive time of /dlp/particles (a subscriber in this process) minus the
   header stamp (= publish time), p50/p99;
-- dropped frames: frames published without particles coming back, and the node's own count
-  (``frames_dropped`` on /diagnostics, over the measured window);
+- dropped frames: frames published without particles coming back, and where the node says they
+  went (/diagnostics, over the measured window): lost in DDS before its callback
+  (``frames_lost_dds``, from the publisher's sequence numbers; ``frames_lost_transport``, the
+  part the middleware reports), replaced in its one-frame mailbox (``frames_dropped``) or bad;
+  ``unaccounted`` is what none of these explains;
 - the node's RSS every second (psutil, else /proc/PID/status) and its slope (MB/min, least
   squares over the second half of the measured window, once the heap has settled; also over all
   of it), and the mean RSS of each minute.
@@ -20,6 +23,7 @@ Prints human-readable lines, then one JSON object on the last line.
 
     python benchmarks/node.py [--bundle DIR] [--duration 60] [--rate 30] [--threads 1]
     python benchmarks/node.py --duration 600      # the 10-minute endurance run
+    python benchmarks/node.py --duration 600 --reliable   # reliable camera QoS end to end
 """
 
 from __future__ import annotations
@@ -91,6 +95,7 @@ class Listener:
         self.particles: list[tuple[int, int]] = []
         self.predictions: list[tuple[int, int]] = []
         self.diagnostics: dict[str, str] = {}
+        self.diagnostics_time = 0.0  # time.monotonic() of the latest diagnostics message
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         node = session.node
         self.subs = [
@@ -115,6 +120,17 @@ class Listener:
             if 'dlp' in status.name:
                 with self.lock:
                     self.diagnostics = {kv.key: kv.value for kv in status.values}
+                    self.diagnostics_time = time.monotonic()
+
+    def diagnostics_after(self, since: float, timeout: float = 5.0) -> dict[str, str]:
+        """The node's diagnostics from a message received after ``since`` (monotonic s)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if self.diagnostics_time > since:
+                    return dict(self.diagnostics)
+            time.sleep(0.05)
+        raise RuntimeError(f'no /diagnostics message from the node within {timeout} s')
 
 
 def publish_for(pub, messages: list, rate: float, seconds: float, sent: list[int]) -> None:  # noqa: ANN001
@@ -182,6 +198,12 @@ def main() -> int:
         help="Fast DDS XML profile of both processes ('' = Fast DDS defaults); default "
         'config/fastdds_large_frames.xml: without it most 640x480 best-effort frames are lost',
     )
+    add(
+        '--reliable',
+        action='store_true',
+        help='reliable camera QoS: the publisher and the node (input_reliability reliable); '
+        'default best effort (sensor data)',
+    )
     add('--log', type=Path, help='node log file (default /tmp/dlp_bench_node_<domain>.log)')
     args = parser.parse_args()
     bundle = args.bundle or default_bundle()
@@ -189,7 +211,7 @@ def main() -> int:
         print(f'no model bundle at {bundle}: pass --bundle DIR', file=sys.stderr)
         return 2
 
-    from rclpy.qos import qos_profile_sensor_data
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
     env = ros_environment()
@@ -205,12 +227,18 @@ def main() -> int:
         'providers': args.providers,
         'threads': args.threads,
         'overlay': False,
+        'input_reliability': 'reliable' if args.reliable else 'best_effort',
     }
     node = NodeProcess(params, {'image': '/camera/image_raw'}, env, log)
     session = RosSession(env, name='dlp_bench')
     try:
         listener = Listener(session)
-        pub = session.node.create_publisher(Image, '/camera/image_raw', qos_profile_sensor_data)
+        camera_qos = (
+            QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+            if args.reliable
+            else qos_profile_sensor_data
+        )
+        pub = session.node.create_publisher(Image, '/camera/image_raw', camera_qos)
         messages = []
         for rgb in make_frames():
             messages.append(Image(height=HEIGHT, width=WIDTH, encoding='rgb8', is_bigendian=0,
@@ -224,8 +252,8 @@ def main() -> int:
         warm: list[int] = []
         publish_for(pub, messages, args.rate, args.warmup, warm)
         time.sleep(0.5)
-        with listener.lock:
-            diag_start = dict(listener.diagnostics)
+        # counters after every warm-up frame: a message sent > 1 s after the last of them
+        diag_start = listener.diagnostics_after(time.monotonic() + 0.6)
         rss_samples: list[tuple[float, float]] = []
         sent: list[int] = []
         stop = threading.Event()
@@ -241,14 +269,14 @@ def main() -> int:
               f'(after {args.warmup:g} s warm-up) ...', flush=True)  # fmt: skip
         sampler.start()
         publish_for(pub, messages, args.rate, args.duration, sent)
-        time.sleep(1.5)  # stragglers, and one more /diagnostics (1 Hz)
+        time.sleep(0.5)  # stragglers
+        diag_end = listener.diagnostics_after(time.monotonic() + 0.6)
         stop.set()
         sampler.join()
         node.check_alive()
         with listener.lock:
             particles = list(listener.particles)
             predictions = list(listener.predictions)
-            diag_end = dict(listener.diagnostics)
     finally:
         node.stop()
         session.close()
@@ -264,6 +292,13 @@ def main() -> int:
         return int(diag_end[key]) - int(diag_start.get(key, 0))
 
     dropped = len(measured - got)
+    counts = {
+        key: node_count(key)
+        for key in ('frames_received', 'frames_lost_dds', 'frames_lost_transport',
+                    'frames_dropped', 'frames_processed', 'bad_frames', 'processing_errors')
+    }  # fmt: skip
+    known = [counts['frames_received'], counts['frames_lost_dds']]
+    unaccounted = len(sent) - sum(known) if None not in known else None  # type: ignore[arg-type]
     # the heap settles during the first minutes: the slope of the second half tells growth
     settled = [(t, mb) for t, mb in rss_samples if t >= args.duration / 2]
     slope = slope_mb_per_min(settled)
@@ -280,13 +315,20 @@ def main() -> int:
         'horizon': args.horizon,
         'image': f'{WIDTH}x{HEIGHT} rgb8',
         'dds_profile': args.dds_profile or None,
+        'camera_qos': 'reliable' if args.reliable else 'best_effort',
         'frames_published': len(sent),
         'particles_received': len(got),
         'predictions_received': len(predicted),
         'dropped_frames': dropped,
-        'node_frames_dropped': node_count('frames_dropped'),
-        'node_frames_received': node_count('frames_received'),
-        'node_bad_frames': node_count('bad_frames'),
+        'node_frames_received': counts['frames_received'],
+        'node_frames_lost_dds': counts['frames_lost_dds'],
+        'node_frames_lost_transport': counts['frames_lost_transport'],
+        'node_frames_dropped': counts['frames_dropped'],
+        'node_frames_processed': counts['frames_processed'],
+        'node_bad_frames': counts['bad_frames'],
+        'node_processing_errors': counts['processing_errors'],
+        'unaccounted_frames': unaccounted,
+        'node_input_rate_hz': diag_end.get('input_rate_hz'),
         'latency_ms': lat,
         'node_latency_p50_ms': diag_end.get('latency_p50_ms'),
         'node_latency_p99_ms': diag_end.get('latency_p99_ms'),
@@ -306,9 +348,11 @@ def main() -> int:
         'no_rss_growth': slope is not None and slope < TARGETS['rss_slope_mb_per_min'],
     }
     result['targets'] = {**TARGETS, 'met': checks}
-    print(f'frames: {len(sent)} published, {len(got)} with particles, {dropped} dropped '
-          f'(node: {result["node_frames_dropped"]} dropped of {result["node_frames_received"]} '
-          f'received); {len(predicted)} predictions')  # fmt: skip
+    print(f'frames: {len(sent)} published, {len(got)} with particles, {dropped} without; '
+          f'node: {counts["frames_lost_dds"]} lost in DDS ({counts["frames_lost_transport"]} '
+          f'reported by the transport), {counts["frames_received"]} received, '
+          f'{counts["frames_dropped"]} dropped in the mailbox, {counts["bad_frames"]} bad; '
+          f'{unaccounted} unaccounted; {len(predicted)} predictions')  # fmt: skip
     print(f'latency: p50 {lat["p50"]} ms, p99 {lat["p99"]} ms, max {lat["max"]} ms '
           f'(targets 15 / 40 ms)')  # fmt: skip
     print(f'RSS: {result["rss_mb"]}, slope {result["rss_slope_mb_per_min"]} MB/min over the '

@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FAILED = re.compile(r'^(FAILED|ERROR) (\S+)', re.MULTILINE)
-SUMMARY = re.compile(r'^=+ (.*) in [\d.]+s', re.MULTILINE)
+SUMMARY = re.compile(r'^=* ?(\d+ (?:passed|failed|error).*) in [\d.]+s', re.MULTILINE)
 
 
 def hog(stop: mp.Event) -> None:  # type: ignore[valid-type]
