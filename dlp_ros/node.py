@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from rclpy.publisher import Publisher
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.service import Service
+from rclpy.signals import SignalHandlerOptions
 from rclpy.subscription import Subscription
 from rclpy.timer import Timer
 from sensor_msgs.msg import CompressedImage, Image
@@ -171,7 +173,8 @@ class PerceptionNode(LifecycleNode):
         self._stats = Stats()
         self._observed = Observed()
         self._latest_action: np.ndarray | None = None
-        self._mailbox: Mailbox[tuple[Any, float]] | None = None  # (message, receive time)
+        # (message, receive time, the command in force when it arrived)
+        self._mailbox: Mailbox[tuple[Any, float, np.ndarray | None]] | None = None
         self._predict_box: Mailbox[float] | None = None  # prediction requests (due time)
         self._threads: list[threading.Thread] = []
         self._running = False
@@ -340,6 +343,12 @@ class PerceptionNode(LifecycleNode):
         self._mailbox, self._predict_box = Mailbox(), Mailbox()
         with self._stats.lock:
             self._stats.gaps.reset()  # a new subscription: no writer known yet
+        if config.action_topic and self.rt.card.dynamics.action_dim:
+            # before the camera: when a command and a frame wait together, the executor runs
+            # the callbacks in creation order, so a command sent before a frame applies to it
+            self._entities.append(
+                self.create_subscription(TwistStamped, config.action_topic, self._on_action, 10)
+            )
         sub = self.create_subscription(
             CompressedImage if compressed else Image,
             'image',
@@ -364,10 +373,6 @@ class PerceptionNode(LifecycleNode):
         ):
             srv = self.create_service(srv_type, name, callback, callback_group=self._service_group)
             self._entities.append(srv)
-        if config.action_topic and self.rt.card.dynamics.action_dim:
-            self._entities.append(
-                self.create_subscription(TwistStamped, config.action_topic, self._on_action, 10)
-            )
         self._entities.append(self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics))
         self._running = True
         self._threads = [
@@ -429,7 +434,7 @@ class PerceptionNode(LifecycleNode):
         mailbox = self._mailbox
         if mailbox is None:
             return
-        replaced = mailbox.put((msg, now))
+        replaced = mailbox.put((msg, now, self._latest_action))
         with self._stats.lock:
             lost = self._stats.gaps.observe(sequence, now)
             self._stats.received += 1
@@ -452,15 +457,15 @@ class PerceptionNode(LifecycleNode):
 
     # ------------------------------------------------------------------------- worker
 
-    def _work(self, mailbox: Mailbox[tuple[Any, float]]) -> None:
+    def _work(self, mailbox: Mailbox[tuple[Any, float, np.ndarray | None]]) -> None:
         """Frame thread: process the latest frame until stopped; never raises."""
         while self._running:
             item = mailbox.get(timeout=0.25)
             if item is None or not self._running:
                 continue
-            msg, received = item
+            msg, received, action = item
             try:
-                self._process(msg, received)
+                self._process(msg, received, action)
             except ImageError as exc:
                 self._count_bad(str(exc))
             except Exception as exc:  # noqa: BLE001 - a frame must never stop the node
@@ -484,9 +489,12 @@ class PerceptionNode(LifecycleNode):
             more = f' ({held} more since the last report)' if held else ''
             self.get_logger().error(f'processing a frame failed: {reason}{more}')
 
-    def _process(self, msg: Image | CompressedImage, received: float) -> None:
-        """Decode, encode, publish the particles; then overlay and OOD score; ask the
-        prediction thread for a prediction when one is due."""
+    def _process(
+        self, msg: Image | CompressedImage, received: float, action: np.ndarray | None
+    ) -> None:
+        """Decode, encode, publish the particles (``action``: the command in force when the
+        frame arrived, None = zeros); then overlay and OOD score; ask the prediction thread for
+        a prediction when one is due."""
         rt, tracker, config = self.rt, self._tracker, self.config
         if rt is None or tracker is None or config is None:
             return
@@ -516,7 +524,7 @@ class PerceptionNode(LifecycleNode):
             observed.header, observed.size, observed.stamp_ns = msg.header, (width, height), stamp
             observed.history = tracker.history
             if observed.actions is not None:
-                observed.actions.observe(self._latest_action)
+                observed.actions.observe(action)
         with self._stats.lock:
             self._stats.processed += 1
             count = self._stats.processed
@@ -763,26 +771,59 @@ class PerceptionNode(LifecycleNode):
         return self.trigger_activate() == SUCCESS
 
 
+def _spin(executor: MultiThreadedExecutor, stop: threading.Event, failed: list[str]) -> None:
+    """Executor thread: spin until the executor is shut down; sets ``stop`` when it ends."""
+    try:
+        executor.spin()
+    except ExternalShutdownException:
+        pass
+    except Exception as exc:  # noqa: BLE001 - reported by main, which exits non-zero
+        failed.append(f'{type(exc).__name__}: {exc}')
+    finally:
+        stop.set()
+
+
 def main(args: list[str] | None = None) -> int:
-    """Run the perception node until SIGINT/SIGTERM; returns the exit status."""
+    """Run the perception node until SIGINT/SIGTERM; returns the exit status.
+
+    rclpy's own signal handlers shut the context down from a thread of their own while the
+    node is being torn down, which now and then crashed the process at Ctrl-C (SIGSEGV in
+    destroy_node). Here a signal only sets an event: the executor spins in a thread, and the
+    main thread stops the workers, the executor and the node, then rclpy, in that order.
+    """
     logging.basicConfig(level=logging.INFO, format='[%(levelname)s] [%(name)s]: %(message)s')
-    rclpy.init(args=args)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    handlers = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     node: PerceptionNode | None = None
     executor = MultiThreadedExecutor(num_threads=2)
+    spinner: threading.Thread | None = None
+    failed: list[str] = []
     try:
         node = PerceptionNode()
         executor.add_node(node)
         node.autostart()
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        spinner = threading.Thread(target=_spin, args=(executor, stop, failed), name='executor')
+        spinner.start()
+        while not stop.wait(1.0):
+            pass
     finally:
         if node is not None:
             node.stop_worker()
+        executor.shutdown()
+        if spinner is not None:
+            spinner.join()
+        if node is not None:
             executor.remove_node(node)
             node.destroy_node()
-        executor.shutdown()
         rclpy.try_shutdown()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if failed:
+        logging.getLogger(__name__).error('the executor failed: %s', failed[0])
+        return 1
     return 0
 
 

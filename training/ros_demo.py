@@ -326,21 +326,36 @@ class Played:
     published_to_bag: dict[int, int] = field(default_factory=dict)
     frames: list[int] = field(default_factory=list)  # bag stamps of the camera frames played
     warmup: set[int] = field(default_factory=set)  # published stamps of the first frame's tries
+    probes: set[int] = field(default_factory=set)  # published stamps of lockstep probe frames
 
 
 def play(session: RosSession, episode: Episode, topic: str, action_topic: str | None,
-         node: NodeProcess | None, warmup_timeout: float = 60.0) -> Played:  # fmt: skip
-    """Publish the episode at its recorded rate, every header stamped with the publish time.
+         node: NodeProcess | None, warmup_timeout: float = 60.0,
+         lockstep: bool = False) -> Played:  # fmt: skip
+    """Publish the episode, every header stamped with the publish time.
 
-    The first camera frame is the warm-up: it is sent (again every 2 s: discovery may not have
-    matched both ends yet and the camera topic is best effort) until its particles come back;
-    the rest follow at the recorded rate.
+    Real time (default): at the recorded rate, best effort. The first camera frame is the
+    warm-up: it is sent (again every 2 s: discovery may not have matched both ends yet and the
+    camera topic is best effort) until its particles come back; the rest follow at the
+    recorded rate.
+
+    ``lockstep``: reproducible on a busy machine. Reliable camera topic; a probe frame (stamped
+    a day ahead) is sent until its particles come back, so both ends are matched; the first
+    frame then goes back in time, which makes the node start tracking afresh. Each frame is
+    sent once the particles of the one before came back, right after the commands up to its
+    time: one participant delivers in order and the node runs a command waiting beside a frame
+    first, so every frame is processed once, with its command.
     """
-    from rclpy.qos import qos_profile_sensor_data
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from rclpy.serialization import deserialize_message
 
     cam_cls = message_class(episode.camera_type)
-    cam_pub = session.node.create_publisher(cam_cls, topic, qos_profile_sensor_data)
+    cam_qos = (
+        QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        if lockstep
+        else qos_profile_sensor_data
+    )
+    cam_pub = session.node.create_publisher(cam_cls, topic, cam_qos)
     act_pub, act_cls = None, None
     if action_topic and episode.action_type:
         act_cls = message_class(episode.action_type)
@@ -354,6 +369,10 @@ def play(session: RosSession, episode: Episode, topic: str, action_topic: str | 
         session.wait_for(f'the node to subscribe to {action_topic}',
                          lambda: act_pub.get_subscription_count() > 0, 30.0, node)  # fmt: skip
     played = Played()
+    if lockstep:
+        _lockstep(session, episode, topic, cam_pub, act_pub, cam_cls, act_cls, node, played,
+                  warmup_timeout)  # fmt: skip
+        return played
     start_wall, start_bag, first_done = 0.0, 0, False
     for bag_ns, msg_topic, raw in episode.messages:
         is_camera = msg_topic == topic
@@ -387,6 +406,49 @@ def play(session: RosSession, episode: Episode, topic: str, action_topic: str | 
         if not first_done:
             start_wall, start_bag, first_done = time.monotonic(), bag_ns, True
     return played
+
+
+def _particles_of(session: RosSession, stamp: int) -> bool:
+    with session.received.lock:
+        return any(stamp_ns(m.header) == stamp for _, m in session.received.particles)
+
+
+def _lockstep(session: RosSession, episode: Episode, topic: str, cam_pub: Any, act_pub: Any,
+              cam_cls: type, act_cls: type | None, node: NodeProcess | None, played: Played,
+              timeout: float) -> None:  # fmt: skip
+    """The lockstep player of :func:`play`."""
+    from rclpy.serialization import deserialize_message
+
+    def fail(what: str) -> DlpError:
+        return DlpError(f'{what} within {timeout:g} s (lockstep); node log:\n'
+                        f'{node.log_tail() if node else ""}')  # fmt: skip
+
+    first = next(raw for _, t, raw in episode.messages if t == topic)
+    probe = deserialize_message(first, cam_cls)
+    stamp = time.time_ns() + 86_400 * NS  # a day ahead: the first frame goes back in time
+    set_stamp(probe.header, stamp)
+    played.probes.add(stamp)
+    deadline = time.monotonic() + timeout
+    while not _particles_of(session, stamp):
+        if time.monotonic() > deadline:
+            raise fail('no particles came back for the probe frame')
+        cam_pub.publish(probe)
+        session.poll(lambda: _particles_of(session, stamp), 2.0, node)
+    for _, msg_topic, raw in episode.messages:
+        if msg_topic != topic:
+            if act_pub is not None and act_cls is not None:
+                msg = deserialize_message(raw, act_cls)
+                set_stamp(msg.header, time.time_ns())
+                act_pub.publish(msg)
+            continue
+        msg = deserialize_message(raw, cam_cls)
+        played.frames.append(stamp_ns(msg.header))
+        now = time.time_ns()
+        set_stamp(msg.header, now)
+        played.published_to_bag[now] = played.frames[-1]
+        cam_pub.publish(msg)
+        if not session.poll(lambda t=now: _particles_of(session, t), timeout, node):
+            raise fail(f'no particles came back for frame {len(played.frames) - 1}')
 
 
 def wait_for_outputs(received: Received, frames: int, timeout: float) -> None:
@@ -433,6 +495,8 @@ def record(out: Path, final: Path, episode: Episode, played: Played, received: R
     unknown, duplicates, got_frames = 0, 0, set()
     for recv_ns, msg in received.particles:
         published = stamp_ns(msg.header)
+        if published in played.probes:
+            continue
         if restamp(msg, played.published_to_bag) is None:
             unknown += 1
             continue
@@ -452,6 +516,8 @@ def record(out: Path, final: Path, episode: Episode, played: Played, received: R
     pred_latency, predict_ms, predicted = [], [], set()
     for recv_ns, msg in received.predictions:
         published = stamp_ns(msg.header)
+        if published in played.probes:
+            continue
         if restamp(msg, played.published_to_bag) is None:
             unknown += 1
             continue
@@ -525,6 +591,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help='more node parameters (repeatable)',
     )
     add('--startup-timeout', type=float, default=120.0, help='s to wait for the node')  # fmt: skip
+    add(
+        '--lockstep',
+        action='store_true',
+        help='reproducible on a busy machine: reliable camera topic, each frame sent once the '
+        "one before was processed (not at the bag's rate); the recording equals dlp-replay's",
+    )
 
 
 def node_params(args: argparse.Namespace, bundle: Path, fps: float,
@@ -539,6 +611,7 @@ def node_params(args: argparse.Namespace, bundle: Path, fps: float,
         'providers': args.providers,
         'threads': args.threads,
         'action_topic': action_topic or '',
+        'input_reliability': 'reliable' if args.lockstep else 'best_effort',
     }
     for item in args.node_arg:
         name, sep, value = item.partition(':=')
@@ -577,7 +650,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         session = RosSession(env)
         session.listen()
-        played = play(session, episode, args.topic, action_topic, node)
+        played = play(session, episode, args.topic, action_topic, node, lockstep=args.lockstep)
         wait_for_outputs(session.received, len(played.frames), timeout=5.0)
         time.sleep(1.1)  # one more /diagnostics message (1 Hz) with the final counts
     finally:

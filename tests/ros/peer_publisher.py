@@ -54,11 +54,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
     from dlp_ros.msg import ParticleArray, Prediction
 
     types = {'particles': ParticleArray, 'prediction': Prediction}
-    rclpy.init()
+    # rclpy's signal handlers would shut the context down from a thread of their own, racing
+    # destroy_node below (a SIGSEGV now and then): SIGINT only raises KeyboardInterrupt here
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node('dlp_test_peer')
     executor = SingleThreadedExecutor()
     executor.add_node(node)

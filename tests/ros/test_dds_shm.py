@@ -1,5 +1,10 @@
 """Stale Fast DDS shared-memory files: a SIGKILLed rclpy process leaves its segments in
-/dev/shm; ``training.dds_shm.clean_stale`` removes them and keeps those of a living process."""
+/dev/shm; ``training.dds_shm.clean_stale`` removes them and keeps those of a living process.
+
+The two peers run in domains of their own, apart from this run's: a participant that talked to
+one killed with SIGKILL was seen to crash at its own shutdown now and then (Fast DDS), and the
+killed one's domain-wide discovery port would be left to the other tests.
+"""
 
 from __future__ import annotations
 
@@ -28,8 +33,9 @@ def fastdds_files() -> set[str]:
     return {name for name in os.listdir(SHM_DIR) if 'fastrtps' in name or 'fastdds' in name}
 
 
-def start_peer(log: Path) -> tuple[subprocess.Popen, set[str]]:
-    """A peer_publisher.py process once it is READY, and the shared-memory files it made."""
+def start_peer(log: Path, domain: int) -> tuple[subprocess.Popen, set[str]]:
+    """A peer_publisher.py process on ``domain`` once it is READY, and the shared-memory files
+    it made."""
     before = fastdds_files()
     prefix = f'/dlp_test_shm_{uuid.uuid4().hex[:8]}'
     out = log.open('w')
@@ -39,7 +45,7 @@ def start_peer(log: Path) -> tuple[subprocess.Popen, set[str]]:
         stdout=subprocess.PIPE,
         stderr=out,
         text=True,
-        env={**os.environ, 'PYTHONUNBUFFERED': '1'},
+        env={**os.environ, 'PYTHONUNBUFFERED': '1', 'ROS_DOMAIN_ID': str(domain)},
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()  # blocks until READY (or exit: '')
@@ -55,13 +61,15 @@ def is_port(name: str) -> bool:
 
 
 @pytest.mark.skipif(not SHM_DIR.is_dir(), reason='no /dev/shm on this system')
-def test_a_killed_process_segments_are_removed_and_a_living_one_kept(tmp_path: Path) -> None:
+def test_a_killed_process_segments_are_removed_and_a_living_one_kept(
+    tmp_path: Path, ros_domain_id: int
+) -> None:
     """Segments (the large files) while others run; its ports only when asked (a process that
     sent to a removed port may crash at its own shutdown), so the living peer stops with 0."""
-    alive, alive_files = start_peer(tmp_path / 'alive.log')
+    alive, alive_files = start_peer(tmp_path / 'alive.log', domain=100 + ros_domain_id)
     killed = None
     try:
-        killed, killed_files = start_peer(tmp_path / 'killed.log')
+        killed, killed_files = start_peer(tmp_path / 'killed.log', domain=101 + ros_domain_id)
         segments = {n for n in killed_files if not is_port(n)}
         own_ports = {n for n in killed_files if is_port(n)}
         assert any(not n.endswith('_el') for n in segments), (

@@ -106,7 +106,7 @@ def test_demo_over_ros_records_what_the_offline_replay_computes(
     stamps = episode_bag(tmp_path / 'episode')
     out = tmp_path / 'demo'
     args = ['--bag', str(tmp_path / 'episode'), '--bundle', str(bundle), '--out', str(out),
-            '--providers', 'cpu', '--horizon', '3']  # fmt: skip
+            '--providers', 'cpu', '--horizon', '3', '--lockstep']  # fmt: skip
     assert ros_demo(args) == 0, (out.with_name('.demo.partial') / 'node.log').read_text()
     printed = capsys.readouterr().out
     assert 'frames in 10' in printed and 'latency' in printed
@@ -117,8 +117,8 @@ def test_demo_over_ros_records_what_the_offline_replay_computes(
     assert summary['node_parameters']['action_topic'] == COMMAND
     assert summary['latency_ms']['p50'] is not None
     assert summary['node_diagnostics'].get('provider') == 'CPUExecutionProvider'
-    assert summary['particles_out'] == FRAMES - summary['dropped_frames']
-    assert summary['particles_out'] >= FRAMES - 2, summary  # 10 Hz: nothing should be dropped
+    assert summary['particles_out'] == FRAMES and summary['dropped_frames'] == 0, summary
+    assert summary['messages_with_unknown_stamps'] == 0, summary
     assert (out / summary['outputs']['video']).stat().st_size > 0
     assert (out / 'prediction_strip.png').is_file() and (out / 'node.log').is_file()
 
