@@ -145,8 +145,8 @@ PARAMS: tuple[ParamSpec, ...] = (
         'action_topic',
         '',
         'geometry_msgs/TwistStamped topic with the commands for models that take actions '
-        '(model card action_names, e.g. linear.x, linear.y); the latest command is held over '
-        'the horizon. Empty = zero actions.',
+        '(model card action_names, e.g. linear.x, linear.y); a frame gets the latest command '
+        'received before it, and the latest is held over the horizon. Empty = zero actions.',
     ),
     ParamSpec(
         'ood_every_n',
