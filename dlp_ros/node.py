@@ -13,7 +13,8 @@ installed ``lib/dlp_ros/perception_node``:
 
 Frames are processed off the executor on a worker thread: the subscription callback only leaves
 the message in a one-slot mailbox, so the latest frame wins and the replaced ones are counted as
-dropped. Bad frames are logged (throttled), counted on /diagnostics and skipped.
+dropped. Bad frames are logged (throttled), counted on /diagnostics and skipped. The per-frame
+work is :class:`dlp_ros.pipeline.PerceptionPipeline`, the same as ``dlp-replay``'s.
 """
 
 from __future__ import annotations
@@ -60,7 +61,6 @@ from dlp_ros.node_support import (
     DEFAULT_BUNDLE,
     PARAM_SPECS,
     PARAMS,
-    ActionHistory,
     LatencyWindow,
     Mailbox,
     NodeConfig,
@@ -68,12 +68,11 @@ from dlp_ros.node_support import (
     RateMeter,
     SequenceGaps,
     Throttle,
-    actions_from_request,
     ood_score,
 )
 from dlp_ros.overlay import draw_overlay
-from dlp_ros.particles import ParticleFrame
-from dlp_ros.runtime import DlpRuntime, Tracker
+from dlp_ros.pipeline import PerceptionPipeline, Snapshot, actions_from_request
+from dlp_ros.runtime import DlpRuntime
 from dlp_ros.srv import Predict, Render
 
 NODE_NAME = 'perception_node'
@@ -147,18 +146,6 @@ class Stats:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-@dataclass
-class Observed:
-    """What the worker last saw, for predictions (read by ~/predict under ``lock``)."""
-
-    header: Header | None = None
-    size: tuple[int, int] = (0, 0)  # (width, height) of the input image
-    stamp_ns: int = 0
-    history: list[ParticleFrame] = field(default_factory=list)
-    actions: ActionHistory | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
 class PerceptionNode(LifecycleNode):
     """The lifecycle node; see the module docstring."""
 
@@ -169,9 +156,8 @@ class PerceptionNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._check_parameters)
         self.config: NodeConfig | None = None
         self.rt: DlpRuntime | None = None
-        self._tracker: Tracker | None = None
+        self._pipeline: PerceptionPipeline | None = None
         self._stats = Stats()
-        self._observed = Observed()
         self._latest_action: np.ndarray | None = None
         # (message, receive time, the command in force when it arrived)
         self._mailbox: Mailbox[tuple[Any, float, np.ndarray | None]] | None = None
@@ -269,12 +255,9 @@ class PerceptionNode(LifecycleNode):
         except Exception as exc:  # noqa: BLE001 - never leave the transition unexplained
             self.get_logger().error(f'configure failed: {type(exc).__name__}: {exc}')
             return FAILURE
-        self.config, self.rt, self._tracker = config, rt, rt.tracker()
+        self.config, self.rt, self._pipeline = config, rt, PerceptionPipeline(rt)
         card = rt.card
         dyn = card.dynamics
-        self._observed = Observed(
-            actions=ActionHistory(dyn.history, dyn.action_dim) if dyn.action_dim else None
-        )
         self.get_logger().info(
             f'configured: bundle {config.model_bundle} (S={card.image.size}, '
             f'K={card.particles.K}, H={dyn.history}, A={dyn.action_dim}, dt={dyn.dt:g} s) on '
@@ -324,7 +307,7 @@ class PerceptionNode(LifecycleNode):
         return SUCCESS
 
     def _activate(self) -> None:
-        assert self.config is not None and self.rt is not None and self._tracker is not None
+        assert self.config is not None and self.rt is not None and self._pipeline is not None
         config = self.config
         compressed = config.image_transport == 'compressed'
         reliable = config.input_reliability == 'reliable'
@@ -336,10 +319,7 @@ class PerceptionNode(LifecycleNode):
             else qos_profile_sensor_data.reliability,
             durability=qos_profile_sensor_data.durability,
         )
-        self._tracker.reset()
-        if self._observed.actions is not None:
-            self._observed.actions.reset()
-        self._observed.history, self._observed.header = [], None
+        self._pipeline.reset()
         self._mailbox, self._predict_box = Mailbox(), Mailbox()
         with self._stats.lock:
             self._stats.gaps.reset()  # a new subscription: no writer known yet
@@ -418,8 +398,7 @@ class PerceptionNode(LifecycleNode):
         self._pubs.clear()
 
     def _release(self) -> None:
-        self.rt, self._tracker, self.config = None, None, None
-        self._observed = Observed()
+        self.rt, self._pipeline, self.config = None, None, None
 
     # ------------------------------------------------------------------------- input
 
@@ -492,39 +471,23 @@ class PerceptionNode(LifecycleNode):
     def _process(
         self, msg: Image | CompressedImage, received: float, action: np.ndarray | None
     ) -> None:
-        """Decode, encode, publish the particles (``action``: the command in force when the
+        """Decode, track, publish the particles (``action``: the command in force when the
         frame arrived, None = zeros); then overlay and OOD score; ask the prediction thread for
         a prediction when one is due."""
-        rt, tracker, config = self.rt, self._tracker, self.config
-        if rt is None or tracker is None or config is None:
+        pipeline, config = self._pipeline, self.config
+        if pipeline is None or config is None:
             return
         t0 = time.perf_counter()
         rgb = conversions.image_to_rgb(msg)  # (H, W, 3)
-        x = rt.preprocess(rgb)  # (1, 3, S, S)
-        t1 = time.perf_counter()
-        height, width = rgb.shape[:2]
-        stamp = conversions.stamp_ns(msg.header)
-        observed = self._observed
-        if observed.header is not None and (
-            (width, height) != observed.size or stamp < observed.stamp_ns
-        ):
-            why = 'frame size changed' if (width, height) != observed.size else 'time went back'
-            self.get_logger().info(f'{why}: tracking starts new particle identities')
-            tracker.reset()
-            if observed.actions is not None:
-                observed.actions.reset()
-        frame = tracker.update(x)
-        t2 = time.perf_counter()
+        decoded = time.perf_counter()
+        seen = pipeline.step(rgb, conversions.stamp_ns(msg.header), action, msg.header)
+        decode_ms = (decoded - t0) * 1e3 + seen.preprocess_ms
+        width, height = seen.size
         out = conversions.particle_array(
-            frame, msg.header, width, height, (t1 - t0) * 1e3, (t2 - t1) * 1e3
+            seen.frame, msg.header, width, height, decode_ms, seen.encode_ms
         )
         self._pubs['particles'].publish(out)
         done = time.monotonic()
-        with observed.lock:
-            observed.header, observed.size, observed.stamp_ns = msg.header, (width, height), stamp
-            observed.history = tracker.history
-            if observed.actions is not None:
-                observed.actions.observe(action)
         with self._stats.lock:
             self._stats.processed += 1
             count = self._stats.processed
@@ -533,9 +496,10 @@ class PerceptionNode(LifecycleNode):
 
         overlay = self._pubs['overlay']
         if config.overlay and overlay.get_subscription_count() > 0:
-            overlay.publish(conversions.rgb_to_image(draw_overlay(rgb, frame), msg.header))
+            overlay.publish(conversions.rgb_to_image(draw_overlay(rgb, seen.frame), msg.header))
         if config.ood_every_n and (count - 1) % config.ood_every_n == 0:
-            score = ood_score(rt.recon_mse(x, frame), rt.card.validation.recon_mse)
+            score = ood_score(pipeline.rt.recon_mse(seen.x, seen.frame),
+                              pipeline.rt.card.validation.recon_mse)  # fmt: skip
             with self._stats.lock:
                 self._stats.ood = score
         rate = config.prediction_rate
@@ -560,9 +524,9 @@ class PerceptionNode(LifecycleNode):
 
     def _publish_prediction(self, now: float) -> None:
         """Publish a prediction from the latest frame, if someone listens."""
-        config, rt = self.config, self.rt
+        config, pipeline = self.config, self._pipeline
         publisher = self._pubs.get('prediction')
-        if config is None or rt is None or publisher is None:
+        if config is None or pipeline is None or publisher is None:
             return
         if publisher.get_subscription_count() == 0:
             return
@@ -571,87 +535,57 @@ class PerceptionNode(LifecycleNode):
         )
         if frames:
             self._last_frames = now
-        header, size, history, actions = self._snapshot(config.horizon)
-        if header is None:
+        snap = pipeline.snapshot(config.horizon)
+        if snap is None:
             return
-        publisher.publish(self.predict(rt, history, header, size, config.horizon, actions, frames))
+        publisher.publish(self.prediction(pipeline, snap, frames))
         with self._stats.lock:
             self._stats.predictions += 1
 
-    def _snapshot(
-        self, horizon: int
-    ) -> tuple[Header | None, tuple[int, int], list[ParticleFrame], np.ndarray | None]:
-        """(header, size, history, the node's actions for ``horizon``) of the latest frame."""
-        observed = self._observed
-        with observed.lock:
-            history = list(observed.history)
-            actions = None
-            if observed.actions is not None and history:
-                actions = observed.actions.rollout_actions(horizon, len(history))
-            return observed.header, observed.size, history, actions
-
     @staticmethod
-    def predict(
-        rt: DlpRuntime,
-        history: list[ParticleFrame],
-        header: Header,
-        size: tuple[int, int],
-        horizon: int,
-        actions: np.ndarray | None,
+    def prediction(
+        pipeline: PerceptionPipeline,
+        snap: Snapshot,
         frames: bool,
+        actions: np.ndarray | None = None,
     ) -> Prediction:
-        """A dlp_ros/Prediction of ``horizon`` steps after the last frame of ``history``: step k
-        stamped header.stamp + k * dt, pixel coordinates of the (width, height) ``size``;
-        decoded frames (model resolution) when ``frames``."""
+        """A dlp_ros/Prediction of ``snap.horizon`` steps after the frame of ``snap`` (``actions``:
+        instead of the stream's): step k stamped header.stamp + k * dt, pixel coordinates of the
+        input frame; decoded frames (model resolution) when ``frames``. ``predict_ms`` covers
+        the rollout, the rendering and the message."""
         t0 = time.perf_counter()
-        preds = rt.predict(history, horizon, actions)
-        images = rt.render(preds) if frames else []  # (N, S, S, 3)
-        dt = float(rt.card.dynamics.dt)
-        width, height = size
-        steps = [
-            conversions.particle_array(
-                p, conversions.shifted_header(header, conversions.step_offset_ns(k, dt)),
-                width, height,
-            )
-            for k, p in enumerate(preds, start=1)
-        ]  # fmt: skip
-        decoded = [
-            conversions.rgb_to_image(img, s.header) for img, s in zip(images, steps, strict=False)
-        ]
-        return Prediction(
-            header=header,
-            dt=dt,
-            steps=steps,
-            frames=decoded,
-            predict_ms=float((time.perf_counter() - t0) * 1e3),
+        forecast = pipeline.predict(snap, frames, actions)
+        msg = conversions.prediction(
+            snap.header, snap.size, forecast.dt, forecast.steps, forecast.images
         )
+        msg.predict_ms = float((time.perf_counter() - t0) * 1e3)
+        return msg
 
     # ------------------------------------------------------------------------- services
 
     def _on_predict(self, request: Predict.Request, response: Predict.Response) -> Any:
         """~/predict: ``horizon`` steps (0: the parameter) after the latest frame."""
-        rt, config = self.rt, self.config
+        pipeline, config = self._pipeline, self.config
         response.success = False
-        if rt is None or config is None:
+        if pipeline is None or config is None:
             response.message = 'the node is not configured'
             return response
         horizon = int(request.horizon) or config.horizon
         if horizon > MAX_HORIZON:
             response.message = f'horizon must be <= {MAX_HORIZON}, got {horizon}'
             return response
-        header, size, history, actions = self._snapshot(horizon)
-        if header is None or not history:
+        snap = pipeline.snapshot(horizon)
+        if snap is None:
             response.message = 'no camera frame has been processed yet'
             return response
-        dyn = rt.card.dynamics
+        dyn = pipeline.rt.card.dynamics
         try:
+            actions = None
             if len(request.actions) or not dyn.action_dim:
                 actions = actions_from_request(
                     np.asarray(request.actions, np.float32), horizon, dyn.history, dyn.action_dim
                 )
-            response.prediction = self.predict(
-                rt, history, header, size, horizon, actions, config.publish_frames
-            )
+            response.prediction = self.prediction(pipeline, snap, config.publish_frames, actions)
         except (DlpError, ValueError) as exc:
             response.message = str(exc)
             return response
