@@ -4,17 +4,20 @@ A lifecycle node (``perception_node``), run by ``ros2 run dlp_ros perception_nod
 installed ``lib/dlp_ros/perception_node``:
 
 - configure: reads and validates the parameters (declared with descriptions and ranges at
-  start-up, see :data:`dlp_ros.node_support.PARAMS`), loads the model bundle. A bad bundle or
-  parameter fails the transition with a logged reason; the process stays up.
-- activate: subscribes to ``image`` (sensor_msgs/Image or CompressedImage, sensor-data QoS,
-  depth 1) and publishes ``/dlp/particles``, ``/dlp/prediction``, ``~/overlay`` and
-  ``/diagnostics``; serves ``~/predict`` and ``~/render``.
-- deactivate / cleanup release them again.
+  start-up, see :data:`dlp_ros.node_support.PARAMS`), loads the model bundle, and creates the
+  entities: subscribes to ``action_topic`` (if any), then to ``image`` (sensor_msgs/Image or
+  CompressedImage, sensor-data QoS, depth 1); lifecycle publishers of ``/dlp/particles``,
+  ``/dlp/prediction``, ``~/overlay`` and ``/diagnostics``; serves ``~/predict`` and ``~/render``.
+  A bad bundle or parameter fails the transition with a logged reason; the process stays up.
+- activate: starts the worker threads and enables the publishers. While not active, the
+  subscriptions ignore what arrives and the services refuse with a reason.
+- deactivate stops them again; cleanup destroys the entities and releases the model.
 
 Frames are processed off the executor on a worker thread: the subscription callback only leaves
 the message in a one-slot mailbox, so the latest frame wins and the replaced ones are counted as
 dropped. Bad frames are logged (throttled), counted on /diagnostics and skipped. The per-frame
-work is :class:`dlp_ros.pipeline.PerceptionPipeline`, the same as ``dlp-replay``'s.
+work is :class:`dlp_ros.pipeline.PerceptionPipeline`, the same as ``dlp-replay``'s. Python log
+records of the dlp_ros modules (and Python warnings) reach /rosout through the node's logger.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import QoSMessageLostInfo, SubscriptionEventCallbacks
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.impl.rcutils_logger import RcutilsLogger
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle.publisher import LifecyclePublisher
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -86,6 +91,9 @@ MAX_HORIZON = 1000
 MESSAGE_INFO = hasattr(Subscription, 'CallbackType')
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
+# Python loggers whose records go to the node's logger (and so to /rosout) instead of stderr:
+# the runtime modules, and Python warnings (logging.captureWarnings, in main).
+FORWARDED_LOGGERS = ('dlp_ros', 'py.warnings')
 
 
 def default_bundle() -> str:
@@ -146,11 +154,42 @@ class Stats:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+class RosLogHandler(logging.Handler):
+    """Forwards Python log records to a node's logger, which prints them and sends them to
+    /rosout; the record's logger name leads the message (``dlp_ros.pipeline: ...``)."""
+
+    def __init__(self, logger: RcutilsLogger) -> None:
+        super().__init__()
+        self._ros = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # one call site per severity: rclpy refuses a severity change at one call site
+        try:
+            text = f'{record.name}: {self.format(record)}'
+            if record.levelno >= logging.CRITICAL:
+                self._ros.fatal(text)
+            elif record.levelno >= logging.ERROR:
+                self._ros.error(text)
+            elif record.levelno >= logging.WARNING:
+                self._ros.warning(text)
+            elif record.levelno >= logging.INFO:
+                self._ros.info(text)
+            else:
+                self._ros.debug(text)
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)
+
+
 class PerceptionNode(LifecycleNode):
     """The lifecycle node; see the module docstring."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
+        self._log_handler = RosLogHandler(self.get_logger())
+        self._propagate = {name: logging.getLogger(name).propagate for name in FORWARDED_LOGGERS}
+        for name in FORWARDED_LOGGERS:
+            logging.getLogger(name).addHandler(self._log_handler)
+            logging.getLogger(name).propagate = False  # printed by the node's logger instead
         self._param_errors: dict[str, str] = {}
         self._declare_parameters()
         self.add_on_set_parameters_callback(self._check_parameters)
@@ -159,13 +198,15 @@ class PerceptionNode(LifecycleNode):
         self._pipeline: PerceptionPipeline | None = None
         self._stats = Stats()
         self._latest_action: np.ndarray | None = None
+        self._active = False  # the callbacks take frames, commands and requests only while set
         # (message, receive time, the command in force when it arrived)
         self._mailbox: Mailbox[tuple[Any, float, np.ndarray | None]] | None = None
         self._predict_box: Mailbox[float] | None = None  # prediction requests (due time)
         self._threads: list[threading.Thread] = []
         self._running = False
-        self._entities: list[Any] = []  # subscriptions, publishers, services, timers of 'active'
-        self._pubs: dict[str, Any] = {}
+        self._entities: list[Any] = []  # subscriptions, publishers, services, timer (configure)
+        self._pubs: dict[str, LifecyclePublisher] = {}
+        self._timer: Timer | None = None
         self._service_group = MutuallyExclusiveCallbackGroup()
         self._bad_log = Throttle(LOG_PERIOD_S)
         self._error_log = Throttle(LOG_PERIOD_S)
@@ -180,15 +221,13 @@ class PerceptionNode(LifecycleNode):
         """Declare every parameter once. A bad override (wrong type, out of range) does not
         raise here: the default is declared and the reason fails the next configure, until the
         parameter is set to a valid value."""
-        overrides = getattr(self, '_parameter_overrides', {})
         for spec in PARAMS:
             default = default_bundle() if spec.name == 'model_bundle' else spec.default
             desc = descriptor(spec)
             try:
                 self.declare_parameter(spec.name, default, desc)
             except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
-                given = overrides.get(spec.name)
-                value = given.value if given is not None else None
+                value = self._refused_override(spec.name, default)
                 if (
                     isinstance(default, float)
                     and isinstance(value, int)
@@ -200,6 +239,15 @@ class PerceptionNode(LifecycleNode):
                 self._param_errors[spec.name] = f'parameter {spec.name} = {value!r}: {exc}'
         for name, reason in self._param_errors.items():
             self.get_logger().error(f'{reason} (configure fails until {name} is set right)')
+
+    def _refused_override(self, name: str, default: object) -> object:
+        """The value given for ``name`` at start-up (``-p``, a parameters file) that its
+        declaration refused: read back through a moment's declaration without type or range
+        (rclpy has no public view of the overrides), then undeclared again."""
+        probe = ParameterDescriptor(name=name, dynamic_typing=True)
+        value = self.declare_parameter(name, default, probe).value
+        self.undeclare_parameter(name)
+        return value
 
     def _check_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Reject values outside a parameter's choices; a valid value clears its error."""
@@ -245,7 +293,7 @@ class PerceptionNode(LifecycleNode):
     # ------------------------------------------------------------------------- lifecycle
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Validate the parameters and load the model bundle."""
+        """Validate the parameters, load the model bundle, create the topics and services."""
         try:
             config = self._read_config()
             rt = DlpRuntime.load(config.model_bundle, config.providers, config.threads)
@@ -256,6 +304,17 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().error(f'configure failed: {type(exc).__name__}: {exc}')
             return FAILURE
         self.config, self.rt, self._pipeline = config, rt, PerceptionPipeline(rt)
+        try:
+            self._create_entities(config, rt)
+        except Exception as exc:  # noqa: BLE001
+            self.get_logger().error(f'configure failed: {type(exc).__name__}: {exc}')
+            self._destroy_entities()
+            self._release()
+            return FAILURE
+        self._log_configured(config, rt)
+        return SUCCESS
+
+    def _log_configured(self, config: NodeConfig, rt: DlpRuntime) -> None:
         card = rt.card
         dyn = card.dynamics
         self.get_logger().info(
@@ -273,42 +332,48 @@ class PerceptionNode(LifecycleNode):
                 f'the model takes {dyn.action_dim} actions ({", ".join(dyn.action_names)}); '
                 'action_topic is empty: predicting with zero actions'
             )
-        return SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Create the topics, services and timers; start the worker thread."""
+        """Enable the publishers, start the worker threads and take frames."""
         try:
+            result = super().on_activate(state)  # the lifecycle publishers
+            if result != SUCCESS:
+                return result
             self._activate()
         except Exception as exc:  # noqa: BLE001
             self.get_logger().error(f'activate failed: {type(exc).__name__}: {exc}')
-            self._deactivate()
+            self._stop()
+            super().on_deactivate(state)
             return FAILURE
         return SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop the worker; destroy the topics, services and timers."""
-        self._deactivate()
+        """Stop taking frames and the worker threads; disable the publishers."""
+        self._stop()
+        result = super().on_deactivate(state)
         self.get_logger().info('deactivated')
-        return SUCCESS
+        return result
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Release the model."""
+        """Destroy the topics and services; release the model."""
+        self._destroy_entities()
         self._release()
         return SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._deactivate()
+        self._stop()
+        self._destroy_entities()
         self._release()
         return SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._deactivate()
+        self._stop()
+        self._destroy_entities()
         self._release()
         return SUCCESS
 
-    def _activate(self) -> None:
-        assert self.config is not None and self.rt is not None and self._pipeline is not None
-        config = self.config
+    def _create_entities(self, config: NodeConfig, rt: DlpRuntime) -> None:
+        """The subscriptions, lifecycle publishers, services and diagnostics timer (stopped)."""
         compressed = config.image_transport == 'compressed'
         reliable = config.input_reliability == 'reliable'
         qos = QoSProfile(
@@ -319,11 +384,7 @@ class PerceptionNode(LifecycleNode):
             else qos_profile_sensor_data.reliability,
             durability=qos_profile_sensor_data.durability,
         )
-        self._pipeline.reset()
-        self._mailbox, self._predict_box = Mailbox(), Mailbox()
-        with self._stats.lock:
-            self._stats.gaps.reset()  # a new subscription: no writer known yet
-        if config.action_topic and self.rt.card.dynamics.action_dim:
+        if config.action_topic and rt.card.dynamics.action_dim:
             # before the camera: when a command and a frame wait together, the executor runs
             # the callbacks in creation order, so a command sent before a frame applies to it
             self._entities.append(
@@ -345,7 +406,7 @@ class PerceptionNode(LifecycleNode):
             ('overlay', Image, '~/overlay'),
             ('diagnostics', DiagnosticArray, '/diagnostics'),
         ):
-            self._pubs[key] = self.create_publisher(msg_type, topic, 10)
+            self._pubs[key] = self.create_lifecycle_publisher(msg_type, topic, 10)
             self._entities.append(self._pubs[key])
         for srv_type, name, callback in (
             (Predict, '~/predict', self._on_predict),
@@ -353,7 +414,16 @@ class PerceptionNode(LifecycleNode):
         ):
             srv = self.create_service(srv_type, name, callback, callback_group=self._service_group)
             self._entities.append(srv)
-        self._entities.append(self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics))
+        self._timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
+        self._timer.cancel()  # runs while active
+        self._entities.append(self._timer)
+
+    def _activate(self) -> None:
+        assert self.config is not None and self._pipeline is not None
+        self._pipeline.reset()
+        self._mailbox, self._predict_box = Mailbox(), Mailbox()
+        with self._stats.lock:
+            self._stats.gaps.reset()  # frames ignored while inactive are no loss
         self._running = True
         self._threads = [
             threading.Thread(target=self._work, args=(self._mailbox,), name='dlp_frames'),
@@ -364,6 +434,10 @@ class PerceptionNode(LifecycleNode):
         for thread in self._threads:
             thread.daemon = True
             thread.start()
+        if self._timer is not None:
+            self._timer.reset()
+        self._active = True
+        compressed = self.config.image_transport == 'compressed'
         self.get_logger().info(
             f'active: {self._input_topic} ({"CompressedImage" if compressed else "Image"}) -> '
             f'{self._pubs["particles"].topic_name}, {self._pubs["prediction"].topic_name}'
@@ -381,9 +455,17 @@ class PerceptionNode(LifecycleNode):
                 self.get_logger().error(f'the {thread.name} thread did not stop within 30 s')
         self._threads = []
 
-    def _deactivate(self) -> None:
+    def _stop(self) -> None:
+        """Stop taking frames, commands and requests; stop the diagnostics and the workers."""
+        self._active = False
+        if self._timer is not None:
+            self._timer.cancel()
         self.stop_worker()
+        self._mailbox, self._predict_box = None, None
+
+    def _destroy_entities(self) -> None:
         destroy = {
+            LifecyclePublisher: self.destroy_lifecycle_publisher,
             Subscription: self.destroy_subscription,
             Publisher: self.destroy_publisher,
             Service: self.destroy_service,
@@ -396,9 +478,17 @@ class PerceptionNode(LifecycleNode):
                 self.get_logger().debug(f'destroying {entity}: {exc}')
         self._entities.clear()
         self._pubs.clear()
+        self._timer = None
 
     def _release(self) -> None:
         self.rt, self._pipeline, self.config = None, None, None
+
+    def destroy_node(self) -> None:
+        """Give the Python loggers back their own output, then destroy the node."""
+        for name in FORWARDED_LOGGERS:
+            logging.getLogger(name).removeHandler(self._log_handler)
+            logging.getLogger(name).propagate = self._propagate[name]
+        super().destroy_node()
 
     # ------------------------------------------------------------------------- input
 
@@ -411,7 +501,7 @@ class PerceptionNode(LifecycleNode):
         """Executor thread: hand the frame to the worker; an unread one is dropped."""
         now = time.monotonic()
         mailbox = self._mailbox
-        if mailbox is None:
+        if mailbox is None or not self._active:
             return
         replaced = mailbox.put((msg, now, self._latest_action))
         with self._stats.lock:
@@ -423,12 +513,14 @@ class PerceptionNode(LifecycleNode):
 
     def _on_message_lost(self, info: QoSMessageLostInfo) -> None:
         """Executor thread: frames the middleware reports lost on the way (transport)."""
+        if not self._active:
+            return
         with self._stats.lock:
             self._stats.lost_transport += int(info.total_count_change)
 
     def _on_action(self, msg: TwistStamped) -> None:
         rt = self.rt
-        if rt is not None:
+        if rt is not None and self._active:
             dyn = rt.card.dynamics
             self._latest_action = conversions.twist_to_action(
                 msg, dyn.action_names, dyn.action_dim
@@ -570,6 +662,9 @@ class PerceptionNode(LifecycleNode):
         if pipeline is None or config is None:
             response.message = 'the node is not configured'
             return response
+        if not self._active:
+            response.message = 'the node is not active'
+            return response
         horizon = int(request.horizon) or config.horizon
         if horizon > MAX_HORIZON:
             response.message = f'horizon must be <= {MAX_HORIZON}, got {horizon}'
@@ -603,6 +698,9 @@ class PerceptionNode(LifecycleNode):
         if rt is None:
             response.message = 'the node is not configured'
             return response
+        if not self._active:
+            response.message = 'the node is not active'
+            return response
         p = rt.card.particles
         try:
             frame = conversions.particle_frame(request.particles, p.K, p.F, p.Fb)
@@ -623,7 +721,7 @@ class PerceptionNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         """1 Hz: rates, latency, drops, bad frames, provider and OOD score on /diagnostics."""
         publisher, rt, config = self._pubs.get('diagnostics'), self.rt, self.config
-        if publisher is None or rt is None or config is None:
+        if publisher is None or rt is None or config is None or not self._active:
             return
         s = self._stats
         with s.lock:
@@ -726,6 +824,7 @@ def main(args: list[str] | None = None) -> int:
     main thread stops the workers, the executor and the node, then rclpy, in that order.
     """
     logging.basicConfig(level=logging.INFO, format='[%(levelname)s] [%(name)s]: %(message)s')
+    logging.captureWarnings(True)  # Python warnings as log records: the node forwards them
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     handlers = {

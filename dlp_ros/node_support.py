@@ -83,7 +83,7 @@ PARAMS: tuple[ParamSpec, ...] = (
         'QoS reliability of the camera subscription (depth 1 either way: the latest frame '
         "wins): 'best_effort' (sensor data) or 'reliable' (lost fragments of large frames are "
         'sent again; needs a reliable camera publisher). A qos_overrides parameter of the '
-        'topic takes precedence. Read at activate.',
+        'topic takes precedence. Read at configure.',
         choices=('best_effort', 'reliable'),
     ),
     ParamSpec(
