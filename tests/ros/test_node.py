@@ -520,3 +520,26 @@ def test_inactive_node_refuses_requests_and_library_logs_reach_rosout(
         assert answer.success and len(answer.prediction.steps) == 2, answer.message
     finally:
         next(started, None)
+
+
+def test_a_refused_parameter_override_is_reported_and_an_integer_double_is_taken(
+    tmp_path: Path, ros_domain_id: int, bundle_plain: Path
+) -> None:
+    """``-p horizon:=0`` (out of range) is named in the log and fails configure until set right;
+    ``-p prediction_rate:=5`` (an integer for a double) is taken as 5.0."""
+    from rcl_interfaces.srv import GetParameters
+
+    params = {'model_bundle': str(bundle_plain), 'threads': 1, 'horizon': 0, 'prediction_rate': 5}
+    started = _started(tmp_path, ros_domain_id, params)
+    node, client = next(started)
+    try:
+        client.spin_until(lambda: 'configure failed' in node.log(), 'the failed autostart')
+        assert 'parameter horizon = 0' in node.log(), node.report()
+        assert _state(client, node) == 'unconfigured'
+        request = GetParameters.Request(names=['prediction_rate', 'horizon'])
+        values = client.call(GetParameters, f'/{node.name}/get_parameters', request).values
+        assert values[0].double_value == 5.0 and values[1].integer_value == 10
+        _set(client, node, 'horizon', 4)
+        assert _transition(client, node, Transition.TRANSITION_CONFIGURE)
+    finally:
+        next(started, None)
