@@ -78,7 +78,9 @@ def image_message(rgb: np.ndarray, stamp: int, frame_id: str) -> Image:
                  encoding='rgb8', step=width * 3, data=data)  # fmt: skip
 
 
-def through_node(log_dir: Path, domain_id: int, bundle: Path) -> tuple[dict[int, Any], str]:
+def through_node(
+    log_dir: Path, domain_id: int, bundle: Path, frame_id: str
+) -> tuple[dict[int, Any], str]:
     """{stamp: ParticleArray} of the node for SEQUENCE, and the node's log.
 
     The camera and the node's subscription are reliable and each frame is published once its
@@ -92,7 +94,6 @@ def through_node(log_dir: Path, domain_id: int, bundle: Path) -> tuple[dict[int,
     try:
         client.wait_outputs()
         pub = client.camera()  # its probe frame is stamped now: the sequence goes back from it
-        frame_id = harness.unique_frame_id()
         for rgb, (_, _, _, stamp) in zip(frames(), SEQUENCE, strict=True):
             pub.publish(image_message(rgb, stamp, frame_id))
             client.spin_until(
@@ -108,12 +109,16 @@ def through_node(log_dir: Path, domain_id: int, bundle: Path) -> tuple[dict[int,
     return got, log
 
 
-def through_replay(tmp_path: Path, bundle: Path) -> tuple[dict[int, Any], list[str]]:
+def through_replay(
+    tmp_path: Path, bundle: Path, frame_id: str
+) -> tuple[dict[int, Any], list[str]]:
     """{stamp: ParticleArray (rosbags)} of dlp-replay on a bag of SEQUENCE, and its reset logs."""
     bag = tmp_path / 'bag'
     with BagWriter(bag, 'mcap', {CAMERA: 'sensor_msgs/msg/Image'}) as writer:
         for i, (rgb, (_, _, _, stamp)) in enumerate(zip(frames(), SEQUENCE, strict=True)):
-            writer.write(CAMERA, T0_NS + i * STEP_NS, writer.image(stamp, 'cam', rgb))  # bag order
+            writer.write(
+                CAMERA, T0_NS + i * STEP_NS, writer.image(stamp, frame_id, rgb)
+            )  # bag order
     handler = _Records()
     logging.getLogger('dlp_ros.pipeline').addHandler(handler)
     try:
@@ -144,14 +149,15 @@ class _Records(logging.Handler):
 def test_node_and_replay_give_identical_particles_through_resets(
     tmp_path: Path, ros_domain_id: int, bundle_plain: Path, ros_msgs: Any
 ) -> None:
+    frame_id = harness.unique_frame_id()
     logger = logging.getLogger('dlp_ros.pipeline')
     level = logger.level
     logger.setLevel(logging.INFO)
     try:
-        offline, resets = through_replay(tmp_path, bundle_plain)
+        offline, resets = through_replay(tmp_path, bundle_plain, frame_id)
     finally:
         logger.setLevel(level)
-    online, log = through_node(tmp_path, ros_domain_id, bundle_plain)
+    online, log = through_node(tmp_path, ros_domain_id, bundle_plain, frame_id)
 
     stamps = [stamp for *_, stamp in SEQUENCE]
     assert sorted(offline) == sorted(stamps) and sorted(online) == sorted(stamps)
