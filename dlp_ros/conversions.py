@@ -19,7 +19,7 @@ from std_msgs.msg import Header
 
 from dlp_ros.errors import ImageError
 from dlp_ros.image_codec import decode_compressed, decode_raw
-from dlp_ros.msg import Particle, ParticleArray
+from dlp_ros.msg import Particle, ParticleArray, Prediction
 from dlp_ros.particles import ParticleFrame
 
 NS = 1_000_000_000
@@ -110,6 +110,33 @@ def particle_array(
         background_features=_f32(fields['background_features']),
         decode_ms=float(decode_ms),
         encode_ms=float(encode_ms),
+    )
+
+
+def prediction(
+    header: Header,
+    size: tuple[int, int],
+    dt: float,
+    steps: Sequence[ParticleFrame],
+    images: np.ndarray | None = None,
+    predict_ms: float = 0.0,
+) -> Prediction:
+    """A dlp_ros/Prediction of the predicted ``steps`` after the frame of ``header``.
+
+    Step k (1-based) is stamped header.stamp + round(k * dt) ns, in pixels of the (width, height)
+    ``size`` of the input frame; ``images`` (N, S, S, 3) uint8 RGB, the decoded steps, become
+    rgb8 frames with their step's header.
+    """
+    width, height = size
+    arrays = [
+        particle_array(p, shifted_header(header, step_offset_ns(k, dt)), width, height)
+        for k, p in enumerate(steps, start=1)
+    ]
+    frames = [] if images is None else [
+        rgb_to_image(img, s.header) for img, s in zip(images, arrays, strict=False)
+    ]  # fmt: skip
+    return Prediction(
+        header=header, dt=float(dt), steps=arrays, frames=frames, predict_ms=float(predict_ms)
     )
 
 

@@ -4,16 +4,20 @@ A lifecycle node (``perception_node``), run by ``ros2 run dlp_ros perception_nod
 installed ``lib/dlp_ros/perception_node``:
 
 - configure: reads and validates the parameters (declared with descriptions and ranges at
-  start-up, see :data:`dlp_ros.node_support.PARAMS`), loads the model bundle. A bad bundle or
-  parameter fails the transition with a logged reason; the process stays up.
-- activate: subscribes to ``image`` (sensor_msgs/Image or CompressedImage, sensor-data QoS,
-  depth 1) and publishes ``/dlp/particles``, ``/dlp/prediction``, ``~/overlay`` and
-  ``/diagnostics``; serves ``~/predict`` and ``~/render``.
-- deactivate / cleanup release them again.
+  start-up, see :data:`dlp_ros.node_support.PARAMS`), loads the model bundle, and creates the
+  entities: subscribes to ``action_topic`` (if any), then to ``image`` (sensor_msgs/Image or
+  CompressedImage, sensor-data QoS, depth 1); lifecycle publishers of ``/dlp/particles``,
+  ``/dlp/prediction``, ``~/overlay`` and ``/diagnostics``; serves ``~/predict`` and ``~/render``.
+  A bad bundle or parameter fails the transition with a logged reason; the process stays up.
+- activate: starts the worker threads and enables the publishers. While not active, the
+  subscriptions ignore what arrives and the services refuse with a reason.
+- deactivate stops them again; cleanup destroys the entities and releases the model.
 
 Frames are processed off the executor on a worker thread: the subscription callback only leaves
 the message in a one-slot mailbox, so the latest frame wins and the replaced ones are counted as
-dropped. Bad frames are logged (throttled), counted on /diagnostics and skipped.
+dropped. Bad frames are logged (throttled), counted on /diagnostics and skipped. The per-frame
+work is :class:`dlp_ros.pipeline.PerceptionPipeline`, the same as ``dlp-replay``'s. Python log
+records of the dlp_ros modules (and Python warnings) reach /rosout through the node's logger.
 """
 
 from __future__ import annotations
@@ -41,7 +45,9 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import QoSMessageLostInfo, SubscriptionEventCallbacks
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.impl.rcutils_logger import RcutilsLogger
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle.publisher import LifecyclePublisher
 from rclpy.parameter import Parameter
 from rclpy.publisher import Publisher
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -60,7 +66,6 @@ from dlp_ros.node_support import (
     DEFAULT_BUNDLE,
     PARAM_SPECS,
     PARAMS,
-    ActionHistory,
     LatencyWindow,
     Mailbox,
     NodeConfig,
@@ -68,12 +73,11 @@ from dlp_ros.node_support import (
     RateMeter,
     SequenceGaps,
     Throttle,
-    actions_from_request,
     ood_score,
 )
 from dlp_ros.overlay import draw_overlay
-from dlp_ros.particles import ParticleFrame
-from dlp_ros.runtime import DlpRuntime, Tracker
+from dlp_ros.pipeline import PerceptionPipeline, Snapshot, actions_from_request
+from dlp_ros.runtime import DlpRuntime
 from dlp_ros.srv import Predict, Render
 
 NODE_NAME = 'perception_node'
@@ -87,6 +91,9 @@ MAX_HORIZON = 1000
 MESSAGE_INFO = hasattr(Subscription, 'CallbackType')
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
+# Python loggers whose records go to the node's logger (and so to /rosout) instead of stderr:
+# the runtime modules, and Python warnings (logging.captureWarnings, in main).
+FORWARDED_LOGGERS = ('dlp_ros', 'py.warnings')
 
 
 def default_bundle() -> str:
@@ -147,16 +154,30 @@ class Stats:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-@dataclass
-class Observed:
-    """What the worker last saw, for predictions (read by ~/predict under ``lock``)."""
+class RosLogHandler(logging.Handler):
+    """Forwards Python log records to a node's logger, which prints them and sends them to
+    /rosout; the record's logger name leads the message (``dlp_ros.pipeline: ...``)."""
 
-    header: Header | None = None
-    size: tuple[int, int] = (0, 0)  # (width, height) of the input image
-    stamp_ns: int = 0
-    history: list[ParticleFrame] = field(default_factory=list)
-    actions: ActionHistory | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, logger: RcutilsLogger) -> None:
+        super().__init__()
+        self._ros = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # one call site per severity: rclpy refuses a severity change at one call site
+        try:
+            text = f'{record.name}: {self.format(record)}'
+            if record.levelno >= logging.CRITICAL:
+                self._ros.fatal(text)
+            elif record.levelno >= logging.ERROR:
+                self._ros.error(text)
+            elif record.levelno >= logging.WARNING:
+                self._ros.warning(text)
+            elif record.levelno >= logging.INFO:
+                self._ros.info(text)
+            else:
+                self._ros.debug(text)
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)
 
 
 class PerceptionNode(LifecycleNode):
@@ -164,22 +185,28 @@ class PerceptionNode(LifecycleNode):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
+        self._log_handler = RosLogHandler(self.get_logger())
+        self._propagate = {name: logging.getLogger(name).propagate for name in FORWARDED_LOGGERS}
+        for name in FORWARDED_LOGGERS:
+            logging.getLogger(name).addHandler(self._log_handler)
+            logging.getLogger(name).propagate = False  # printed by the node's logger instead
         self._param_errors: dict[str, str] = {}
         self._declare_parameters()
         self.add_on_set_parameters_callback(self._check_parameters)
         self.config: NodeConfig | None = None
         self.rt: DlpRuntime | None = None
-        self._tracker: Tracker | None = None
+        self._pipeline: PerceptionPipeline | None = None
         self._stats = Stats()
-        self._observed = Observed()
         self._latest_action: np.ndarray | None = None
+        self._active = False  # the callbacks take frames, commands and requests only while set
         # (message, receive time, the command in force when it arrived)
         self._mailbox: Mailbox[tuple[Any, float, np.ndarray | None]] | None = None
         self._predict_box: Mailbox[float] | None = None  # prediction requests (due time)
         self._threads: list[threading.Thread] = []
         self._running = False
-        self._entities: list[Any] = []  # subscriptions, publishers, services, timers of 'active'
-        self._pubs: dict[str, Any] = {}
+        self._entities: list[Any] = []  # subscriptions, publishers, services, timer (configure)
+        self._pubs: dict[str, LifecyclePublisher] = {}
+        self._timer: Timer | None = None
         self._service_group = MutuallyExclusiveCallbackGroup()
         self._bad_log = Throttle(LOG_PERIOD_S)
         self._error_log = Throttle(LOG_PERIOD_S)
@@ -194,15 +221,13 @@ class PerceptionNode(LifecycleNode):
         """Declare every parameter once. A bad override (wrong type, out of range) does not
         raise here: the default is declared and the reason fails the next configure, until the
         parameter is set to a valid value."""
-        overrides = getattr(self, '_parameter_overrides', {})
         for spec in PARAMS:
             default = default_bundle() if spec.name == 'model_bundle' else spec.default
             desc = descriptor(spec)
             try:
                 self.declare_parameter(spec.name, default, desc)
             except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
-                given = overrides.get(spec.name)
-                value = given.value if given is not None else None
+                value = self._refused_override(spec.name, default)
                 if (
                     isinstance(default, float)
                     and isinstance(value, int)
@@ -214,6 +239,15 @@ class PerceptionNode(LifecycleNode):
                 self._param_errors[spec.name] = f'parameter {spec.name} = {value!r}: {exc}'
         for name, reason in self._param_errors.items():
             self.get_logger().error(f'{reason} (configure fails until {name} is set right)')
+
+    def _refused_override(self, name: str, default: object) -> object:
+        """The value given for ``name`` at start-up (``-p``, a parameters file) that its
+        declaration refused: read back through a moment's declaration without type or range
+        (rclpy has no public view of the overrides), then undeclared again."""
+        probe = ParameterDescriptor(name=name, dynamic_typing=True)
+        value = self.declare_parameter(name, default, probe).value
+        self.undeclare_parameter(name)
+        return value
 
     def _check_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Reject values outside a parameter's choices; a valid value clears its error."""
@@ -259,7 +293,7 @@ class PerceptionNode(LifecycleNode):
     # ------------------------------------------------------------------------- lifecycle
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Validate the parameters and load the model bundle."""
+        """Validate the parameters, load the model bundle, create the topics and services."""
         try:
             config = self._read_config()
             rt = DlpRuntime.load(config.model_bundle, config.providers, config.threads)
@@ -269,12 +303,20 @@ class PerceptionNode(LifecycleNode):
         except Exception as exc:  # noqa: BLE001 - never leave the transition unexplained
             self.get_logger().error(f'configure failed: {type(exc).__name__}: {exc}')
             return FAILURE
-        self.config, self.rt, self._tracker = config, rt, rt.tracker()
+        self.config, self.rt, self._pipeline = config, rt, PerceptionPipeline(rt)
+        try:
+            self._create_entities(config, rt)
+        except Exception as exc:  # noqa: BLE001
+            self.get_logger().error(f'configure failed: {type(exc).__name__}: {exc}')
+            self._destroy_entities()
+            self._release()
+            return FAILURE
+        self._log_configured(config, rt)
+        return SUCCESS
+
+    def _log_configured(self, config: NodeConfig, rt: DlpRuntime) -> None:
         card = rt.card
         dyn = card.dynamics
-        self._observed = Observed(
-            actions=ActionHistory(dyn.history, dyn.action_dim) if dyn.action_dim else None
-        )
         self.get_logger().info(
             f'configured: bundle {config.model_bundle} (S={card.image.size}, '
             f'K={card.particles.K}, H={dyn.history}, A={dyn.action_dim}, dt={dyn.dt:g} s) on '
@@ -290,42 +332,48 @@ class PerceptionNode(LifecycleNode):
                 f'the model takes {dyn.action_dim} actions ({", ".join(dyn.action_names)}); '
                 'action_topic is empty: predicting with zero actions'
             )
-        return SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Create the topics, services and timers; start the worker thread."""
+        """Enable the publishers, start the worker threads and take frames."""
         try:
+            result = super().on_activate(state)  # the lifecycle publishers
+            if result != SUCCESS:
+                return result
             self._activate()
         except Exception as exc:  # noqa: BLE001
             self.get_logger().error(f'activate failed: {type(exc).__name__}: {exc}')
-            self._deactivate()
+            self._stop()
+            super().on_deactivate(state)
             return FAILURE
         return SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop the worker; destroy the topics, services and timers."""
-        self._deactivate()
+        """Stop taking frames and the worker threads; disable the publishers."""
+        self._stop()
+        result = super().on_deactivate(state)
         self.get_logger().info('deactivated')
-        return SUCCESS
+        return result
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Release the model."""
+        """Destroy the topics and services; release the model."""
+        self._destroy_entities()
         self._release()
         return SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._deactivate()
+        self._stop()
+        self._destroy_entities()
         self._release()
         return SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._deactivate()
+        self._stop()
+        self._destroy_entities()
         self._release()
         return SUCCESS
 
-    def _activate(self) -> None:
-        assert self.config is not None and self.rt is not None and self._tracker is not None
-        config = self.config
+    def _create_entities(self, config: NodeConfig, rt: DlpRuntime) -> None:
+        """The subscriptions, lifecycle publishers, services and diagnostics timer (stopped)."""
         compressed = config.image_transport == 'compressed'
         reliable = config.input_reliability == 'reliable'
         qos = QoSProfile(
@@ -336,14 +384,7 @@ class PerceptionNode(LifecycleNode):
             else qos_profile_sensor_data.reliability,
             durability=qos_profile_sensor_data.durability,
         )
-        self._tracker.reset()
-        if self._observed.actions is not None:
-            self._observed.actions.reset()
-        self._observed.history, self._observed.header = [], None
-        self._mailbox, self._predict_box = Mailbox(), Mailbox()
-        with self._stats.lock:
-            self._stats.gaps.reset()  # a new subscription: no writer known yet
-        if config.action_topic and self.rt.card.dynamics.action_dim:
+        if config.action_topic and rt.card.dynamics.action_dim:
             # before the camera: when a command and a frame wait together, the executor runs
             # the callbacks in creation order, so a command sent before a frame applies to it
             self._entities.append(
@@ -365,7 +406,7 @@ class PerceptionNode(LifecycleNode):
             ('overlay', Image, '~/overlay'),
             ('diagnostics', DiagnosticArray, '/diagnostics'),
         ):
-            self._pubs[key] = self.create_publisher(msg_type, topic, 10)
+            self._pubs[key] = self.create_lifecycle_publisher(msg_type, topic, 10)
             self._entities.append(self._pubs[key])
         for srv_type, name, callback in (
             (Predict, '~/predict', self._on_predict),
@@ -373,7 +414,16 @@ class PerceptionNode(LifecycleNode):
         ):
             srv = self.create_service(srv_type, name, callback, callback_group=self._service_group)
             self._entities.append(srv)
-        self._entities.append(self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics))
+        self._timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
+        self._timer.cancel()  # runs while active
+        self._entities.append(self._timer)
+
+    def _activate(self) -> None:
+        assert self.config is not None and self._pipeline is not None
+        self._pipeline.reset()
+        self._mailbox, self._predict_box = Mailbox(), Mailbox()
+        with self._stats.lock:
+            self._stats.gaps.reset()  # frames ignored while inactive are no loss
         self._running = True
         self._threads = [
             threading.Thread(target=self._work, args=(self._mailbox,), name='dlp_frames'),
@@ -384,6 +434,10 @@ class PerceptionNode(LifecycleNode):
         for thread in self._threads:
             thread.daemon = True
             thread.start()
+        if self._timer is not None:
+            self._timer.reset()
+        self._active = True
+        compressed = self.config.image_transport == 'compressed'
         self.get_logger().info(
             f'active: {self._input_topic} ({"CompressedImage" if compressed else "Image"}) -> '
             f'{self._pubs["particles"].topic_name}, {self._pubs["prediction"].topic_name}'
@@ -401,9 +455,17 @@ class PerceptionNode(LifecycleNode):
                 self.get_logger().error(f'the {thread.name} thread did not stop within 30 s')
         self._threads = []
 
-    def _deactivate(self) -> None:
+    def _stop(self) -> None:
+        """Stop taking frames, commands and requests; stop the diagnostics and the workers."""
+        self._active = False
+        if self._timer is not None:
+            self._timer.cancel()
         self.stop_worker()
+        self._mailbox, self._predict_box = None, None
+
+    def _destroy_entities(self) -> None:
         destroy = {
+            LifecyclePublisher: self.destroy_lifecycle_publisher,
             Subscription: self.destroy_subscription,
             Publisher: self.destroy_publisher,
             Service: self.destroy_service,
@@ -416,10 +478,17 @@ class PerceptionNode(LifecycleNode):
                 self.get_logger().debug(f'destroying {entity}: {exc}')
         self._entities.clear()
         self._pubs.clear()
+        self._timer = None
 
     def _release(self) -> None:
-        self.rt, self._tracker, self.config = None, None, None
-        self._observed = Observed()
+        self.rt, self._pipeline, self.config = None, None, None
+
+    def destroy_node(self) -> None:
+        """Give the Python loggers back their own output, then destroy the node."""
+        for name in FORWARDED_LOGGERS:
+            logging.getLogger(name).removeHandler(self._log_handler)
+            logging.getLogger(name).propagate = self._propagate[name]
+        super().destroy_node()
 
     # ------------------------------------------------------------------------- input
 
@@ -432,7 +501,7 @@ class PerceptionNode(LifecycleNode):
         """Executor thread: hand the frame to the worker; an unread one is dropped."""
         now = time.monotonic()
         mailbox = self._mailbox
-        if mailbox is None:
+        if mailbox is None or not self._active:
             return
         replaced = mailbox.put((msg, now, self._latest_action))
         with self._stats.lock:
@@ -444,12 +513,14 @@ class PerceptionNode(LifecycleNode):
 
     def _on_message_lost(self, info: QoSMessageLostInfo) -> None:
         """Executor thread: frames the middleware reports lost on the way (transport)."""
+        if not self._active:
+            return
         with self._stats.lock:
             self._stats.lost_transport += int(info.total_count_change)
 
     def _on_action(self, msg: TwistStamped) -> None:
         rt = self.rt
-        if rt is not None:
+        if rt is not None and self._active:
             dyn = rt.card.dynamics
             self._latest_action = conversions.twist_to_action(
                 msg, dyn.action_names, dyn.action_dim
@@ -492,39 +563,23 @@ class PerceptionNode(LifecycleNode):
     def _process(
         self, msg: Image | CompressedImage, received: float, action: np.ndarray | None
     ) -> None:
-        """Decode, encode, publish the particles (``action``: the command in force when the
+        """Decode, track, publish the particles (``action``: the command in force when the
         frame arrived, None = zeros); then overlay and OOD score; ask the prediction thread for
         a prediction when one is due."""
-        rt, tracker, config = self.rt, self._tracker, self.config
-        if rt is None or tracker is None or config is None:
+        pipeline, config = self._pipeline, self.config
+        if pipeline is None or config is None:
             return
         t0 = time.perf_counter()
         rgb = conversions.image_to_rgb(msg)  # (H, W, 3)
-        x = rt.preprocess(rgb)  # (1, 3, S, S)
-        t1 = time.perf_counter()
-        height, width = rgb.shape[:2]
-        stamp = conversions.stamp_ns(msg.header)
-        observed = self._observed
-        if observed.header is not None and (
-            (width, height) != observed.size or stamp < observed.stamp_ns
-        ):
-            why = 'frame size changed' if (width, height) != observed.size else 'time went back'
-            self.get_logger().info(f'{why}: tracking starts new particle identities')
-            tracker.reset()
-            if observed.actions is not None:
-                observed.actions.reset()
-        frame = tracker.update(x)
-        t2 = time.perf_counter()
+        decoded = time.perf_counter()
+        seen = pipeline.step(rgb, conversions.stamp_ns(msg.header), action, msg.header)
+        decode_ms = (decoded - t0) * 1e3 + seen.preprocess_ms
+        width, height = seen.size
         out = conversions.particle_array(
-            frame, msg.header, width, height, (t1 - t0) * 1e3, (t2 - t1) * 1e3
+            seen.frame, msg.header, width, height, decode_ms, seen.encode_ms
         )
         self._pubs['particles'].publish(out)
         done = time.monotonic()
-        with observed.lock:
-            observed.header, observed.size, observed.stamp_ns = msg.header, (width, height), stamp
-            observed.history = tracker.history
-            if observed.actions is not None:
-                observed.actions.observe(action)
         with self._stats.lock:
             self._stats.processed += 1
             count = self._stats.processed
@@ -533,9 +588,10 @@ class PerceptionNode(LifecycleNode):
 
         overlay = self._pubs['overlay']
         if config.overlay and overlay.get_subscription_count() > 0:
-            overlay.publish(conversions.rgb_to_image(draw_overlay(rgb, frame), msg.header))
+            overlay.publish(conversions.rgb_to_image(draw_overlay(rgb, seen.frame), msg.header))
         if config.ood_every_n and (count - 1) % config.ood_every_n == 0:
-            score = ood_score(rt.recon_mse(x, frame), rt.card.validation.recon_mse)
+            score = ood_score(pipeline.rt.recon_mse(seen.x, seen.frame),
+                              pipeline.rt.card.validation.recon_mse)  # fmt: skip
             with self._stats.lock:
                 self._stats.ood = score
         rate = config.prediction_rate
@@ -560,9 +616,9 @@ class PerceptionNode(LifecycleNode):
 
     def _publish_prediction(self, now: float) -> None:
         """Publish a prediction from the latest frame, if someone listens."""
-        config, rt = self.config, self.rt
+        config, pipeline = self.config, self._pipeline
         publisher = self._pubs.get('prediction')
-        if config is None or rt is None or publisher is None:
+        if config is None or pipeline is None or publisher is None:
             return
         if publisher.get_subscription_count() == 0:
             return
@@ -571,87 +627,60 @@ class PerceptionNode(LifecycleNode):
         )
         if frames:
             self._last_frames = now
-        header, size, history, actions = self._snapshot(config.horizon)
-        if header is None:
+        snap = pipeline.snapshot(config.horizon)
+        if snap is None:
             return
-        publisher.publish(self.predict(rt, history, header, size, config.horizon, actions, frames))
+        publisher.publish(self.prediction(pipeline, snap, frames))
         with self._stats.lock:
             self._stats.predictions += 1
 
-    def _snapshot(
-        self, horizon: int
-    ) -> tuple[Header | None, tuple[int, int], list[ParticleFrame], np.ndarray | None]:
-        """(header, size, history, the node's actions for ``horizon``) of the latest frame."""
-        observed = self._observed
-        with observed.lock:
-            history = list(observed.history)
-            actions = None
-            if observed.actions is not None and history:
-                actions = observed.actions.rollout_actions(horizon, len(history))
-            return observed.header, observed.size, history, actions
-
     @staticmethod
-    def predict(
-        rt: DlpRuntime,
-        history: list[ParticleFrame],
-        header: Header,
-        size: tuple[int, int],
-        horizon: int,
-        actions: np.ndarray | None,
+    def prediction(
+        pipeline: PerceptionPipeline,
+        snap: Snapshot,
         frames: bool,
+        actions: np.ndarray | None = None,
     ) -> Prediction:
-        """A dlp_ros/Prediction of ``horizon`` steps after the last frame of ``history``: step k
-        stamped header.stamp + k * dt, pixel coordinates of the (width, height) ``size``;
-        decoded frames (model resolution) when ``frames``."""
+        """A dlp_ros/Prediction of ``snap.horizon`` steps after the frame of ``snap`` (``actions``:
+        instead of the stream's): step k stamped header.stamp + k * dt, pixel coordinates of the
+        input frame; decoded frames (model resolution) when ``frames``. ``predict_ms`` covers
+        the rollout, the rendering and the message."""
         t0 = time.perf_counter()
-        preds = rt.predict(history, horizon, actions)
-        images = rt.render(preds) if frames else []  # (N, S, S, 3)
-        dt = float(rt.card.dynamics.dt)
-        width, height = size
-        steps = [
-            conversions.particle_array(
-                p, conversions.shifted_header(header, conversions.step_offset_ns(k, dt)),
-                width, height,
-            )
-            for k, p in enumerate(preds, start=1)
-        ]  # fmt: skip
-        decoded = [
-            conversions.rgb_to_image(img, s.header) for img, s in zip(images, steps, strict=False)
-        ]
-        return Prediction(
-            header=header,
-            dt=dt,
-            steps=steps,
-            frames=decoded,
-            predict_ms=float((time.perf_counter() - t0) * 1e3),
+        forecast = pipeline.predict(snap, frames, actions)
+        msg = conversions.prediction(
+            snap.header, snap.size, forecast.dt, forecast.steps, forecast.images
         )
+        msg.predict_ms = float((time.perf_counter() - t0) * 1e3)
+        return msg
 
     # ------------------------------------------------------------------------- services
 
     def _on_predict(self, request: Predict.Request, response: Predict.Response) -> Any:
         """~/predict: ``horizon`` steps (0: the parameter) after the latest frame."""
-        rt, config = self.rt, self.config
+        pipeline, config = self._pipeline, self.config
         response.success = False
-        if rt is None or config is None:
+        if pipeline is None or config is None:
             response.message = 'the node is not configured'
+            return response
+        if not self._active:
+            response.message = 'the node is not active'
             return response
         horizon = int(request.horizon) or config.horizon
         if horizon > MAX_HORIZON:
             response.message = f'horizon must be <= {MAX_HORIZON}, got {horizon}'
             return response
-        header, size, history, actions = self._snapshot(horizon)
-        if header is None or not history:
+        snap = pipeline.snapshot(horizon)
+        if snap is None:
             response.message = 'no camera frame has been processed yet'
             return response
-        dyn = rt.card.dynamics
+        dyn = pipeline.rt.card.dynamics
         try:
+            actions = None
             if len(request.actions) or not dyn.action_dim:
                 actions = actions_from_request(
                     np.asarray(request.actions, np.float32), horizon, dyn.history, dyn.action_dim
                 )
-            response.prediction = self.predict(
-                rt, history, header, size, horizon, actions, config.publish_frames
-            )
+            response.prediction = self.prediction(pipeline, snap, config.publish_frames, actions)
         except (DlpError, ValueError) as exc:
             response.message = str(exc)
             return response
@@ -668,6 +697,9 @@ class PerceptionNode(LifecycleNode):
         response.success = False
         if rt is None:
             response.message = 'the node is not configured'
+            return response
+        if not self._active:
+            response.message = 'the node is not active'
             return response
         p = rt.card.particles
         try:
@@ -689,7 +721,7 @@ class PerceptionNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         """1 Hz: rates, latency, drops, bad frames, provider and OOD score on /diagnostics."""
         publisher, rt, config = self._pubs.get('diagnostics'), self.rt, self.config
-        if publisher is None or rt is None or config is None:
+        if publisher is None or rt is None or config is None or not self._active:
             return
         s = self._stats
         with s.lock:
@@ -792,6 +824,7 @@ def main(args: list[str] | None = None) -> int:
     main thread stops the workers, the executor and the node, then rclpy, in that order.
     """
     logging.basicConfig(level=logging.INFO, format='[%(levelname)s] [%(name)s]: %(message)s')
+    logging.captureWarnings(True)  # Python warnings as log records: the node forwards them
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     handlers = {

@@ -1,5 +1,6 @@
 """Plain-Python parts of the perception node (no ROS): its parameters, the one-slot frame
-mailbox, rate and latency statistics, and the action history of models that take actions.
+mailbox, rate and latency statistics, the OOD score and a log throttle (the per-frame work is
+:mod:`dlp_ros.pipeline`).
 
 dlp_ros.node turns :data:`PARAMS` into ROS parameter declarations and uses the rest from its
 worker thread; everything here is tested without rclpy.
@@ -82,7 +83,7 @@ PARAMS: tuple[ParamSpec, ...] = (
         'QoS reliability of the camera subscription (depth 1 either way: the latest frame '
         "wins): 'best_effort' (sensor data) or 'reliable' (lost fragments of large frames are "
         'sent again; needs a reliable camera publisher). A qos_overrides parameter of the '
-        'topic takes precedence. Read at activate.',
+        'topic takes precedence. Read at configure.',
         choices=('best_effort', 'reliable'),
     ),
     ParamSpec(
@@ -352,63 +353,6 @@ class LatencyWindow:
         if values.size == 0:
             return [math.nan for _ in qs]
         return [float(v) for v in np.percentile(values, qs)]
-
-
-class ActionHistory:
-    """Actions of the frames in the tracker's history, for models with ``action_dim`` A > 0.
-
-    ``observe(action)`` is called once per processed frame with the command in force then (the
-    latest received); :meth:`rollout_actions` builds the (H + horizon - 1, A) array that
-    DlpRuntime.predict takes: the history's actions (padded at the front like the frames, by
-    repeating the first) and then the latest command held over the horizon.
-    """
-
-    def __init__(self, history: int, action_dim: int) -> None:
-        self.history = history
-        self.action_dim = action_dim
-        self._frames: deque[np.ndarray] = deque(maxlen=history)
-
-    def observe(self, action: np.ndarray | None) -> None:
-        """Record the action (A,) in force at the frame just processed (None = zeros)."""
-        if action is None:
-            action = np.zeros(self.action_dim, dtype=np.float32)
-        self._frames.append(np.asarray(action, dtype=np.float32).reshape(self.action_dim))
-
-    def reset(self) -> None:
-        self._frames.clear()
-
-    def rollout_actions(self, horizon: int, n_frames: int) -> np.ndarray:
-        """(H + horizon - 1, A) float32 for a history of ``n_frames`` (<= H) frames."""
-        h, a = self.history, self.action_dim
-        known = list(self._frames)[-n_frames:] if n_frames > 0 else []
-        if not known:
-            known = [np.zeros(a, dtype=np.float32)]
-        rows = [known[0]] * (h - len(known)) + known
-        rows += [known[-1]] * (horizon - 1)
-        return np.stack(rows).astype(np.float32)  # (H + horizon - 1, A)
-
-
-def actions_from_request(
-    flat: np.ndarray, horizon: int, history: int, action_dim: int
-) -> np.ndarray | None:
-    """A ~/predict request's flattened actions -> (H + horizon - 1, A) float32 (None when the
-    model takes no actions and the request has none).
-
-    Raises:
-        ConfigError: the length is not (horizon + H - 1) * A.
-    """
-    rows = horizon + history - 1
-    flat = np.asarray(flat, dtype=np.float32).reshape(-1)
-    if action_dim == 0:
-        if flat.size:
-            raise ConfigError(f'the model takes no actions, the request has {flat.size} values')
-        return None
-    if flat.size != rows * action_dim:
-        raise ConfigError(
-            f'actions must hold (horizon + H - 1) x A = ({horizon} + {history} - 1) x '
-            f'{action_dim} = {rows * action_dim} values, got {flat.size}'
-        )
-    return flat.reshape(rows, action_dim)
 
 
 def ood_score(recon_mse: float, val_mse: float | None) -> float:

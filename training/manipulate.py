@@ -27,6 +27,7 @@ import numpy as np
 from dlp_ros.errors import ConfigError, DlpError, ImageError
 from dlp_ros.overlay import colour
 from dlp_ros.particles import ParticleFrame
+from dlp_ros.pipeline import PerceptionPipeline
 from dlp_ros.runtime import DlpRuntime
 from dlp_ros.tracking import ON_THRESHOLD
 from training.perception_outputs import DrawnParticles, draw_particles, enlarge, label
@@ -146,7 +147,7 @@ def manipulate(
 ) -> Manipulation:
     """Encode ``rgb``, apply the edit, decode both particle sets."""
     height, width = rgb.shape[:2]
-    frame = rt.tracker().update(rt.preprocess(rgb))
+    frame = PerceptionPipeline(rt).step(rgb, stamp=0).frame
     edited = edit_particles(frame, moves, removes, width, height)
     recon, edited_img = rt.render([frame, edited])  # (S, S, 3) each
     return Manipulation(rgb, recon, edited_img, frame, edited)

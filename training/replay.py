@@ -1,10 +1,11 @@
 """``dlp-replay`` (``python -m training replay``): the perception node's pipeline on a recorded
 bag, offline, without ROS, deterministically.
 
-Per camera frame of ``--bag`` (sensor_msgs/Image or CompressedImage, mcap or sqlite3), as the node
-does it: decode, preprocess, ``Tracker.update`` (tracked particles), then a ``--horizon``-step
+Per camera frame of ``--bag`` (sensor_msgs/Image or CompressedImage, mcap or sqlite3), with the
+node's own :class:`~dlp_ros.pipeline.PerceptionPipeline`: decode, preprocess, tracked particles
+(new identities when the frame size changes or time goes back), then a ``--horizon``-step
 prediction from the tracker's history (the latest command of ``--action-topic`` held over the
-horizon, as the node does) and its decoded frames. The outputs (see
+horizon) and its decoded frames. The outputs (see
 :mod:`training.perception_outputs`) go to ``--out``::
 
     OUT/bag/                  rosbag2 (the input's storage unless --storage): /dlp/particles
@@ -34,7 +35,7 @@ import numpy as np
 
 from dlp_ros.errors import ConfigError, EpisodeError, ImageError
 from dlp_ros.image_codec import decode_compressed, decode_raw, resize_rgb
-from dlp_ros.node_support import ActionHistory
+from dlp_ros.pipeline import PerceptionPipeline
 from dlp_ros.runtime import DlpRuntime
 from training.cli import main_of
 from training.data.bag_reader import (
@@ -301,10 +302,9 @@ def _run_frames(
     config: ReplayConfig,
     store: Any,
 ) -> dict[str, Any]:
-    """Pass 2: the node's per-frame work; returns the frame counts and timings."""
-    card = rt.card
-    tracker = rt.tracker()
-    history = ActionHistory(card.dynamics.history, card.dynamics.action_dim)
+    """Pass 2: the node's per-frame work (:class:`~dlp_ros.pipeline.PerceptionPipeline`: the
+    same tracker resets and action history); returns the frame counts and timings."""
+    pipeline = PerceptionPipeline(rt)
     frames_in, bad = 0, 0
     total, decode, encode, predict = [], [], [], []
     for _, raw in bag.messages(conn):
@@ -313,37 +313,33 @@ def _run_frames(
         try:
             msg = store.deserialize_cdr(raw, conn.msgtype)
             rgb = decode_message(conn.msgtype, msg)
-            x = rt.preprocess(rgb)
+            t1 = time.perf_counter()
+            stamp = stamp_ns(msg.header)
+            seen = pipeline.step(rgb, stamp, actions.at(stamp), msg.header)
         except (ImageError, ValueError, KeyError) as exc:
             bad += 1
             logger.warning('frame %d on %s: dropped: %s', frames_in - 1, config.topic, exc)
             continue
-        t1 = time.perf_counter()
-        frame = tracker.update(x)
-        t2 = time.perf_counter()
-        stamp = stamp_ns(msg.header)
-        rollout_actions = None
-        if card.dynamics.action_dim:
-            history.observe(actions.at(stamp))
-            rollout_actions = history.rollout_actions(config.horizon, len(tracker.history))
-        preds = rt.predict(tracker.history, config.horizon, rollout_actions)
-        images = rt.render(preds) if config.frames else None
-        t3 = time.perf_counter()
-        ms = [1e3 * (t1 - t0), 1e3 * (t2 - t1), 1e3 * (t3 - t2)]
+        snap = pipeline.snapshot(config.horizon)
+        assert snap is not None  # a frame was just processed
+        forecast = pipeline.predict(snap, frames=config.frames)
+        ms = [1e3 * (t1 - t0) + seen.preprocess_ms, seen.encode_ms, forecast.predict_ms]
         decode.append(ms[0])
         encode.append(ms[1])
         predict.append(ms[2])
         total.append(sum(ms))
         timing = ms if config.stamp_timings else [0.0, 0.0, 0.0]
-        height, width = rgb.shape[:2]
+        width, height = seen.size
         particles = particle_array_msg(
-            store, msg.header, frame.message_fields(width, height), timing[0], timing[1]
+            store, msg.header, seen.frame.message_fields(width, height), timing[0], timing[1]
         )
         recorder.add_particles(
             particles, bytes(store.serialize_cdr(particles, OUTPUT_TOPICS[PARTICLES_TOPIC])), rgb
         )
-        steps = [p.message_fields(width, height) for p in preds]
-        prediction = prediction_msg(store, msg.header, card.dynamics.dt, steps, images, timing[2])
+        steps = [p.message_fields(width, height) for p in forecast.steps]
+        prediction = prediction_msg(
+            store, msg.header, forecast.dt, steps, forecast.images, timing[2]
+        )
         recorder.add_prediction(
             prediction, bytes(store.serialize_cdr(prediction, OUTPUT_TOPICS[PREDICTION_TOPIC]))
         )

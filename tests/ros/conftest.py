@@ -10,6 +10,8 @@ Before the first ROS test, the Fast DDS shared-memory files of killed processes 
 The helpers reach the tests through the ``ros_msgs`` fixture (a :class:`RosMsgKit`), not by
 ``from conftest import ...``, which depends on pytest's import mode and on which conftest was
 imported last. ``peer_publisher.py`` runs in its own process and imports this file directly.
+The node tests share the tiny bundles here (``bundle_plain``, ``bundle_actions``) and the node
+process and client of ``node_harness.py``, which they load from its file.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import math
 import os
 import struct
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,6 +31,7 @@ import pytest
 if TYPE_CHECKING:
     from rclpy.context import Context
 
+HERE = Path(__file__).resolve().parent
 # Set this to pin the domain id (1..232) instead of deriving it from the pid.
 DOMAIN_ID_OVERRIDE = 'DLP_TEST_ROS_DOMAIN_ID'
 # Set to 1 to make a missing rclpy / unbuilt message package an error instead of a skip.
@@ -120,6 +124,33 @@ def ros_context(ros_domain_id: int) -> Iterator[Context]:
         yield context
     finally:
         context.try_shutdown()
+
+
+# --- tiny model bundles --------------------------------------------------------------------------
+TINY_BUNDLE_DT = 0.05  # [s] dt of the node tests' bundles
+
+
+def _make_tiny_bundle(out: Path, action_dim: int) -> Path:
+    """tests/ros/tiny_bundle.py's bundle (loaded from its file: it is also a script)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location('tiny_bundle', HERE / 'tiny_bundle.py')
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_tiny_bundle(out, action_dim=action_dim, dt=TINY_BUNDLE_DT)
+
+
+@pytest.fixture(scope='session')
+def bundle_actions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny bundle whose dynamics take 2 actions (linear.x, linear.y)."""
+    return _make_tiny_bundle(tmp_path_factory.mktemp('bundle') / 'actions', action_dim=2)
+
+
+@pytest.fixture(scope='session')
+def bundle_plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny bundle without actions."""
+    return _make_tiny_bundle(tmp_path_factory.mktemp('bundle') / 'plain', action_dim=0)
 
 
 # --- message builders ----------------------------------------------------------------------------

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import array
 import importlib.util
-import os
-import subprocess
+import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -25,295 +24,47 @@ import pytest
 pytest.importorskip('rclpy')
 pytest.importorskip('dlp_ros.srv')
 
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import TwistStamped  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
+from rclpy.qos import ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
-from std_msgs.msg import Header  # noqa: E402
 
 from dlp_ros.conversions import stamp_ns  # noqa: E402
-from dlp_ros.image_codec import encode_compressed  # noqa: E402
-from dlp_ros.msg import ParticleArray, Prediction  # noqa: E402
 from dlp_ros.srv import Predict, Render  # noqa: E402
-from training.ros_demo import stop_process  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
 HERE = Path(__file__).resolve().parent
+
+
+def load_harness() -> ModuleType:
+    """tests/ros/node_harness.py, loaded once per session from its file."""
+    name = 'dlp_ros_tests_node_harness'
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, HERE / 'node_harness.py')
+        assert spec is not None and spec.loader is not None
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+harness = load_harness()
+NodeProcess, Client, _started = harness.NodeProcess, harness.Client, harness.started
+raw_image, jpeg_image, unique_frame_id = (
+    harness.raw_image,
+    harness.jpeg_image,
+    harness.unique_frame_id,
+)
+send, send_processed = harness.send, harness.send_processed
 K, F, FB, S, H = 4, 4, 4, 64, 2  # the tiny bundle (tests/ros/tiny_bundle.py)
 DT = 0.05
 DT_NS = 50_000_000
 T0_NS = 1_732_000_000_987_654_321  # non-zero nanoseconds: k * dt carries into the seconds
-WIDTH, HEIGHT = 64, 48  # camera frames: not square, not the model's size
-TIMEOUT_S = 20.0
-
-
-# --- bundles -------------------------------------------------------------------------------------
-def _make_tiny_bundle(out: Path, action_dim: int) -> Path:
-    spec = importlib.util.spec_from_file_location('tiny_bundle', HERE / 'tiny_bundle.py')
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_tiny_bundle(out, action_dim=action_dim, dt=DT)
-
-
-@pytest.fixture(scope='session')
-def bundle_actions(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny bundle whose dynamics take 2 actions (linear.x, linear.y)."""
-    return _make_tiny_bundle(tmp_path_factory.mktemp('bundle') / 'actions', action_dim=2)
-
-
-@pytest.fixture(scope='session')
-def bundle_plain(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny bundle without actions."""
-    return _make_tiny_bundle(tmp_path_factory.mktemp('bundle') / 'plain', action_dim=0)
-
-
-# --- the node process ----------------------------------------------------------------------------
-def node_executable() -> Path:
-    """lib/dlp_ros/perception_node of the colcon install."""
-    from ament_index_python.packages import get_package_prefix
-
-    path = Path(get_package_prefix('dlp_ros')) / 'lib' / 'dlp_ros' / 'perception_node'
-    assert os.access(path, os.X_OK), f'{path} is missing or not executable: rebuild with colcon'
-    return path
-
-
-def _param(value: object) -> str:
-    if isinstance(value, bool):
-        return 'true' if value else 'false'
-    if isinstance(value, str):
-        return value or "''"
-    return repr(value)
-
-
-class NodeProcess:
-    """The perception node in a subprocess, its topics under a unique prefix."""
-
-    def __init__(self, log_dir: Path, params: dict[str, object]) -> None:
-        tag = f'{os.getpid()}_{uuid.uuid4().hex[:8]}'
-        self.name = f'dlp_test_node_{tag}'
-        self.prefix = f'/dlp_test_{tag}'
-        self.topics = {
-            'image': f'{self.prefix}/image',
-            'particles': f'{self.prefix}/particles',
-            'prediction': f'{self.prefix}/prediction',
-            'diagnostics': f'{self.prefix}/diagnostics',
-            'overlay': f'/{self.name}/overlay',
-            'action': f'{self.prefix}/cmd',
-        }
-        args = [str(node_executable()), '--ros-args', '-r', f'__node:={self.name}']
-        args += ['-r', f'image:={self.topics["image"]}']
-        for name in ('particles', 'prediction'):
-            args += ['-r', f'/dlp/{name}:={self.topics[name]}']
-        args += ['-r', f'/diagnostics:={self.topics["diagnostics"]}']
-        for key, value in params.items():  # '{prefix}' in a string: this node's prefix
-            value = value.replace('{prefix}', self.prefix) if isinstance(value, str) else value
-            args += ['-p', f'{key}:={_param(value)}']
-        self.log_path = log_dir / f'{self.name}.log'
-        with self.log_path.open('wb') as log:
-            self.proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, 'PYTHONUNBUFFERED': '1'},
-            )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors='replace')
-
-    def report(self) -> str:
-        status = self.proc.poll()
-        state = 'running' if status is None else f'exited with {status}'
-        return f'node {self.name} (pid {self.proc.pid}) {state}\n--- node log ---\n{self.log()}'
-
-    def assert_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise AssertionError(f'the node process died: {self.report()}')
-
-    def stop(self) -> int | None:
-        """SIGINT, then SIGTERM, then SIGKILL; returns the exit status."""
-        return stop_process(self.proc, (10.0, 5.0, 5.0))
-
-
-# --- the test side -------------------------------------------------------------------------------
-class Client:
-    """An rclpy node of this process (own Context) talking to one NodeProcess."""
-
-    def __init__(self, domain_id: int, target: NodeProcess) -> None:
-        import rclpy
-        from rclpy.context import Context
-        from rclpy.signals import SignalHandlerOptions
-
-        self.target = target
-        self.context = Context()
-        rclpy.init(
-            context=self.context,
-            domain_id=domain_id,
-            signal_handler_options=SignalHandlerOptions.NO,
-        )
-        self.node = rclpy.create_node(
-            f'dlp_test_client_{uuid.uuid4().hex[:8]}', context=self.context
-        )
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.probes_sent = 0  # publishes of the last camera()'s probe frame
-        self.particles: list[ParticleArray] = []
-        self.predictions: list[Prediction] = []
-        self.diagnostics: list[DiagnosticArray] = []
-        self._subs = [
-            self.node.create_subscription(ParticleArray, target.topics['particles'],
-                                          self.particles.append, 50),
-            self.node.create_subscription(Prediction, target.topics['prediction'],
-                                          self.predictions.append, 50),
-            self.node.create_subscription(DiagnosticArray, target.topics['diagnostics'],
-                                          self.diagnostics.append, 50),
-        ]  # fmt: skip
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        self.context.try_shutdown()
-
-    def spin_until(self, done: Callable[[], bool], what: str, timeout: float = TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while not done():
-            if time.monotonic() > deadline:
-                raise AssertionError(f'timed out after {timeout} s waiting for {what}; '
-                                     f'{self.target.report()}')  # fmt: skip
-            self.target.assert_alive()
-            self.executor.spin_once(timeout_sec=0.02)
-
-    def spin_until_or(self, done: Callable[[], bool], seconds: float) -> None:
-        """Spin until ``done()`` or ``seconds`` have passed."""
-        end = time.monotonic() + seconds
-        while not done() and time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.02)
-
-    def spin_for(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.02)
-
-    def camera(self, compressed: bool = False, best_effort: bool = False) -> Any:
-        """A camera publisher matched with the node's subscription on both sides.
-
-        The publisher seeing the subscription is not enough: the node's reader may match the
-        new writer later and silently discard what arrives before. A probe frame (a frame id
-        of its own) is sent, and again after each second, until its particles come back.
-        """
-        qos = qos_profile_sensor_data if best_effort else 10
-        pub = self.node.create_publisher(
-            CompressedImage if compressed else Image, self.target.topics['image'], qos
-        )
-        self.spin_until(lambda: pub.get_subscription_count() > 0, 'the node to subscribe')
-        probe_id, stamp = f'probe_{uuid.uuid4().hex[:8]}', time.time_ns()
-        probe = jpeg_image(stamp, probe_id) if compressed else raw_image(stamp, probe_id)
-        self.probes_sent = send_processed(self, pub, [probe])
-        return pub
-
-    def wait_outputs(self) -> None:
-        """Until the node's particle and prediction publishers match ours (it is active)."""
-        self.spin_until(
-            lambda: all(s.get_publisher_count() > 0 for s in self._subs[:2]),
-            'the node to publish particles and predictions',
-        )
-
-    def call(self, srv_type: Any, service: str, request: Any, timeout: float = TIMEOUT_S) -> Any:
-        client = self.node.create_client(srv_type, service)
-        try:
-            self.spin_until(lambda: client.service_is_ready(), f'service {service}', timeout)
-            future = client.call_async(request)
-            self.spin_until(future.done, f'the answer of {service}', timeout)
-            return future.result()
-        finally:
-            self.node.destroy_client(client)
-
-    def particles_of(self, frame_id: str) -> list[ParticleArray]:
-        return [m for m in self.particles if m.header.frame_id == frame_id]
-
-    def predictions_of(self, frame_id: str) -> list[Prediction]:
-        return [m for m in self.predictions if m.header.frame_id == frame_id]
-
-    def latest_diagnostics(self) -> dict[str, str]:
-        """Key/values of the node's latest diagnostics status ({} if none yet)."""
-        if not self.diagnostics:
-            return {}
-        status = self.diagnostics[-1].status[0]
-        return {'level': str(status.level[0] if isinstance(status.level, bytes) else status.level),
-                'message': status.message,
-                **{kv.key: kv.value for kv in status.values}}  # fmt: skip
-
-
-def header(stamp: int, frame_id: str) -> Header:
-    msg = Header(frame_id=frame_id)
-    msg.stamp.sec, msg.stamp.nanosec = divmod(stamp, 1_000_000_000)
-    return msg
-
-
-def rgb_frame(k: int, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
-    """(H, W, 3) uint8: a gradient and a bright square that moves with ``k``."""
-    yy, xx = np.mgrid[0:height, 0:width]
-    rgb = np.stack([xx * 4 % 256, yy * 5 % 256, np.full_like(xx, 60)], axis=-1).astype(np.uint8)
-    x0, y0 = (4 + 3 * k) % (width - 12), (3 + 2 * k) % (height - 12)
-    rgb[y0 : y0 + 12, x0 : x0 + 12] = (250, 240, 20)
-    return rgb
-
-
-def raw_image(stamp: int, frame_id: str, k: int = 0, **fields: Any) -> Image:
-    rgb = rgb_frame(k)
-    msg = Image(header=header(stamp, frame_id), height=HEIGHT, width=WIDTH, encoding='rgb8',
-                step=WIDTH * 3, data=array.array('B', rgb.tobytes()))  # fmt: skip
-    for key, value in fields.items():
-        setattr(msg, key, value)
-    return msg
-
-
-def jpeg_image(stamp: int, frame_id: str, k: int = 0, width: int = 80, height: int = 60) -> Any:
-    data = encode_compressed(rgb_frame(k, width, height), 'jpeg')
-    return CompressedImage(header=header(stamp, frame_id), format='jpeg', data=data)
-
-
-def send(client: Client, pub: Any, msgs: list[Any], period: float = 0.05) -> None:
-    """Publish ``msgs`` ``period`` s apart, spinning in between."""
-    for msg in msgs:
-        pub.publish(msg)
-        client.spin_for(period)
-
-
-def send_processed(client: Client, pub: Any, msgs: list[Any], timeout: float = TIMEOUT_S) -> int:
-    """Publish camera ``msgs`` one at a time, each once the node has published the particles of
-    the one before: none is replaced in the node's one-frame mailbox, however busy the machine.
-    A frame lost on the way (best effort, or sent before the node's side of the match is up) is
-    sent again after a second. Returns how many times it published."""
-    published = 0
-    for msg in msgs:
-        frame_id, stamp = msg.header.frame_id, stamp_ns(msg.header)
-        deadline = time.monotonic() + timeout
-        while not any(stamp_ns(m.header) == stamp for m in client.particles_of(frame_id)):
-            if time.monotonic() > deadline:
-                what = f'the particles of the frame stamped {stamp}'
-                raise AssertionError(f'timed out after {timeout} s waiting for {what}; '
-                                     f'{client.target.report()}')  # fmt: skip
-            pub.publish(msg)
-            published += 1
-            client.spin_until_or(
-                lambda f=frame_id, t=stamp: any(
-                    stamp_ns(m.header) == t for m in client.particles_of(f)
-                ),
-                1.0,
-            )
-    return published
-
-
-def unique_frame_id() -> str:
-    return f'cam_{uuid.uuid4().hex[:8]}'
+WIDTH, HEIGHT = harness.WIDTH, harness.HEIGHT  # camera frames: not square, not the model's size
+TIMEOUT_S = harness.TIMEOUT_S
 
 
 def int_value(client: Client, key: str) -> int:
@@ -362,19 +113,6 @@ def accounted(before: dict[str, str], after: dict[str, str]) -> dict[str, int]:
 @pytest.fixture(scope='class')
 def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp('node_logs')
-
-
-def _started(
-    log_dir: Path, ros_domain_id: int, params: dict[str, object]
-) -> Iterator[tuple[NodeProcess, Client]]:
-    node = NodeProcess(log_dir, params)
-    client = Client(ros_domain_id, node)
-    try:
-        yield node, client
-    finally:
-        client.close()
-        code = node.stop()
-        assert code == 0, f'the node did not exit cleanly on SIGINT: {node.report()}'
 
 
 @pytest.fixture(scope='class')
@@ -747,5 +485,61 @@ def test_lifecycle_bad_configuration_fails_then_good_one_works_and_deactivate_st
         assert _transition(client, node, Transition.TRANSITION_DEACTIVATE)
         assert _transition(client, node, Transition.TRANSITION_CLEANUP)
         assert _state(client, node) == 'unconfigured'
+    finally:
+        next(started, None)
+
+
+def test_inactive_node_refuses_requests_and_library_logs_reach_rosout(
+    tmp_path: Path, ros_domain_id: int, bundle_plain: Path
+) -> None:
+    """autostart off: configure creates the topics and services, which take nothing until
+    activate (~/predict says why); the runtime's Python log records (the model it loaded) reach
+    /rosout from the node's logger."""
+    from rcl_interfaces.msg import Log
+    from rclpy.qos import DurabilityPolicy, QoSProfile
+
+    params = {'model_bundle': str(bundle_plain), 'threads': 1, 'autostart': False}
+    started = _started(tmp_path, ros_domain_id, params)
+    node, client = next(started)
+    try:
+        logs: list[Log] = []
+        qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)  # fmt: skip
+        client.node.create_subscription(Log, '/rosout', logs.append, qos)
+        assert _transition(client, node, Transition.TRANSITION_CONFIGURE)
+        service = f'/{node.name}/predict'
+        answer = client.call(Predict, service, Predict.Request(horizon=2))
+        assert not answer.success and answer.message == 'the node is not active'
+        client.spin_until(
+            lambda: any(m.name == node.name and 'dlp_ros.runtime: model' in m.msg for m in logs),
+            "the runtime's log record on /rosout",
+        )
+        assert _transition(client, node, Transition.TRANSITION_ACTIVATE)
+        send_processed(client, client.camera(), [raw_image(T0_NS, unique_frame_id())])
+        answer = client.call(Predict, service, Predict.Request(horizon=2))
+        assert answer.success and len(answer.prediction.steps) == 2, answer.message
+    finally:
+        next(started, None)
+
+
+def test_a_refused_parameter_override_is_reported_and_an_integer_double_is_taken(
+    tmp_path: Path, ros_domain_id: int, bundle_plain: Path
+) -> None:
+    """``-p horizon:=0`` (out of range) is named in the log and fails configure until set right;
+    ``-p prediction_rate:=5`` (an integer for a double) is taken as 5.0."""
+    from rcl_interfaces.srv import GetParameters
+
+    params = {'model_bundle': str(bundle_plain), 'threads': 1, 'horizon': 0, 'prediction_rate': 5}
+    started = _started(tmp_path, ros_domain_id, params)
+    node, client = next(started)
+    try:
+        client.spin_until(lambda: 'configure failed' in node.log(), 'the failed autostart')
+        assert 'parameter horizon = 0' in node.log(), node.report()
+        assert _state(client, node) == 'unconfigured'
+        request = GetParameters.Request(names=['prediction_rate', 'horizon'])
+        values = client.call(GetParameters, f'/{node.name}/get_parameters', request).values
+        assert values[0].double_value == 5.0 and values[1].integer_value == 10
+        _set(client, node, 'horizon', 4)
+        assert _transition(client, node, Transition.TRANSITION_CONFIGURE)
     finally:
         next(started, None)

@@ -13,16 +13,15 @@ import yaml
 from dlp_ros.errors import ConfigError
 from dlp_ros.node_support import (
     PARAMS,
-    ActionHistory,
     LatencyWindow,
     Mailbox,
     NodeConfig,
     RateMeter,
     SequenceGaps,
     Throttle,
-    actions_from_request,
     ood_score,
 )
+from dlp_ros.pipeline import ActionHistory, actions_from_request
 
 ROOT = Path(__file__).resolve().parents[2]
 
