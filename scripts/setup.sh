@@ -12,7 +12,6 @@ VENV="${DLP_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/dlp_ros/venv}"
 PYTHON="${PYTHON:-python3}"
 cd "$ROOT"
 mkdir -p "$ROOT/log"
-mkdir -p "$ROOT/log"
 
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 start=$(date +%s)
@@ -45,8 +44,8 @@ want=$(cat "${REQS[@]}" | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "installing pinned requirements (about a minute on a fresh machine)"
   "$VENV/bin/python" -m pip install -q --upgrade 'pip>=24' >/dev/null 2>&1
-  # The machine-wide torch cap (if any) is compatible with the pins; torch comes from the local wheel.
-  # (grep drops this machine's pip-config noise about absent local mirrors)
+  # Pins only: a pip configuration's constraints or local wheel mirrors apply as usual. The grep
+  # drops pip's warnings about configured find-links locations that do not exist.
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
     $(printf -- '-r %s ' "${REQS[@]}") 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
   if "$VENV/bin/python" -m pip show onnxruntime >/dev/null 2>&1; then

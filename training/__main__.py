@@ -58,26 +58,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The dlp-train parser; ``command``'s module (imported only for the command that runs)
+    adds its own arguments to its subcommand parser."""
     parser = argparse.ArgumentParser(
         prog='dlp-train', description='dlp_ros offline tools: data, training, evaluation, export.'
     )
     parser.add_argument('-v', '--verbose', action='store_true', help='debug logging')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
+    subs: dict[str, argparse.ArgumentParser] = {}
     for name, (module, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, description=help_text).set_defaults(_module=module)
+        subs[name] = sub.add_parser(name, help=help_text, description=help_text)
+        subs[name].set_defaults(_module=module)
+    if command is not None:
+        importlib.import_module(COMMANDS[command][0]).configure_parser(subs[command])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    # The command's module adds its own arguments (imported only for the command that runs).
-    command = next((a for a in argv if a in COMMANDS), None)
-    if command is not None:
-        module = importlib.import_module(COMMANDS[command][0])
-        sub_parser = parser._subparsers._group_actions[0].choices[command]  # noqa: SLF001
-        module.configure_parser(sub_parser)
+    parser = build_parser(next((a for a in argv if a in COMMANDS), None))
     args = parser.parse_args(argv)
     return execute(f'dlp-train {args.command}', importlib.import_module(args._module), args)
 

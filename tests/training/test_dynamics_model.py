@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -22,10 +24,10 @@ from training.models.dynamics import (
 )
 from training.models.dynamics_layers import (
     DenseInteractionLayer,
-    InteractionLayer,
     batch_edge_index,
     fully_connected_edge_index,
 )
+from training.models.pyg_layers import InteractionLayer
 
 torch.set_num_threads(1)
 
@@ -115,8 +117,8 @@ def test_bad_loss_weights_raise_naming_the_field() -> None:
 def test_pyg_layer_equals_dense_layer_and_ignores_edge_order(aggr: str, edge_dim: int) -> None:
     torch.manual_seed(0)
     b, n, d = 3, 5, 8
-    layer = InteractionLayer(d, 12, edge_dim=edge_dim, aggr=aggr)
-    dense = DenseInteractionLayer.sharing(layer)
+    dense = DenseInteractionLayer(d, 12, edge_dim=edge_dim, aggr=aggr)
+    layer = InteractionLayer.sharing(dense)
     assert 'InteractionLayer(8, hidden_dim=12' in repr(layer) and 'Dense' in repr(dense)
     x, pos = torch.randn(b, n, d), torch.randn(b, n, 2)
     attr = torch.randn(b, n, n, edge_dim)  # [b, i, j] for the edge j -> i
@@ -134,6 +136,15 @@ def test_pyg_layer_equals_dense_layer_and_ignores_edge_order(aggr: str, edge_dim
     np.testing.assert_allclose(shuffled.view(b, n, d).numpy(), got.numpy(), atol=1e-6)
     # shared weights, not copies
     assert dense.edge_mlp is layer.edge_mlp and dense.node_mlp is layer.node_mlp
+
+
+def test_training_and_export_do_not_import_torch_geometric() -> None:
+    code = (
+        'import sys, training.models.dynamics, training.export, training.train_dynamics; '
+        "print('torch_geometric' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == 'False', out.stdout + out.stderr
 
 
 def test_model_pyg_and_dense_paths_agree() -> None:

@@ -21,7 +21,7 @@ space (below). Each node is embedded by an MLP (S -> D); the background node emb
 ``bg_features`` with its own MLP (Fb -> D) and sits at position (0, 0). Learned embeddings are
 added: node type (foreground / background), history slot t (H of them) and, when
 ``action_dim`` A > 0, an MLP of frame t's action, added to every node of frame t.
-Then ``n_layers`` :class:`~training.models.dynamics_layers.InteractionLayer` with relative
+Then ``n_layers`` :class:`~training.models.dynamics_layers.DenseInteractionLayer` with relative
 positions p_j - p_i (p = mu, fixed across layers).
 
 **Bounded residual deltas.** From the last frame's node embeddings a head predicts, per particle,
@@ -38,10 +38,11 @@ the default initialisation) the model is the identity on the last frame, exactly
 to frame s + 1. One step reads actions (B, H, A) aligned with its H history frames, so the last
 one, ``actions[:, H - 1]``, is the command that produces the predicted frame.
 
-**Two equivalent paths.** ``use_pyg=True`` runs the torch_geometric layers on a batched
-``edge_index``; ``use_pyg=False`` (default) runs
-:class:`~training.models.dynamics_layers.DenseInteractionLayer` views sharing the same weights on
-(B, N, D) tensors, which is what exports to ONNX (:class:`DynamicsStep`).
+**Two equivalent paths.** ``use_pyg=False`` (default) runs the
+:class:`~training.models.dynamics_layers.DenseInteractionLayer` layers on (B, N, D) tensors,
+which is what exports to ONNX (:class:`DynamicsStep`); ``use_pyg=True`` runs torch_geometric
+views of them (:class:`~training.models.pyg_layers.InteractionLayer`, same weights) on a batched
+``edge_index``, the reference the tests compare with (torch_geometric imported only then).
 """
 
 from __future__ import annotations
@@ -62,7 +63,6 @@ from training.models.dynamics_layers import (
     AGGREGATIONS,
     MLP,
     DenseInteractionLayer,
-    InteractionLayer,
     batch_edge_index,
     fully_connected_edge_index,
 )
@@ -231,11 +231,10 @@ class ParticleDynamics(nn.Module):
         self.action_encoder = MLP(c.action_dim, d, d, c.layer_norm) if c.action_dim else None
         edge_dim = 1 if c.same_particle_edges else 0
         self.layers = nn.ModuleList(
-            InteractionLayer(d, d, edge_dim, 2, c.aggregation, c.layer_norm)
+            DenseInteractionLayer(d, d, edge_dim, 2, c.aggregation, c.layer_norm)
             for _ in range(c.n_layers)
         )
-        # dense views share the layers' modules; a tuple keeps them out of the state dict
-        self._dense = tuple(DenseInteractionLayer.sharing(layer) for layer in self.layers)
+        self._pyg: tuple[nn.Module, ...] | None = None  # message-passing views, made when asked
         self.head = MLP(d, d, c.state_dim, c.layer_norm)
         self.bg_head = MLP(d, d, c.bg_feature_dim, c.layer_norm)
 
@@ -314,16 +313,21 @@ class ParticleDynamics(nn.Module):
     def interact(self, x: Tensor, pos: Tensor, use_pyg: bool) -> Tensor:
         """Message passing over the fully connected graph. (B, N, D), (B, N, 2) -> (B, N, D)."""
         if not use_pyg:
-            for layer in self._dense:
+            for layer in self.layers:
                 x = layer(x, pos, self.dense_edge_attr, self.adjacency)  # (B, N, D)
             return x
+        if self._pyg is None:
+            from training.models.pyg_layers import InteractionLayer  # needs torch_geometric
+
+            # views sharing the layers' modules; a tuple keeps them out of the state dict
+            self._pyg = tuple(InteractionLayer.sharing(layer) for layer in self.layers)
         b, n, d = x.shape
         edge_index = batch_edge_index(self.edge_index, b, n)  # (2, B E0)
         edge_attr = self.sparse_edge_attr.repeat(b, 1)  # (B E0, edge_dim)
         if edge_attr.shape[1] == 0:
             edge_attr = None
         h, p = x.reshape(b * n, d), pos.reshape(b * n, 2)
-        for layer in self.layers:
+        for layer in self._pyg:
             h = layer(h, p, edge_index, edge_attr)  # (B N, D)
         return h.view(b, n, d)
 

@@ -1,18 +1,20 @@
-r"""Graph layers of the particle dynamics: an interaction-network layer in two equivalent forms.
+r"""Graph layers of the particle dynamics: an interaction-network layer on dense node tensors.
 
-* :class:`InteractionLayer` is a ``torch_geometric`` :class:`MessagePassing` operator over an
-  ``edge_index`` (2, E): the reference implementation, and what the tests use as an oracle;
-* :class:`DenseInteractionLayer` computes the same function on dense (B, N, D) node tensors with
-  broadcasting over all pairs (no scatter, no gather), which is what the exported ONNX model runs.
-  :meth:`DenseInteractionLayer.sharing` builds one that shares the weights of an
-  :class:`InteractionLayer`.
+* :class:`DenseInteractionLayer` computes the layer on dense (B, N, D) node tensors with
+  broadcasting over all pairs (no scatter, no gather): what the model trains and the exported
+  ONNX graph runs. It owns the weights.
+* :class:`training.models.pyg_layers.InteractionLayer` is the same function as a
+  ``torch_geometric`` :class:`MessagePassing` operator over an ``edge_index`` (2, E): the
+  reference the tests check the dense form against, built on a dense layer's weights with
+  :meth:`~training.models.pyg_layers.InteractionLayer.sharing`. torch_geometric is imported only
+  there, so training and export do not need it.
 
 Both follow Battaglia et al., *Interaction Networks for Learning about Objects, Relations and
 Physics* (NeurIPS 2016, https://arxiv.org/abs/1612.00222), with relative positions on the edges
 as in PyG's ``EdgeConv``.
 
 Graph helpers (:func:`fully_connected_edge_index`, :func:`batch_edge_index`) build the fully
-connected graphs the dynamics model uses; ``knn_graph``/``radius_graph`` need pyg-lib, which this
+connected graphs of the PyG form; ``knn_graph``/``radius_graph`` need pyg-lib, which this
 project does not have, and would not export to ONNX anyway.
 """
 
@@ -22,7 +24,6 @@ import logging
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn import MessagePassing
 
 logger = logging.getLogger(__name__)
 
@@ -66,75 +67,8 @@ class MLP(nn.Module):
         return self.rest(self.first(x))
 
 
-class InteractionLayer(MessagePassing):
-    r"""Interaction-network layer with relative positions, residual node update.
-
-    .. math::
-        m_{ij} = \mathrm{MLP}_e\big([h_i,\ h_j,\ p_j - p_i,\ e_{ij}]\big), \qquad
-        h_i' = h_i + \mathrm{MLP}_n\big([h_i,\ \square_{j \in \mathcal N(i)} m_{ij}]\big)
-
-    where :math:`j \to i` are the edges into node :math:`i`, :math:`p` are node positions (kept
-    fixed across layers), :math:`e_{ij}` optional edge attributes and :math:`\square` the sum or
-    the mean. The output does not depend on the order of the edges.
-
-    Args:
-        channels: node feature size D (input = output).
-        hidden_dim: hidden size of both MLPs; messages have ``hidden_dim`` entries.
-        edge_dim: size of the edge attributes (0: none).
-        pos_dim: size of the node positions.
-        aggr: ``'sum'`` or ``'mean'``.
-        layer_norm: LayerNorm inside the MLPs.
-
-    Shapes:
-        x (N, D), pos (N, pos_dim), edge_index (2, E) (row 0 = source j, row 1 = target i),
-        edge_attr (E, edge_dim) or None -> (N, D)
-    """
-
-    def __init__(
-        self,
-        channels: int,
-        hidden_dim: int,
-        edge_dim: int = 0,
-        pos_dim: int = 2,
-        aggr: str = 'sum',
-        layer_norm: bool = True,
-    ) -> None:
-        if aggr not in AGGREGATIONS:
-            raise ValueError(f'aggr must be one of {AGGREGATIONS}, got {aggr!r}')
-        super().__init__(aggr=aggr, flow='source_to_target')
-        self.channels, self.hidden_dim = channels, hidden_dim
-        self.edge_dim, self.pos_dim, self.layer_norm = edge_dim, pos_dim, layer_norm
-        self.edge_mlp = MLP(2 * channels + pos_dim + edge_dim, hidden_dim, hidden_dim, layer_norm)
-        self.node_mlp = MLP(channels + hidden_dim, hidden_dim, channels, layer_norm)
-
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        self.edge_mlp.reset_parameters()
-        self.node_mlp.reset_parameters()
-
-    def forward(
-        self, x: Tensor, pos: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None
-    ) -> Tensor:
-        agg = self.propagate(edge_index, x=x, pos=pos, edge_attr=edge_attr)  # (N, hidden)
-        return x + self.node_mlp(torch.cat([x, agg], dim=-1))  # (N, D)
-
-    def message(
-        self, x_i: Tensor, x_j: Tensor, pos_i: Tensor, pos_j: Tensor, edge_attr: Tensor | None
-    ) -> Tensor:
-        parts = [x_i, x_j, pos_j - pos_i]  # (E, D), (E, D), (E, pos_dim)
-        if edge_attr is not None:
-            parts.append(edge_attr)  # (E, edge_dim)
-        return self.edge_mlp(torch.cat(parts, dim=-1))  # (E, hidden)
-
-    def __repr__(self) -> str:
-        return (
-            f'{self.__class__.__name__}({self.channels}, hidden_dim={self.hidden_dim}, '
-            f'edge_dim={self.edge_dim}, aggr={self.aggr!r})'
-        )
-
-
 class DenseInteractionLayer(nn.Module):
-    r"""Dense form of :class:`InteractionLayer` over all ordered pairs of N nodes.
+    r"""Interaction-network layer over all ordered pairs of N nodes, residual node update.
 
     .. math::
         m_{ij} = \mathrm{MLP}_e\big([h_i,\ h_j,\ p_j - p_i,\ e_{ij}]\big), \qquad
@@ -147,7 +81,12 @@ class DenseInteractionLayer(nn.Module):
     cost O(N) instead of O(N^2). Only matmuls, broadcasting and reductions: exports to ONNX.
 
     Args:
-        as :class:`InteractionLayer`.
+        channels: node feature size D (input = output).
+        hidden_dim: hidden size of both MLPs; messages have ``hidden_dim`` entries.
+        edge_dim: size of the edge attributes (0: none).
+        pos_dim: size of the node positions.
+        aggr: ``'sum'`` or ``'mean'``.
+        layer_norm: LayerNorm inside the MLPs.
 
     Shapes:
         x (B, N, D), pos (B, N, pos_dim), edge_attr (N, N, edge_dim) or (B, N, N, edge_dim) or
@@ -168,18 +107,9 @@ class DenseInteractionLayer(nn.Module):
         super().__init__()
         self.channels, self.hidden_dim = channels, hidden_dim
         self.edge_dim, self.pos_dim, self.aggr = edge_dim, pos_dim, aggr
+        self.layer_norm = layer_norm
         self.edge_mlp = MLP(2 * channels + pos_dim + edge_dim, hidden_dim, hidden_dim, layer_norm)
         self.node_mlp = MLP(channels + hidden_dim, hidden_dim, channels, layer_norm)
-
-    @classmethod
-    def sharing(cls, layer: InteractionLayer) -> DenseInteractionLayer:
-        """A dense layer that uses ``layer``'s MLP modules (same parameters, not copies)."""
-        dense = cls(
-            layer.channels, 1, layer.edge_dim, layer.pos_dim, str(layer.aggr), layer_norm=False
-        )
-        dense.hidden_dim = layer.hidden_dim
-        dense.edge_mlp, dense.node_mlp = layer.edge_mlp, layer.node_mlp
-        return dense
 
     def reset_parameters(self) -> None:
         self.edge_mlp.reset_parameters()
