@@ -14,14 +14,12 @@ Install ``onnxruntime-gpu`` *or* ``onnxruntime``, never both in one environment:
 from __future__ import annotations
 
 import base64
-import contextlib
-import io
+import json
 import logging
 import os
 import re
+import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,54 +105,54 @@ def gpu_device_present() -> bool:
     return any(any(dev.glob(pattern)) for pattern in _GPU_DEVICE_GLOBS)
 
 
-def probe(name: str) -> str | None:
-    """Run the tiny probe graph on provider ``name``; None if it ran there, else why not."""
+def probe(name: str, timeout: float = 120.0) -> str | None:
+    """Run the tiny probe graph on provider ``name``; None if it ran there, else why not.
+
+    The probe runs in a child process: onnxruntime prints why a provider failed (on stdout and,
+    from its C++ logger, on fd 2), and capturing a file descriptor inside a threaded node would
+    swallow every other thread's output meanwhile. The child's output stays out of ours; its
+    gist goes into our one line instead.
+    """
     if name not in ort.get_available_providers():
         return f'{name} is not in this onnxruntime build ({ort.__version__})'
+    cmd = [sys.executable, '-m', 'dlp_ros.providers', name]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return f'{name}: the probe did not finish within {timeout:g} s'
+    lines = done.stdout.splitlines()
+    verdict = next((ln for ln in reversed(lines) if ln.startswith(_VERDICT)), None)
+    output = '\n'.join(ln for ln in lines if ln is not verdict) + '\n' + done.stderr
+    if verdict is None:
+        return f'{name}: the probe process failed ({_gist(output) or done.returncode})'
+    result = json.loads(verdict[len(_VERDICT) :])  # {'why': str | None, 'explain': bool}
+    if result['explain']:  # onnxruntime's own output says why
+        return f'{result["why"]} ({_gist(output) or "no reason given"})'
+    return result['why']
+
+
+_VERDICT = 'dlp_ros-probe: '
+
+
+def _probe_here(name: str) -> dict[str, Any]:
+    """The probe itself, in this process (the child of :func:`probe`): ``why`` it cannot run
+    (None: it ran), ``explain``: onnxruntime's output on stdout/stderr tells the reason."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 4
     try:
         if name == TENSORRT:
             _cache_dir().mkdir(parents=True, exist_ok=True)
-        # onnxruntime prints why a provider failed (stdout and its C++ log on stderr): keep it
-        # out of the node's output and put the gist into our one line instead
-        with _captured_output() as captured:
-            session = ort.InferenceSession(_PROBE_MODEL, opts, providers=provider_list(name))
-            on = session.get_providers()[0] == name
-            if on:
-                x = np.arange(4, dtype=np.float32).reshape(1, 4)
-                (y,) = session.run(None, {'x': x})
-        if not on:
-            return f'{name} could not be created ({_gist(captured.text) or "no reason given"})'
+        session = ort.InferenceSession(_PROBE_MODEL, opts, providers=provider_list(name))
+        if session.get_providers()[0] != name:
+            return {'why': f'{name} could not be created', 'explain': True}
+        x = np.arange(4, dtype=np.float32).reshape(1, 4)
+        (y,) = session.run(None, {'x': x})
         if not np.array_equal(y, 2 * x):
-            return f'{name} ran the probe graph but gave wrong numbers'
+            return {'why': f'{name} ran the probe graph but gave wrong numbers', 'explain': False}
     except Exception as exc:  # noqa: BLE001 - any failure means "not usable", say why
-        return f'{name} failed: {_gist(str(exc)) or type(exc).__name__}'
-    return None
-
-
-class _Captured:
-    text = ''
-
-
-@contextlib.contextmanager
-def _captured_output() -> Iterator[_Captured]:
-    """Capture Python's stdout and the process's stderr (fd 2, where onnxruntime's C++ logger
-    writes) for the duration of a probe."""
-    captured = _Captured()
-    printed = io.StringIO()
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode='w+b') as err:
-        os.dup2(err.fileno(), 2)
-        try:
-            with contextlib.redirect_stdout(printed):
-                yield captured
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            err.seek(0)
-            captured.text = printed.getvalue() + err.read().decode(errors='replace')
+        why = f'{name} failed: {_gist(str(exc)) or type(exc).__name__}'
+        return {'why': why, 'explain': False}
+    return {'why': None, 'explain': False}
 
 
 _GIST_PATTERNS = (r'with error: ([^\n]+)', r'(Please install [^.\n]+)', r'(Require [^\n]+?\.)')
@@ -204,3 +202,8 @@ def select_providers(requested: str = 'auto') -> tuple[list[Any], str, str]:
     if requested != 'auto':
         raise ConfigError(f'providers={requested!r} cannot be used: {why}')
     return provider_list(CPU), CPU, f'auto: GPU providers unusable: {why}'
+
+
+if __name__ == '__main__':
+    # python -m dlp_ros.providers NAME: the probe of one provider, for probe() in the parent
+    sys.stdout.write(_VERDICT + json.dumps(_probe_here(sys.argv[1])) + '\n')

@@ -82,6 +82,18 @@ def test_probe_of_an_unlisted_provider_says_so() -> None:
     assert 'not in this onnxruntime build' in providers.probe('NoSuchExecutionProvider')
 
 
+def test_probe_runs_in_a_child_process_and_leaves_our_stderr_alone(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    assert providers.probe('CPUExecutionProvider') is None  # the probe graph ran, in a child
+    assert capfd.readouterr() == ('', '')
+
+
+def test_a_probe_process_that_fails_is_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(providers.sys, 'executable', '/bin/false')
+    assert 'the probe process failed' in providers.probe('CPUExecutionProvider')
+
+
 # ----------------------------------------------------------------------------- tracking
 
 
