@@ -93,12 +93,6 @@ def reconstruction_sse(reconstruction: Tensor, target: Tensor) -> Tensor:
     return ((reconstruction - target) ** 2).flatten(1).sum(-1)
 
 
-def psnr(reconstruction: Tensor, target: Tensor) -> Tensor:
-    """Mean PSNR in dB over the batch, for images in [0, 1]. (B, ...) -> scalar."""
-    mse = ((reconstruction - target) ** 2).flatten(1).mean(-1).clamp_min(1e-10)  # (B,)
-    return (-10.0 * torch.log10(mse)).mean()
-
-
 def weighted_objective(
     reconstruction: Tensor, kl_terms: dict[str, Tensor], weights: dict[str, float], beta: float
 ) -> tuple[Tensor, dict[str, float]]:

@@ -25,6 +25,8 @@ import torch.nn.functional as F  # noqa: N812
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from dlp_ros import image_quality
+
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
@@ -36,9 +38,14 @@ RIDGE = 1e-6  # default ridge of linear_probe, relative to the mean squared inpu
 
 
 def psnr(x: Tensor, y: Tensor, data_range: float = 1.0) -> Tensor:
-    """PSNR in dB of each image pair. (B, ...) x 2 -> (B,); the MSE is floored at 1e-10."""
-    mse = ((x.double() - y.double()) ** 2).flatten(1).mean(-1).clamp_min(1e-10)  # (B,)
-    return (10.0 * torch.log10(data_range**2 / mse)).to(x.dtype)
+    """PSNR in dB of each image pair (:func:`dlp_ros.image_quality.psnr`, computed in float64
+    on the CPU). (B, ...) x 2 -> (B,) in ``x``'s dtype, on the CPU."""
+    db = image_quality.psnr(_numpy(x), _numpy(y), data_range)  # (B,)
+    return torch.from_numpy(db).to(x.dtype)
+
+
+def _numpy(x: Tensor) -> np.ndarray:
+    return x.detach().to('cpu', torch.float64).numpy()
 
 
 def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> Tensor:

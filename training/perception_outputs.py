@@ -28,6 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from dlp_ros import image_quality
 from dlp_ros.image_codec import decode_raw, resize_rgb
 from dlp_ros.overlay import colour as id_colour
 from training.data.bag_writer import BagWriter, split_stamp
@@ -42,7 +43,6 @@ OUTPUT_TOPICS = {
 }
 ON_THRESHOLD = 0.5  # a particle with transparency above this is drawn
 MIN_VIDEO_SIDE = 256  # px: small camera frames are enlarged (nearest) before drawing
-PSNR_CAP_DB = 100.0  # PSNR of identical frames
 
 
 # ----------------------------------------------------------------------------- messages
@@ -246,11 +246,9 @@ def prediction_strip(
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR (dB) of two uint8 images of one shape, pixel range 255; capped at PSNR_CAP_DB."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    if mse <= 0:
-        return PSNR_CAP_DB
-    return min(PSNR_CAP_DB, 10.0 * math.log10(255.0**2 / mse))
+    """PSNR (dB) of two uint8 images of one shape (:func:`dlp_ros.image_quality.psnr`, peak
+    255): PSNR_CAP_DB for identical images."""
+    return float(image_quality.psnr(a[None], b[None], 255.0)[0])
 
 
 class VideoOut:

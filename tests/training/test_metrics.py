@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from dlp_ros import image_quality
 from training.metrics import (
     LocalisationAccumulator,
     fit_linear_map,
@@ -32,6 +33,18 @@ def test_psnr_identical_and_constant_offset() -> None:
     assert torch.allclose(psnr(x + 0.1, x), torch.full((2,), 20.0), atol=1e-3)  # -20 log10(0.1)
     assert torch.allclose(psnr(x + 0.01, x), torch.full((2,), 40.0), atol=1e-3)
     assert torch.all(psnr(x, x) >= 99.0)  # MSE floored at 1e-10 -> 100 dB, finite
+
+
+def test_one_psnr_for_float_and_uint8_images() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-9, 10, a.shape), 0, 255).astype(np.uint8)
+    on_uint8 = image_quality.psnr(a, b, 255.0)  # (2,)
+    on_float = psnr(torch.from_numpy(a / 255.0), torch.from_numpy(b / 255.0)).numpy()
+    np.testing.assert_allclose(on_float, on_uint8, rtol=1e-9)
+    assert image_quality.psnr(a, a, 255.0).tolist() == [image_quality.PSNR_CAP_DB] * 2
+    with pytest.raises(ValueError, match='one shape'):
+        image_quality.psnr(a, b[:, :4])
 
 
 def test_ssim_identical_is_one_and_symmetric() -> None:

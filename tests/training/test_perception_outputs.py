@@ -8,12 +8,13 @@ import cv2
 import numpy as np
 import pytest
 
+from dlp_ros.image_quality import PSNR_CAP_DB
 from training import perception_outputs as po
 
 
 def test_psnr() -> None:
     a = np.zeros((4, 4, 3), np.uint8)
-    assert po.psnr(a, a) == po.PSNR_CAP_DB
+    assert po.psnr(a, a) == PSNR_CAP_DB
     b = a.copy()
     b[0, 0, 0] = 255  # MSE = 255^2 / 48
     assert po.psnr(a, b) == pytest.approx(10 * np.log10(48))

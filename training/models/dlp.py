@@ -56,11 +56,11 @@ from dlp_ros.errors import ConfigError
 from training.losses import (
     chamfer_kl,
     gaussian_kl,
-    psnr,
     reconstruction_sse,
     transparency_kl,
     weighted_objective,
 )
+from training.metrics import psnr
 from training.models.dlp_parts import (
     BackgroundDecoder,
     BackgroundEncoder,
@@ -495,7 +495,7 @@ class Dlp(nn.Module):
             metrics['loss'] = loss.item()
             metrics['glimpse_rec'] = glimpse_rec.item()
         with torch.no_grad():
-            metrics['psnr'] = float(psnr(reconstruction.clamp(0, 1), image))
+            metrics['psnr'] = float(psnr(reconstruction.clamp(0, 1), image).mean())
             metrics['transparency'] = float(particles.transparency.mean())
             metrics['position_std'] = float(torch.exp(0.5 * post.logvar).mean())
         return loss, metrics
