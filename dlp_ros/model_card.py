@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from dlp_ros.errors import ModelCardError
+from dlp_ros.plain_values import plain
 
 SCHEMA_VERSION = 1
 CARD_FILE = 'model_card.yaml'
@@ -200,11 +201,11 @@ class ModelCard:
                 for name, g in self.files.items()
             },
             'opset': self.opset,
-            'training': _plain(self.training),
-            'metrics': _plain(self.metrics),
+            'training': plain(self.training),
+            'metrics': plain(self.metrics),
             'validation': {
                 'recon_mse': self.validation.recon_mse,
-                **_plain(self.validation.details),
+                **plain(self.validation.details),
             },
             'code_version': self.code_version,
             'created': self.created,
@@ -218,19 +219,6 @@ def _fmt(shape: Iterable[Dim]) -> str:
 
 def _tensor_dict(t: TensorSpec) -> dict[str, Any]:
     return {'name': t.name, 'shape': list(t.shape), 'dtype': t.dtype}
-
-
-def _plain(value: Any) -> Any:
-    """Numpy scalars, tuples and paths -> YAML-safe Python values."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, 'item') and callable(value.item):  # numpy / torch scalar
-        return value.item()
-    return value
 
 
 # ----------------------------------------------------------------------------- expected graphs

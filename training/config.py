@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import yaml
 
 from dlp_ros.errors import ConfigError
+from dlp_ros.plain_values import plain
 
 T = TypeVar('T')
 
@@ -75,15 +76,7 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
 
 def to_dict(obj: Any) -> dict[str, Any]:
     """Dataclass -> plain dict (tuples become lists) for YAML and checkpoints."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, tuple | list):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-
-    return plain(dataclasses.asdict(obj))
+    return plain(obj)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from tqdm import tqdm
 import dlp_ros
 from dlp_ros.errors import DlpError
 from dlp_ros.image_codec import to_model_input
+from dlp_ros.plain_values import plain
 from training import metrics
 from training.checkpoint import run_checkpoint
 from training.data.dataset import SPLITS, Dataset
@@ -286,14 +286,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _plain(value: Any) -> Any:
-    """JSON-safe copy: numpy scalars to Python, non-finite floats to None."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    value = value.item() if isinstance(value, np.generic) else value
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def _open(args: argparse.Namespace) -> tuple[Path, Dlp, dict[str, Any], Dataset]:
     """Check the arguments, the run and the dataset before anything is computed or written."""
     for name in ('batch', 'max_fit_frames', 'figure_rows', 'max_frames'):
@@ -353,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
         untracked, _ = _episode_probe(codes, size)
     finally:
         bar.close()
-    report = _plain({
+    report = plain({
         'format': FORMAT, 'version': VERSION, 'code_version': dlp_ros.__version__,
         'created': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'run': str(args.run.resolve()),
         'checkpoint': str(checkpoint), 'step': int(state.get('step', 0)),
@@ -366,7 +358,7 @@ def run(args: argparse.Namespace) -> int:
         'mafl': {'pusher': pusher, 'per_episode': per_episode,
                  'per_episode_untracked': untracked},
         'skipped': {k: v for k, v in skipped.items() if v},
-    })  # fmt: skip
+    }, finite=True)  # fmt: skip
     lines = _headline(report)
     rows = [(data.frames(codes[e].name)[t], img, codes[e], t) for (e, t), img in kept.items()]
     ok, png = cv2.imencode('.png', cv2.cvtColor(_figure(rows, lines, size), cv2.COLOR_RGB2BGR))

@@ -47,6 +47,7 @@ import torch
 from tqdm import tqdm
 
 import dlp_ros
+from dlp_ros.plain_values import plain
 from training import metrics
 from training.checkpoint import run_checkpoint
 from training.data.dataset import SPLITS, Dataset
@@ -374,16 +375,6 @@ def _comparison(per_step: dict, mean: dict, horizon: int) -> dict[str, Any]:
     return out
 
 
-def _plain(value: Any) -> Any:
-    """JSON-safe copy: numpy scalars to Python, non-finite floats to None."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    value = value.item() if isinstance(value, np.generic) else value
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def build_report(args: argparse.Namespace, setup: Setup, acc: Accumulator, with_truth: bool
                  ) -> dict[str, Any]:  # fmt: skip
     c, n, p = args.context, args.horizon, setup.predictor
@@ -398,7 +389,7 @@ def build_report(args: argparse.Namespace, setup: Setup, acc: Accumulator, with_
     if n < COMPARE_STEP:
         skipped[f'step_{COMPARE_STEP}'] = f'--horizon {n} < {COMPARE_STEP}'
     sel = setup.selection
-    return _plain({
+    return plain({
         'format': FORMAT, 'version': VERSION, 'code_version': dlp_ros.__version__,
         'created': time.strftime('%Y-%m-%dT%H:%M:%S%z'), **setup.source,
         'data': str(args.data.resolve()), 'split': args.split, 'image_size': p.image_size,
@@ -412,7 +403,7 @@ def build_report(args: argparse.Namespace, setup: Setup, acc: Accumulator, with_
         f'step_{COMPARE_STEP}': at,
         'comparison': _comparison(per_step, mean, n),
         'skipped': skipped,
-    })  # fmt: skip
+    }, finite=True)  # fmt: skip
 
 
 def _fmt(value: float | None, spec: str) -> str:

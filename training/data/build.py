@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 import dlp_ros
 from dlp_ros.errors import ConfigError, EpisodeError
+from dlp_ros.plain_values import plain
 from training.data import episode_plan as ep
 from training.data.bag_reader import (
     ACTION_TYPES,
@@ -316,12 +317,5 @@ def manifest(
         'split': {'fractions': list(ep.parse_fractions(args.split)), 'seed': args.seed},
         'episodes': episodes,
         'sources': sources,
-        'args': {k: _plain(v) for k, v in vars(args).items() if not k.startswith('_')},
+        'args': {k: plain(v) for k, v in vars(args).items() if not k.startswith('_')},
     }
-
-
-def _plain(value: Any) -> Any:
-    """An argument as a YAML-friendly value (paths as strings)."""
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return str(value) if isinstance(value, Path) else value
