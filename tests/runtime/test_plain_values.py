@@ -27,7 +27,7 @@ class _Outer:
 def test_dataclasses_tuples_paths_and_scalars_become_yaml_and_json_values() -> None:
     got = plain({1: _Outer(), 'xs': (np.float32(0.5), [Path('a')])})
     assert got['1']['inner'] == {'size': [64, 64], 'path': '/data/bags'}
-    assert type(got['1']['k']) is int and got['xs'] == [0.5, 'a']
+    assert type(got['1']['k']) is int and got['xs'] == [0.5, ['a']]
     assert math.isnan(got['1']['loss'])  # kept unless finite=True
     assert yaml.safe_load(yaml.safe_dump(got)) == got | {
         '1': got['1'] | {'loss': got['1']['loss']}
