@@ -2,7 +2,7 @@
 
 ```yaml
 model: {...}   # training.models.dlp.DlpConfig fields
-train: {...}   # TrainConfig fields below
+train: {...}   # DlpTrainConfig fields below (training.loop.ScheduleConfig + its own)
 ```
 """
 
@@ -12,40 +12,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.loop import ScheduleConfig
 from training.models.dlp import Dlp, DlpConfig
 from training.runs import check_train_config, load_run_model
 
 
-@dataclass
-class TrainConfig:
-    """Optimisation and bookkeeping of ``train-dlp``."""
+@dataclass(frozen=True)
+class DlpTrainConfig(ScheduleConfig):
+    """Optimisation and bookkeeping of ``train-dlp``: the shared schedule (batch_size counts
+    images, eval_every draws the PNG grid too) and the fields below."""
 
-    # Images per optimisation step (per process under torchrun).
-    batch_size: int = 32
-    # Stop after this many steps...
     max_steps: int = 20000
-    # ...or after this many minutes of training (0: no limit); the run can be resumed later.
-    time_limit_min: float = 0.0
-    # Peak learning rate of Adam; linear ramp over lr_ramp_steps, cosine decay to lr * lr_final.
     lr: float = 2e-3
-    lr_ramp_steps: int = 200
-    lr_final: float = 0.1
-    # Gradient norm clip (0: none).
-    grad_clip: float = 1.0
     # Steps of the model's warm-up phase (fixed decoder scale + glimpse reconstruction).
     warmup_steps: int = 1000
-    # Evaluate on the validation split (and draw the PNG grid) every this many steps.
-    eval_every: int = 500
     # Validation images used per evaluation.
     eval_images: int = 128
-    # Write checkpoints/last.pt every this many steps (and at the end).
-    checkpoint_every: int = 250
-    # Log training metrics every this many steps.
-    log_every: int = 25
-    # Seed of the model init, batch sampling and posterior noise.
-    seed: int = 0
-    # CPU threads for torch (0: torch's default).
-    threads: int = 2
 
     def __post_init__(self) -> None:
         positive = ('batch_size', 'max_steps', 'eval_every', 'eval_images', 'checkpoint_every',
@@ -59,7 +41,7 @@ class DlpRunConfig:
     """Everything ``train-dlp`` needs besides the data."""
 
     model: DlpConfig = field(default_factory=DlpConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: DlpTrainConfig = field(default_factory=DlpTrainConfig)
 
 
 def load_dlp(run_dir: Path, which: str = 'best') -> tuple[Dlp, DlpRunConfig, dict[str, Any]]:

@@ -13,26 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from training.clips import RESEEDED_MODES
+from training.loop import ScheduleConfig
 from training.models.dynamics import DynamicsConfig, ParticleDynamics, RolloutLossWeights
 from training.runs import check_train_config, load_run_model
 
 
-@dataclass
-class DynamicsTrainConfig:
-    """Optimisation and bookkeeping of ``train-dynamics``."""
+@dataclass(frozen=True)
+class DynamicsTrainConfig(ScheduleConfig):
+    """Optimisation and bookkeeping of ``train-dynamics``: the shared schedule (batch_size counts
+    clips) and the fields below."""
 
-    # Clips per optimisation step (per process under torchrun).
-    batch_size: int = 32
-    # Stop after this many steps...
     max_steps: int = 30000
-    # ...or after this many minutes of training (0: no limit); the run can be resumed later.
-    time_limit_min: float = 0.0
-    # Peak learning rate of Adam; linear ramp over lr_ramp_steps, cosine decay to lr * lr_final.
     lr: float = 1e-3
-    lr_ramp_steps: int = 200
-    lr_final: float = 0.1
-    # Gradient norm clip (0: none).
-    grad_clip: float = 1.0
     # Observed frames of a clip before the rollout (>= model.history and >= 2: the
     # constant-velocity baseline needs two); the model reads the last model.history of them.
     burn_in: int = 4
@@ -61,17 +53,8 @@ class DynamicsTrainConfig:
     # not dynamics: 'mask' drops that slot of that clip from the losses and metrics, 'skip'
     # leaves the whole clip out (with a busy tracker that leaves few clips), 'keep' trains on it.
     reseeded: str = 'mask'
-    # Validate every this many steps on eval_clips clips of the val split (evenly spaced).
-    eval_every: int = 500
+    # Clips of the val split (evenly spaced) each validation rolls out.
     eval_clips: int = 256
-    # Write checkpoints/last.pt every this many steps (and at the end).
-    checkpoint_every: int = 250
-    # Log training metrics every this many steps.
-    log_every: int = 25
-    # Seed of the model init and the clip sampling.
-    seed: int = 0
-    # CPU threads for torch (0: torch's default).
-    threads: int = 2
 
     def __post_init__(self) -> None:
         positive = ('batch_size', 'max_steps', 'burn_in', 'horizon', 'horizon_start',

@@ -122,8 +122,9 @@ def optimisation_step(
     step: int,
     grad_clip: float,
     last_checkpoint: Path,
-) -> None:
-    """Backward pass, optional gradient-norm clip and optimizer step.
+) -> float:
+    """Backward pass, optional gradient-norm clip and optimizer step; the total gradient norm
+    before clipping.
 
     A non-finite loss stops the run with a DlpError naming the step and the last good checkpoint;
     nothing is updated. Under DDP the ranks first agree (one tiny all-reduce, before backward)
@@ -135,8 +136,13 @@ def optimisation_step(
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    else:
+        norm = torch.nn.utils.get_total_norm(
+            [p.grad for p in model.parameters() if p.grad is not None]
+        )
     optimizer.step()
+    return float(norm)
 
 
 def non_finite_error(

@@ -11,11 +11,8 @@ The run directory gets ``config.yaml``, ``metrics.jsonl`` (one JSON object per l
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,17 +20,15 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import yaml
-from tqdm import tqdm
 
 from training import distributed as dist
-from training.checkpoint import save_checkpoint
 from training.config import to_dict
 from training.data.dataset import Dataset
 from training.dlp_config import DlpRunConfig
 from training.frames import FrameSource
+from training.loop import train
 from training.models.dlp import Dlp
-from training.runs import add_run_arguments, lr_at, optimisation_step, resolve_run
+from training.runs import add_run_arguments, resolve_run
 from training.visualize import dlp_grid
 
 logger = logging.getLogger(__name__)
@@ -59,113 +54,77 @@ def run(args: argparse.Namespace) -> int:
 def train_on(args: argparse.Namespace, ctx: dist.Context) -> int:
     """The DLP training of this process (rank ``ctx.rank``); 0 when done."""
     config, data_dir, state = resolve(args)
-    tc = config.train
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    data = Dataset.open(data_dir)
-    data.require_frame_size(config.model.image_size, 'the configured model (model.image_size)')
-    train, val = FrameSource(data, 'train'), FrameSource(data, 'val')
-    torch.manual_seed(tc.seed)
-    model = Dlp(config.model).to(ctx.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
-    step, best = 0, -math.inf
-    if state is not None:
-        model.load_state_dict(state['model'])
-        optimizer.load_state_dict(state['optimizer'])
-        step, best = int(state['step']), float(state.get('best_psnr', -math.inf))
-        logger.info('resuming %s at step %d', args.out, step)
-    ddp_model = dist.wrap(model, ctx)
-    out: Path = args.out
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        meta = {'config': to_dict(config), 'data': str(Path(data_dir).resolve())}
-        (out / 'run.yaml').write_text(yaml.safe_dump(meta, sort_keys=False))
-        (out / 'config.yaml').write_text(yaml.safe_dump(meta['config'], sort_keys=False))
-    eval_images = val.evenly_spaced(tc.eval_images)
-    log = (out / 'metrics.jsonl').open('a') if ctx.is_main else None
-    bar = tqdm(total=tc.max_steps, initial=step, unit='step', file=sys.stderr,
-               disable=args.no_progress or not ctx.is_main or None, desc='train-dlp')  # fmt: skip
-    start, seen, window = time.monotonic(), 0, time.monotonic()
-
-    def checkpoint(name: str, metrics: dict[str, float], best_psnr: float) -> None:
-        save_checkpoint(out / 'checkpoints' / f'{name}.pt', {
-            'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step,
-            'config': to_dict(config), 'best_psnr': best_psnr, 'metrics': metrics,
-        })  # fmt: skip
-
-    metrics: dict[str, float] = {}
-    try:
-        while step < tc.max_steps:
-            if tc.time_limit_min and time.monotonic() - start > 60 * tc.time_limit_min:
-                logger.info('time limit of %.1f min reached at step %d', tc.time_limit_min, step)
-                break
-            for group in optimizer.param_groups:
-                group['lr'] = lr_at(step, tc)
-            torch.manual_seed(tc.seed * 1_000_003 + step * 101 + ctx.rank)  # posterior noise
-            images = train.batch(tc.batch_size, tc.seed, step, ctx.rank).to(ctx.device)
-            model.train()
-            loss, metrics = ddp_model(images, warmup=step < tc.warmup_steps)
-            optimisation_step(model, optimizer, loss, metrics, step, tc.grad_clip,
-                              out / 'checkpoints' / 'last.pt')  # fmt: skip
-            step += 1
-            seen += tc.batch_size * ctx.world_size
-            bar.update()
-            if step % tc.log_every == 0 and ctx.is_main:
-                now = time.monotonic()
-                rate = seen / (now - window)
-                seen, window = 0, now
-                record = {'step': step, 'split': 'train', 'lr': lr_at(step, tc),
-                          'images_per_s': rate, 'wall_s': time.time(), **metrics}  # fmt: skip
-                log.write(json.dumps(record) + '\n')
-                log.flush()
-                bar.set_postfix(loss=f'{metrics["loss"]:.1f}', psnr=f'{metrics["psnr"]:.1f}',
-                                img_s=f'{rate:.0f}')  # fmt: skip
-            if step % tc.eval_every == 0 or step == tc.max_steps:
-                best = evaluate(model, eval_images, step, out, log, ctx, best, checkpoint)
-            if step % tc.checkpoint_every == 0 and ctx.is_main:
-                checkpoint('last', metrics, best)
-    finally:
-        bar.close()
-    if ctx.is_main:
-        checkpoint('last', metrics, best)
-        log.close()
-    dist.report_sync(model, ctx, out)
-    dist.teardown(ctx)
-    if ctx.is_main:
-        print(f'train-dlp: step {step}/{tc.max_steps}, best val PSNR {best:.2f} dB -> {out}')  # noqa: T201
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    task = DlpTask(config, data_dir, args.out, ctx)
+    train(task, config.train, args.out, ctx, state, progress=not args.no_progress)
     return 0
 
 
+class DlpTask:
+    """:class:`training.loop.Task` of the DLP: frames in, the VAE loss, validation PSNR."""
+
+    name = 'train-dlp'
+    score_key = 'best_psnr'
+    higher_is_better = True
+    reseed = True  # posterior noise
+
+    def __init__(self, config: DlpRunConfig, data_dir: Path, out: Path, ctx: dist.Context):
+        self.config, self.out, self.ctx = config, out, ctx
+        data = Dataset.open(data_dir)
+        data.require_frame_size(config.model.image_size, 'the configured model (model.image_size)')
+        self.frames, val = FrameSource(data, 'train'), FrameSource(data, 'val')
+        torch.manual_seed(config.train.seed)
+        self.model = Dlp(config.model).to(ctx.device)
+        self.forward = dist.wrap(self.model, ctx)
+        self.meta = {'config': to_dict(config), 'data': str(Path(data_dir).resolve())}
+        self.eval_images = val.evenly_spaced(config.train.eval_images)
+
+    def batch(self, step: int) -> torch.Tensor:
+        """Images (B, 3, S, S) of ``step`` on this rank."""
+        tc = self.config.train
+        return self.frames.batch(tc.batch_size, tc.seed, step, self.ctx.rank).to(self.ctx.device)
+
+    def loss(self, batch: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.forward(batch, warmup=step < self.config.train.warmup_steps)
+
+    def evaluate(self, step: int) -> tuple[dict[str, float], float]:
+        """Validation loss/PSNR (posterior means) and the PNG grid; the score is the PSNR."""
+        totals = evaluate(self.model, self.eval_images, step, self.out, self.ctx.device)
+        return totals, totals['psnr']
+
+    def train_fields(self, batch: torch.Tensor, rate: float) -> dict[str, Any]:
+        return {'images_per_s': rate, 'wall_s': time.time()}
+
+    def val_fields(self) -> dict[str, Any]:
+        return {'wall_s': time.time()}
+
+    def postfix(self, metrics: dict[str, float], batch: torch.Tensor, rate: float) -> dict:
+        return {'loss': f'{metrics["loss"]:.1f}', 'psnr': f'{metrics["psnr"]:.1f}',
+                'img_s': f'{rate:.0f}'}  # fmt: skip
+
+    def checkpoint_fields(self) -> dict[str, Any]:
+        return {'config': to_dict(self.config)}
+
+    def best_text(self, best: float) -> str:
+        return f'best val PSNR {best:.2f} dB'
+
+
 def evaluate(
-    model: Dlp,
-    images: torch.Tensor,
-    step: int,
-    out: Path,
-    log: Any,
-    ctx: dist.Context,
-    best: float,
-    checkpoint: Any,
-) -> float:
-    """Validation loss/PSNR (posterior means), the PNG grid, and ``best.pt`` on improvement."""
-    if not ctx.is_main:
-        return best
+    model: Dlp, images: torch.Tensor, step: int, out: Path, device: torch.device
+) -> dict[str, float]:
+    """Validation loss/PSNR (posterior means, ``images`` (N, 3, S, S)) and the PNG grid."""
     model.eval()
     totals: dict[str, float] = {}
     with torch.no_grad():
-        chunks = images.to(ctx.device).split(64)
+        chunks = images.to(device).split(64)
         for chunk in chunks:
             _, metrics = model(chunk, deterministic=True)
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value * len(chunk) / len(images)
-        write_eval_grid(model, images[:6].to(ctx.device), out / 'eval' / f'step_{step:06d}.png')
-    record = {'step': step, 'split': 'val', 'wall_s': time.time(), **totals}
-    log.write(json.dumps(record) + '\n')
-    log.flush()
+        write_eval_grid(model, images[:6].to(device), out / 'eval' / f'step_{step:06d}.png')
     logger.info('step %d: val loss %.2f, PSNR %.2f dB', step, totals['loss'], totals['psnr'])
-    if totals['psnr'] > best:
-        best = totals['psnr']
-        checkpoint('best', totals, best)
-    return best
+    return totals
 
 
 def write_eval_grid(model: Dlp, images: torch.Tensor, path: Path) -> None:

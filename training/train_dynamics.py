@@ -18,28 +18,22 @@ log/eval line) and ``checkpoints/{last,best}.pt`` (atomic; best = lowest mean va
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
-import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from dlp_ros.errors import ConfigError
 from training import distributed as dist
-from training.checkpoint import save_checkpoint
 from training.clips import Clips, ClipSource, baselines, squared_error_sums
 from training.config import to_dict
 from training.dlp_config import load_dlp
 from training.dynamics_config import DynamicsRunConfig, DynamicsTrainConfig
 from training.latents import LatentDataset
+from training.loop import train
 from training.models.dlp import Dlp, Particles
 from training.models.dynamics import (
     ParticleDynamics,
@@ -48,7 +42,7 @@ from training.models.dynamics import (
     frames,
     rollout_loss,
 )
-from training.runs import add_run_arguments, lr_at, optimisation_step, resolve_run
+from training.runs import add_run_arguments, resolve_run
 
 logger = logging.getLogger(__name__)
 RESUMABLE = ('train.max_steps', 'train.time_limit_min', 'train.eval_every', 'train.log_every',
@@ -172,110 +166,92 @@ def run(args: argparse.Namespace) -> int:
 def train_on(args: argparse.Namespace, ctx: dist.Context) -> int:
     """The dynamics training of this process (rank ``ctx.rank``); 0 when done."""
     config, latents_dir, state = resolve(args)
-    tc, mc = config.train, config.model
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    latents = LatentDataset.open(latents_dir)
-    columns = check_latents(latents, config)
-    source = {'length': tc.burn_in + tc.horizon, 'action_columns': columns,
-              'action_from': tc.burn_in - mc.history,
-              'reseeded': tc.reseeded}  # fmt: skip
-    train, val = ClipSource(latents, 'train', **source), ClipSource(latents, 'val', **source)
-    decoder = load_decoder(latents, config).to(ctx.device) if tc.pixel_loss_weight else None
-    torch.manual_seed(tc.seed)
-    model = ParticleDynamics(config.model).to(ctx.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
-    step, best = 0, math.inf
-    if state is not None:
-        model.load_state_dict(state['model'])
-        optimizer.load_state_dict(state['optimizer'])
-        step, best = int(state['step']), float(state.get('best_rmse', math.inf))
-        logger.info('resuming %s at step %d', args.out, step)
-    objective = dist.wrap(Objective(model, config, decoder), ctx)
-    action = latents.manifest.get('action') or {}
-    data = {'path': str(Path(latents_dir).resolve()), 'fps': latents.fps,
-            'image_size': latents.image_size, 'dlp_run': latents.manifest['source'].get('dlp_run'),
-            'action_names': [action['names'][c] for c in columns] if columns else []}  # fmt: skip
-    out: Path = args.out
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        meta = {'config': to_dict(config), 'latents': data}
-        (out / 'run.yaml').write_text(yaml.safe_dump(meta, sort_keys=False))
-        (out / 'config.yaml').write_text(yaml.safe_dump(meta['config'], sort_keys=False))
-    eval_clips = val.evenly_spaced(tc.eval_clips)
-    log = (out / 'metrics.jsonl').open('a') if ctx.is_main else None
-    bar = tqdm(total=tc.max_steps, initial=step, unit='step', file=sys.stderr,
-               disable=args.no_progress or not ctx.is_main or None,
-               desc='train-dynamics')  # fmt: skip
-    start, seen, window, evaluated = time.monotonic(), 0, time.monotonic(), -1
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    task = DynamicsTask(config, latents_dir, ctx)
+    train(task, config.train, args.out, ctx, state, progress=not args.no_progress)
+    return 0
 
-    def write(record: dict[str, Any]) -> None:
-        log.write(json.dumps(record) + '\n')
-        log.flush()
 
-    def checkpoint(name: str, metrics: dict[str, Any]) -> None:
-        save_checkpoint(out / 'checkpoints' / f'{name}.pt', {
-            'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'step': step,
-            'config': to_dict(config), 'best_rmse': best, 'metrics': metrics, 'latents': data,
-        })  # fmt: skip
+class DynamicsBatch(NamedTuple):
+    """One step's clips, the curriculum's horizon and the pixel loss's pick (or None)."""
 
-    def validate() -> None:
-        nonlocal best, evaluated
-        evaluated = step
-        if not ctx.is_main:
-            return
-        record = evaluate(model, eval_clips, config, ctx.device)
-        write({'step': step, 'split': 'val', **record})
+    clips: Clips
+    horizon: int
+    pick: tuple[Tensor, Tensor] | None
+
+
+class DynamicsTask:
+    """:class:`training.loop.Task` of the dynamics: latent clips in, the rollout loss (plus the
+    optional pixel loss), validation position RMSE (lower is better)."""
+
+    name = 'train-dynamics'
+    score_key = 'best_rmse'
+    higher_is_better = False
+    reseed = False
+
+    def __init__(self, config: DynamicsRunConfig, latents_dir: Path, ctx: dist.Context):
+        tc, mc = config.train, config.model
+        self.config, self.ctx = config, ctx
+        latents = LatentDataset.open(latents_dir)
+        columns = check_latents(latents, config)
+        source = {'length': tc.burn_in + tc.horizon, 'action_columns': columns,
+                  'action_from': tc.burn_in - mc.history,
+                  'reseeded': tc.reseeded}  # fmt: skip
+        self.clips, val = (
+            ClipSource(latents, 'train', **source),
+            ClipSource(latents, 'val', **source),
+        )
+        decoder = load_decoder(latents, config).to(ctx.device) if tc.pixel_loss_weight else None
+        self.pixel = decoder is not None
+        torch.manual_seed(tc.seed)
+        self.model = ParticleDynamics(config.model).to(ctx.device)
+        self.forward = dist.wrap(Objective(self.model, config, decoder), ctx)
+        self.meta = {'config': to_dict(config), 'latents': latents_source(latents, columns)}
+        self.eval_clips = val.evenly_spaced(tc.eval_clips)
+
+    def batch(self, step: int) -> DynamicsBatch:
+        tc, rank = self.config.train, self.ctx.rank
+        horizon = curriculum_horizon(step, tc.horizon, tc.horizon_ramp_steps, tc.horizon_start)
+        clips = self.clips.batch(tc.batch_size, tc.seed, step, rank).to(self.ctx.device)
+        pick = pixel_pick(tc, tc.batch_size, horizon, step, rank) if self.pixel else None
+        return DynamicsBatch(clips, horizon, pick)
+
+    def loss(self, batch: DynamicsBatch, step: int) -> tuple[Tensor, dict[str, float]]:
+        return self.forward(batch.clips, batch.horizon, batch.pick)
+
+    def evaluate(self, step: int) -> tuple[dict[str, Any], float]:
+        """Full-horizon validation; the score is the mean position RMSE."""
+        record = evaluate(self.model, self.eval_clips, self.config, self.ctx.device)
         logger.info('step %d: val position RMSE %.4f (constant velocity %.4f, last frame %.4f)',
                     step, record['position_rmse_mean'], record['const_velocity_rmse_mean'],
                     record['last_frame_rmse_mean'])  # fmt: skip
-        if record['position_rmse_mean'] < best:
-            best = record['position_rmse_mean']
-            checkpoint('best', record)
+        return record, record['position_rmse_mean']
 
-    metrics: dict[str, float] = {}
-    try:
-        while step < tc.max_steps:
-            if tc.time_limit_min and time.monotonic() - start > 60 * tc.time_limit_min:
-                logger.info('time limit of %.1f min reached at step %d', tc.time_limit_min, step)
-                break
-            for group in optimizer.param_groups:
-                group['lr'] = lr_at(step, tc)
-            horizon = curriculum_horizon(step, tc.horizon, tc.horizon_ramp_steps, tc.horizon_start)
-            clips = train.batch(tc.batch_size, tc.seed, step, ctx.rank).to(ctx.device)
-            pick = pixel_pick(tc, tc.batch_size, horizon, step, ctx.rank) if decoder else None
-            model.train()
-            loss, metrics = objective(clips, horizon, pick)
-            optimisation_step(model, optimizer, loss, metrics, step, tc.grad_clip,
-                              out / 'checkpoints' / 'last.pt')  # fmt: skip
-            step += 1
-            seen += tc.batch_size * ctx.world_size
-            bar.update()
-            if step % tc.log_every == 0 and ctx.is_main:
-                now = time.monotonic()
-                rate, seen, window = seen / (now - window), 0, now
-                write({'step': step, 'split': 'train', 'lr': lr_at(step, tc), 'horizon': horizon,
-                       'clips_per_s': rate, **metrics})  # fmt: skip
-                bar.set_postfix(loss=f'{metrics["loss"]:.4f}', horizon=horizon,
-                                rmse=f'{metrics["position_rmse_last"]:.4f}',
-                                clip_s=f'{rate:.0f}')  # fmt: skip
-            if step % tc.eval_every == 0 or step == tc.max_steps:
-                validate()
-            if step % tc.checkpoint_every == 0 and ctx.is_main:
-                checkpoint('last', metrics)
-    finally:
-        bar.close()
-    if evaluated != step:
-        validate()
-    if ctx.is_main:
-        checkpoint('last', metrics)
-        log.close()
-    dist.report_sync(model, ctx, out)
-    dist.teardown(ctx)
-    if ctx.is_main:
-        rmse = f'best val position RMSE {best:.4f}'
-        print(f'train-dynamics: step {step}/{tc.max_steps}, {rmse} -> {out}')  # noqa: T201
-    return 0
+    def train_fields(self, batch: DynamicsBatch, rate: float) -> dict[str, Any]:
+        return {'horizon': batch.horizon, 'clips_per_s': rate}
+
+    def val_fields(self) -> dict[str, Any]:
+        return {}
+
+    def postfix(self, metrics: dict[str, float], batch: DynamicsBatch, rate: float) -> dict:
+        return {'loss': f'{metrics["loss"]:.4f}', 'horizon': batch.horizon,
+                'rmse': f'{metrics["position_rmse_last"]:.4f}',
+                'clip_s': f'{rate:.0f}'}  # fmt: skip
+
+    def checkpoint_fields(self) -> dict[str, Any]:
+        return {'config': to_dict(self.config), 'latents': self.meta['latents']}
+
+    def best_text(self, best: float) -> str:
+        return f'best val position RMSE {best:.4f}'
+
+
+def latents_source(latents: LatentDataset, columns: list[int] | None) -> dict[str, Any]:
+    """Where the training latents came from (``run.yaml`` and every checkpoint)."""
+    action = latents.manifest.get('action') or {}
+    return {'path': str(latents.root.resolve()), 'fps': latents.fps,
+            'image_size': latents.image_size, 'dlp_run': latents.manifest['source'].get('dlp_run'),
+            'action_names': [action['names'][c] for c in columns] if columns else []}  # fmt: skip
 
 
 @torch.no_grad()

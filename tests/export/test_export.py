@@ -29,7 +29,7 @@ from training.__main__ import main
 from training.checkpoint import save_checkpoint
 from training.config import to_dict
 from training.dlp_config import DlpRunConfig
-from training.dynamics_config import DynamicsRunConfig
+from training.dynamics_config import DynamicsRunConfig, DynamicsTrainConfig
 from training.models.dlp import Particles
 from training.models.dynamics import rollout
 from training.models.tracking import DlpTrackingEncoder, track_sequence
@@ -198,8 +198,8 @@ def test_export_command_from_run_directories(
         'metrics': {'psnr': 30.0}, 'best_psnr': 30.0})  # fmt: skip
     run_yaml = {'config': to_dict(dlp_config), 'data': str(tmp_path / 'gone')}
     (dlp_run / 'run.yaml').write_text(yaml.safe_dump(run_yaml))
-    dyn_config = DynamicsRunConfig(model=dyn_cfg)
-    dyn_config.train.burn_in = max(dyn_cfg.history, 2)
+    dyn_train = DynamicsTrainConfig(burn_in=max(dyn_cfg.history, 2))  # frozen: set when made
+    dyn_config = DynamicsRunConfig(model=dyn_cfg, train=dyn_train)
     latents = {'path': 'x', 'fps': 5.0, 'image_size': 64, 'dlp_run': str(dlp_run),
                'action_names': ['linear.x', 'linear.y']}  # fmt: skip
     save_checkpoint(dyn_run / 'checkpoints' / 'last.pt', {
