@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from dlp_ros.image_codec import COMPRESSED_FORMATS
+from training.checkpoint import load_checkpoint
 from training.data.bag_writer import BagWriter
 from training.data.ground_truth import ObjectState, gt_path, write_ground_truth
 
@@ -105,3 +110,56 @@ def make_camera_bag(tmp_path: Path) -> MakeBag:
         return bag
 
     return make
+
+
+# Checks of the shared training loop (training.loop) that test_train_dlp and test_train_dynamics
+# run on their own model: ``run(out, extra_args)`` trains a tiny run into ``out``.
+Run = Callable[[Path, list[str]], None]
+
+
+@pytest.fixture
+def check_window_means(tmp_path: Path) -> Callable[[Run], None]:
+    return lambda run: _window_means(run, tmp_path)
+
+
+@pytest.fixture
+def check_time_limit_validates(tmp_path: Path) -> Callable[[Run], None]:
+    return lambda run: _time_limit_validates(run, tmp_path)
+
+
+def _read_metrics(out: Path, split: str) -> list[dict[str, Any]]:
+    lines = [json.loads(x) for x in (out / 'metrics.jsonl').read_text().splitlines()]
+    return [x for x in lines if x['split'] == split]
+
+
+def _window_means(run: Run, tmp_path: Path) -> None:
+    """Train records hold grad_norm and the means over their log window; log_every changes
+    nothing but the log."""
+    common = ['--set', 'train.max_steps=6', '--set', 'train.eval_every=1000']
+    each, pairs = tmp_path / 'each', tmp_path / 'pairs'
+    run(each, [*common, '--set', 'train.log_every=1'])
+    run(pairs, [*common, '--set', 'train.log_every=2'])
+    steps, windows = _read_metrics(each, 'train'), _read_metrics(pairs, 'train')
+    assert [x['step'] for x in steps] == [1, 2, 3, 4, 5, 6]
+    assert all(x['grad_norm'] > 0 and math.isfinite(x['grad_norm']) for x in steps)
+    assert [x['step'] for x in windows] == [2, 4, 6]
+    for window in windows:
+        first, last = steps[window['step'] - 2], steps[window['step'] - 1]
+        assert set(window) == set(last), 'the keys of a record are those of its last step'
+        for key in ('loss', 'grad_norm'):
+            assert window[key] == pytest.approx((first[key] + last[key]) / 2, rel=1e-12)
+        assert window['loss'] != last['loss'], 'the mean of the window, not its last step'
+    a = load_checkpoint(each / 'checkpoints' / 'last.pt')['model']
+    b = load_checkpoint(pairs / 'checkpoints' / 'last.pt')['model']
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _time_limit_validates(run: Run, tmp_path: Path) -> None:
+    """A time-limit stop (before max_steps and any eval_every) still validates and saves."""
+    out, far = tmp_path / 'timed', 100_000
+    run(out, ['--set', f'train.max_steps={far}', '--set', f'train.eval_every={far}',
+              '--set', 'train.time_limit_min=0.005'])  # fmt: skip
+    step = load_checkpoint(out / 'checkpoints' / 'last.pt')['step']
+    assert 0 < step < far
+    assert [x['step'] for x in _read_metrics(out, 'val')] == [step]
+    assert load_checkpoint(out / 'checkpoints' / 'best.pt')['step'] == step

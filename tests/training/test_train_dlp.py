@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,21 @@ def test_frame_size_mismatch_is_refused(
     err = capsys.readouterr().err
     assert '64x64 frames' in err and '32x32 images' in err and '--size 32' in err
     assert not (out / 'checkpoints').exists()
+
+
+def _run(balls_data: Path) -> Callable[[Path, list[str]], None]:
+    def run(out: Path, extra: list[str]) -> None:
+        argv = ['train-dlp', '--config', str(TINY), '--data', str(balls_data), '--out', str(out)]
+        assert main([*argv, '--no-progress', *extra]) == 0
+
+    return run
+
+
+def test_train_records_average_the_log_window(
+    balls_data: Path, check_window_means: Callable
+) -> None:
+    check_window_means(_run(balls_data))
+
+
+def test_time_limit_stop_validates(balls_data: Path, check_time_limit_validates: Callable) -> None:
+    check_time_limit_validates(_run(balls_data))

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +265,20 @@ def test_two_ddp_processes_stay_in_sync(latents: Path, tmp_path: Path) -> None:
     model, _, info = load_dynamics(out, 'last')
     assert info['step'] == 6 and parameter_digest(model) == digests[0]
     assert yaml.safe_load((out / 'run.yaml').read_text())['latents']['fps'] == 10.0
+
+
+def _run(latents: Path) -> Callable[[Path, list[str]], None]:
+    def run(out: Path, extra: list[str]) -> None:
+        argv = ['train-dynamics', '--config', str(TINY), '--latents', str(latents), '--out',
+                str(out), '--no-progress']  # fmt: skip
+        assert main([*argv, *extra]) == 0
+
+    return run
+
+
+def test_train_records_average_the_log_window(latents: Path, check_window_means: Callable) -> None:
+    check_window_means(_run(latents))
+
+
+def test_time_limit_stop_validates(latents: Path, check_time_limit_validates: Callable) -> None:
+    check_time_limit_validates(_run(latents))
