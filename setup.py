@@ -29,7 +29,7 @@ setup(
     entry_points={
         'console_scripts': [
             'dlp-train = training.__main__:main',
-            'dlp-replay = training.replay:main',
+            'dlp-replay = dlp_ros.offline.replay:main',
         ]
     },
 )

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dlp_ros.image_codec import COMPRESSED_FORMATS
-from training.data.bag_writer import BagWriter
+from dlp_ros.offline.bag_writer import BagWriter
 from training.data.ground_truth import ObjectState, gt_path, write_ground_truth
 
 CAMERA = '/camera/image'

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from training import perception_outputs as po
+from dlp_ros.offline import perception_outputs as po
 
 
 def test_psnr() -> None:

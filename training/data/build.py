@@ -26,8 +26,7 @@ from tqdm import tqdm
 
 import dlp_ros
 from dlp_ros.errors import ConfigError, EpisodeError
-from training.data import episode_plan as ep
-from training.data.bag_reader import (
+from dlp_ros.offline.bag_reader import (
     ACTION_TYPES,
     IMAGE_TYPES,
     Bag,
@@ -36,6 +35,8 @@ from training.data.bag_reader import (
     check_encoding,
     frame_encoding,
 )
+from dlp_ros.offline.output_dir import check_out, publish
+from training.data import episode_plan as ep
 from training.data.dataset import (
     EPISODES,
     FORMAT,
@@ -47,7 +48,6 @@ from training.data.dataset import (
 )
 from training.data.frame_writer import PixelStats, write_bag
 from training.data.ground_truth import gt_path, read_ground_truth
-from training.output_dir import check_out, publish
 
 logger = logging.getLogger(__name__)
 
