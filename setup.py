@@ -23,6 +23,7 @@ setup(
             'scipy>=1.10',
             'tqdm>=4.60',
         ],
+        'offline': ['rosbags==0.11.9'],
         'gpu': ['onnxruntime-gpu==1.31.1'],
         'cpu': ['onnxruntime>=1.20'],
     },

@@ -47,7 +47,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.set_num_threads(1)
     dlp = yaml.safe_load((ROOT / 'config/train/dlp_tiny.yaml').read_text())['model']
     dyn = yaml.safe_load((ROOT / 'config/train/dynamics_tiny.yaml').read_text())['model']
-    path = tmp_path_factory.mktemp('ros_demo') / 'bundle'
+    path = tmp_path_factory.mktemp('demo') / 'bundle'
     export_random_bundle(
         DlpConfig.from_dict(dlp), DynamicsConfig.from_dict({**dyn, 'action_dim': 2}), path
     )
