@@ -23,13 +23,14 @@ setup(
             'scipy>=1.10',
             'tqdm>=4.60',
         ],
+        'offline': ['rosbags==0.11.9'],
         'gpu': ['onnxruntime-gpu==1.31.1'],
         'cpu': ['onnxruntime>=1.20'],
     },
     entry_points={
         'console_scripts': [
             'dlp-train = training.__main__:main',
-            'dlp-replay = training.replay:main',
+            'dlp-replay = dlp_ros.offline.replay:main',
         ]
     },
 )

@@ -30,7 +30,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.data.bag_writer import BagWriter  # noqa: E402
+from dlp_ros.offline.bag_writer import BagWriter  # noqa: E402
 
 TOPIC = '/camera/image'
 FPS = 30.0

@@ -41,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.ros_demo import (  # noqa: E402
+from dlp_ros.demo import (  # noqa: E402
     NodeProcess,
     RosSession,
     default_bundle,

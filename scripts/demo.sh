@@ -38,8 +38,8 @@ if [ ! -f "$OUT/dataset/manifest.yaml" ]; then
   python -m training preview-dataset --data "$OUT/dataset" --out "$OUT/dataset_preview.png"
 fi
 
-# The node on episode 0 over ROS 2 (training/ros_demo.py starts and stops the node itself).
-python -m training.ros_demo --bag "$OUT/bags/episode_0000" --bundle "$BUNDLE" \
+# The node on episode 0 over ROS 2 (dlp_ros/demo.py starts and stops the node itself).
+python -m dlp_ros.demo --bag "$OUT/bags/episode_0000" --bundle "$BUNDLE" \
   --topic /camera/image_raw --action-topic /tabletop/command --horizon 10 \
   --out "$OUT/ros"
 

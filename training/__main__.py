@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from training.cli import execute
+from dlp_ros.offline.cli import execute
 
 # command -> (module with configure_parser(parser) and run(args) -> int, one-line help).
 # Modules are imported only for the command that runs, so --help stays fast.
@@ -40,11 +40,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         'train the particle dynamics on a latents cache (rollout curriculum, resumable, DDP)',
     ),
     'manipulate': (
-        'training.manipulate',
+        'dlp_ros.offline.manipulate',
         'encode an image, move/remove particles, decode: original | reconstruction | edited PNG',
     ),
     'replay': (
-        'training.replay',
+        'dlp_ros.offline.replay',
         "the node's pipeline on a bag, offline (dlp-replay): output bag, video, strip, summary",
     ),
     'export': (

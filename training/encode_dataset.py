@@ -27,13 +27,13 @@ from tqdm import tqdm
 import dlp_ros
 from dlp_ros.errors import ConfigError, DlpError
 from dlp_ros.image_codec import to_model_input
+from dlp_ros.offline.output_dir import check_out, publish
 from training.checkpoint import run_checkpoint
 from training.data.dataset import Dataset, EpisodeInfo, write_manifest
 from training.dlp_config import load_dlp
 from training.latents import EPISODES, FORMAT, MANIFEST, STATS, VERSION, episode_file
 from training.models.dlp import Dlp
 from training.models.tracking import METHOD, ON_THRESHOLD, track_sequence
-from training.output_dir import check_out, publish
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ last displacement continued, :func:`~training.prediction.constant_velocity`, dec
 decoder); and ``last_frame_decoded`` (the last observed particles decoded: image metrics only,
 the decoder's share of the error).
 
-Output directory (whole or not at all, :mod:`training.output_dir`): ``report.json`` (config,
+Output directory (whole or not at all, :mod:`dlp_ros.offline.output_dir`): ``report.json`` (config,
 ``per_step[metric][series]`` lists of N values, ``mean``, ``step_10``, ``comparison`` of the
 model with each baseline), ``<metric>.png`` charts, ``prediction.gif`` (true | model | constant
 velocity | last frame, a few clips) and ``prediction.png`` (the same as a still).
@@ -47,14 +47,14 @@ import torch
 from tqdm import tqdm
 
 import dlp_ros
+from dlp_ros.offline.output_dir import check_out, publish
+from dlp_ros.offline.plots import encode_gif, gif_writer, line_plot
 from dlp_ros.plain_values import plain
 from training import metrics
 from training.checkpoint import run_checkpoint
 from training.data.dataset import SPLITS, Dataset
 from training.dlp_config import load_dlp
 from training.dynamics_config import load_dynamics
-from training.output_dir import check_out, publish
-from training.plots import encode_gif, gif_writer, line_plot
 from training.prediction import (
     BundlePredictor,
     ClipSelection,

@@ -17,8 +17,8 @@ with the bundle itself (``dlp_ros.runtime``, CPU) on consecutive frames of the D
 validation split, when its data set (``run.yaml`` ``data``) is on this machine.
 
 Everything is written to a hidden temporary sibling of ``--out`` and renamed into place at the
-end (``training.output_dir``): a failed export leaves nothing, an existing bundle is replaced
-only with ``--overwrite``.
+end (``dlp_ros.offline.output_dir``): a failed export leaves nothing, an existing bundle is
+replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ from dlp_ros.model_card import (
     expected_graphs,
     write_model_card,
 )
+from dlp_ros.offline.output_dir import check_out, publish
 from dlp_ros.tracking import ON_THRESHOLD
 from training.checkpoint import run_checkpoint
 from training.dlp_config import load_dlp
@@ -67,7 +68,6 @@ from training.dynamics_config import load_dynamics
 from training.models.dlp import Dlp, DlpConfig, DlpDecoder
 from training.models.dynamics import DynamicsConfig, DynamicsStep, ParticleDynamics
 from training.models.tracking import METHOD, DlpBackgroundEncoder, DlpTrackingEncoder
-from training.output_dir import check_out, publish
 
 logger = logging.getLogger(__name__)
 KIND = 'model bundle'

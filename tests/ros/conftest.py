@@ -99,7 +99,7 @@ def ros_domain_id() -> Iterator[int]:
 def no_stale_shared_memory() -> None:
     """Removes the Fast DDS shared-memory files (segments and ports) that killed processes
     left in /dev/shm, before any ROS process of this run exists."""
-    from training.dds_shm import clean_stale
+    from dlp_ros.dds_shm import clean_stale
 
     clean_stale(ports=True)
 
@@ -449,10 +449,10 @@ def to_rosbags(msg: object, store: Any = None) -> Any:
     """Convert an rclpy message to the equivalent rosbags dataclass of ``store``.
 
     Driven by the rosbags field definitions, so a field the rclpy class lacks fails loudly.
-    ``store`` defaults to ``training.data.typestore.typestore()``.
+    ``store`` defaults to ``dlp_ros.offline.typestore.typestore()``.
     """
     if store is None:
-        from training.data.typestore import typestore
+        from dlp_ros.offline.typestore import typestore
 
         store = typestore()
     msgtype = message_type(msg)

@@ -25,9 +25,9 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from dlp_ros.conversions import stamp_ns
+from dlp_ros.demo import stop_process
 from dlp_ros.image_codec import encode_compressed
 from dlp_ros.msg import ParticleArray, Prediction
-from training.ros_demo import stop_process
 
 WIDTH, HEIGHT = 64, 48  # camera frames: not square, not the model's size
 TIMEOUT_S = 20.0

@@ -1,5 +1,5 @@
 """Stale Fast DDS shared-memory files: a SIGKILLed rclpy process leaves its segments in
-/dev/shm; ``training.dds_shm.clean_stale`` removes them and keeps those of a living process.
+/dev/shm; ``dlp_ros.dds_shm.clean_stale`` removes them and keeps those of a living process.
 
 The two peers run in domains of their own, apart from this run's: a participant that talked to
 one killed with SIGKILL was seen to crash at its own shutdown now and then (Fast DDS), and the
@@ -21,8 +21,8 @@ import pytest
 pytest.importorskip('rclpy')
 pytest.importorskip('dlp_ros.msg')
 
-from training.dds_shm import SHM_DIR, clean_stale, stale_files  # noqa: E402
-from training.ros_demo import stop_process  # noqa: E402
+from dlp_ros.dds_shm import SHM_DIR, clean_stale, stale_files  # noqa: E402
+from dlp_ros.demo import stop_process  # noqa: E402
 
 pytestmark = pytest.mark.ros
 

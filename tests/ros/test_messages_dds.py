@@ -24,8 +24,8 @@ pytest.importorskip('dlp_ros.msg')
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 
+from dlp_ros.demo import stop_process  # noqa: E402
 from dlp_ros.msg import ParticleArray, Prediction  # noqa: E402
-from training.ros_demo import stop_process  # noqa: E402
 
 if TYPE_CHECKING:
     from conftest import RosMsgKit

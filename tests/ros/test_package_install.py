@@ -39,6 +39,27 @@ def test_installed_package_has_messages_and_runtime(tmp_path: Path) -> None:
     assert "'particles'" in fields and "'header'" in fields
 
 
+def test_installed_package_has_offline_tools_and_demo(tmp_path: Path) -> None:
+    """dlp_ros.offline (a subpackage), the demo and the shared-memory cleanup are installed; the
+    installed bag tools find the message definitions in the install's share/dlp_ros/msg."""
+    code = (
+        'import dlp_ros.dds_shm, dlp_ros.demo, dlp_ros.offline.replay\n'
+        'from dlp_ros.offline.typestore import msg_dir\n'
+        'for m in (dlp_ros.dds_shm, dlp_ros.demo, dlp_ros.offline.replay): print(m.__file__)\n'
+        'print(msg_dir())\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONSAFEPATH'}
+    out = subprocess.run(
+        [sys.executable, '-c', code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    *files, msg = out.stdout.strip().splitlines()[-4:]
+    install = str(ROOT / 'install')
+    for file in files:
+        assert file.startswith(install), f'not installed: {file}'
+    assert Path(msg) == Path(install) / 'dlp_ros' / 'share' / 'dlp_ros' / 'msg', msg
+
+
 def test_install_share_has_message_definitions() -> None:
     share = ROOT / 'install' / 'dlp_ros' / 'share' / 'dlp_ros'
     for name in ('Particle', 'ParticleArray', 'Prediction'):

@@ -1,7 +1,7 @@
 """One camera sequence, with a frame size change and a stamp going back, through the perception
-node over ROS and through ``dlp-replay`` (``training.replay.replay``) on a bag of the same frames:
-the particles are identical, frame for frame, so both restart tracking at the same frames (both
-run :class:`dlp_ros.pipeline.PerceptionPipeline`).
+node over ROS and through ``dlp-replay`` (``dlp_ros.offline.replay.replay``) on a bag of the same
+frames: the particles are identical, frame for frame, so both restart tracking at the same frames
+(both run :class:`dlp_ros.pipeline.PerceptionPipeline`).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from rosbags.rosbag2 import Reader  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from dlp_ros.conversions import stamp_ns  # noqa: E402
+from dlp_ros.offline.bag_writer import BagWriter  # noqa: E402
+from dlp_ros.offline.perception_outputs import PARTICLES_TOPIC  # noqa: E402
+from dlp_ros.offline.replay import ReplayConfig, replay  # noqa: E402
+from dlp_ros.offline.typestore import typestore  # noqa: E402
 from dlp_ros.runtime import DlpRuntime  # noqa: E402
-from training.data.bag_writer import BagWriter  # noqa: E402
-from training.data.typestore import typestore  # noqa: E402
-from training.perception_outputs import PARTICLES_TOPIC  # noqa: E402
-from training.replay import ReplayConfig, replay  # noqa: E402
 
 pytestmark = pytest.mark.ros
 

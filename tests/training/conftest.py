@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from dlp_ros.image_codec import COMPRESSED_FORMATS
+from dlp_ros.offline.bag_writer import BagWriter
 from training.checkpoint import load_checkpoint
-from training.data.bag_writer import BagWriter
 from training.data.ground_truth import ObjectState, gt_path, write_ground_truth
 
 CAMERA = '/camera/image'

@@ -20,11 +20,11 @@ from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 from rosbags.rosbag2.storage_mcap import ChunkInfo, McapReader
 
 from dlp_ros.image_codec import resize_rgb
+from dlp_ros.offline.bag_writer import BagWriter
+from dlp_ros.offline.typestore import typestore
 from training.__main__ import main
-from training.data.bag_writer import BagWriter
 from training.data.dataset import Dataset, DatasetError
 from training.data.episode_plan import assign_splits
-from training.data.typestore import typestore
 
 CAMERA = '/camera/image'  # the topic make_camera_bag writes (conftest.py)
 NS = 1_000_000_000

@@ -10,9 +10,7 @@ import pytest
 import yaml
 
 from dlp_ros.errors import ConfigError
-from dlp_ros.runtime import DlpRuntime
-from training.__main__ import main as train_main
-from training.manipulate import (
+from dlp_ros.offline.manipulate import (
     MIN_PANEL_SIDE,
     Move,
     edit_particles,
@@ -20,6 +18,8 @@ from training.manipulate import (
     parse_move,
     side_by_side,
 )
+from dlp_ros.runtime import DlpRuntime
+from training.__main__ import main as train_main
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from training import distributed as dist
-from training.cli import main_of
+from dlp_ros.offline.cli import main_of
 from training.runs import optimisation_step
 
 

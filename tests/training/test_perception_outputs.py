@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dlp_ros.image_quality import PSNR_CAP_DB
-from training import perception_outputs as po
+from dlp_ros.offline import perception_outputs as po
 
 
 def test_psnr() -> None:

@@ -13,11 +13,11 @@ import yaml
 from rosbags.rosbag2 import Reader
 
 from dlp_ros.errors import ConfigError, EpisodeError
+from dlp_ros.offline.bag_writer import BagWriter
+from dlp_ros.offline.perception_outputs import PARTICLES_TOPIC, PREDICTION_TOPIC
+from dlp_ros.offline.replay import ReplayConfig, action_columns, main, replay
+from dlp_ros.offline.typestore import typestore
 from dlp_ros.runtime import DlpRuntime
-from training.data.bag_writer import BagWriter
-from training.data.typestore import typestore
-from training.perception_outputs import PARTICLES_TOPIC, PREDICTION_TOPIC
-from training.replay import ReplayConfig, action_columns, main, replay
 
 ROOT = Path(__file__).resolve().parents[2]
 CAMERA = '/camera/image'  # the topic of tests/training/conftest.py's camera bags

@@ -26,9 +26,7 @@ from tqdm import tqdm
 
 import dlp_ros
 from dlp_ros.errors import ConfigError, EpisodeError
-from dlp_ros.plain_values import plain
-from training.data import episode_plan as ep
-from training.data.bag_reader import (
+from dlp_ros.offline.bag_reader import (
     ACTION_TYPES,
     IMAGE_TYPES,
     Bag,
@@ -37,6 +35,9 @@ from training.data.bag_reader import (
     check_encoding,
     frame_encoding,
 )
+from dlp_ros.offline.output_dir import check_out, publish
+from dlp_ros.plain_values import plain
+from training.data import episode_plan as ep
 from training.data.dataset import (
     EPISODES,
     FORMAT,
@@ -48,7 +49,6 @@ from training.data.dataset import (
 )
 from training.data.frame_writer import PixelStats, write_bag
 from training.data.ground_truth import gt_path, read_ground_truth
-from training.output_dir import check_out, publish
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from dlp_ros.errors import ConfigError, EpisodeError
-from training.data.bag_reader import Actions
+from dlp_ros.offline.bag_reader import Actions
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from numpy.lib.format import open_memmap
 
 from dlp_ros.errors import EpisodeError, ImageError
 from dlp_ros.image_codec import resize_rgb
-from training.data.bag_reader import IMAGE_TYPES, Actions, Bag, decode_frame, header_stamp_ns
+from dlp_ros.offline.bag_reader import IMAGE_TYPES, Actions, Bag, decode_frame, header_stamp_ns
 from training.data.dataset import frames_file, labels_file
 from training.data.episode_plan import BagPlan, EpisodePlan
 from training.data.ground_truth import gt_path, read_ground_truth

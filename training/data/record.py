@@ -20,7 +20,7 @@ import yaml
 from tqdm import tqdm
 
 from dlp_ros.errors import DlpError
-from training.data.bag_writer import STORAGES, BagWriter
+from dlp_ros.offline.bag_writer import STORAGES, BagWriter
 from training.data.ground_truth import ObjectState, gt_path, write_ground_truth
 from training.data.scene import Scene
 

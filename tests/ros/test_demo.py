@@ -1,6 +1,6 @@
-"""The demo's ROS half (training/ros_demo.py) against the real node, and against dlp-replay.
+"""The demo's ROS half (dlp_ros/demo.py) against the real node, and against dlp-replay.
 
-A tiny bundle and a 10-frame bag with commands; ``ros_demo`` starts the node as a process, plays
+A tiny bundle and a 10-frame bag with commands; the demo starts the node as a process, plays
 the bag over Fast DDS (loopback, this run's domain) and records what comes back. The recorded
 messages, stamped back to the bag's time, must be exactly what the offline replay writes for the
 same bag (timing fields aside): the node and dlp-replay run the same pipeline.
@@ -21,11 +21,11 @@ pytest.importorskip('dlp_ros.msg')
 
 from rosbags.rosbag2 import Reader  # noqa: E402
 
-from training.data.bag_writer import BagWriter  # noqa: E402
-from training.data.typestore import typestore  # noqa: E402
-from training.perception_outputs import PARTICLES_TOPIC, PREDICTION_TOPIC  # noqa: E402
-from training.replay import ReplayConfig, replay  # noqa: E402
-from training.ros_demo import main as ros_demo  # noqa: E402
+from dlp_ros.demo import main as demo_main  # noqa: E402
+from dlp_ros.offline.bag_writer import BagWriter  # noqa: E402
+from dlp_ros.offline.perception_outputs import PARTICLES_TOPIC, PREDICTION_TOPIC  # noqa: E402
+from dlp_ros.offline.replay import ReplayConfig, replay  # noqa: E402
+from dlp_ros.offline.typestore import typestore  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -47,7 +47,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.set_num_threads(1)
     dlp = yaml.safe_load((ROOT / 'config/train/dlp_tiny.yaml').read_text())['model']
     dyn = yaml.safe_load((ROOT / 'config/train/dynamics_tiny.yaml').read_text())['model']
-    path = tmp_path_factory.mktemp('ros_demo') / 'bundle'
+    path = tmp_path_factory.mktemp('demo') / 'bundle'
     export_random_bundle(
         DlpConfig.from_dict(dlp), DynamicsConfig.from_dict({**dyn, 'action_dim': 2}), path
     )
@@ -107,7 +107,7 @@ def test_demo_over_ros_records_what_the_offline_replay_computes(
     out = tmp_path / 'demo'
     args = ['--bag', str(tmp_path / 'episode'), '--bundle', str(bundle), '--out', str(out),
             '--providers', 'cpu', '--horizon', '3', '--lockstep']  # fmt: skip
-    assert ros_demo(args) == 0, (out.with_name('.demo.partial') / 'node.log').read_text()
+    assert demo_main(args) == 0, (out.with_name('.demo.partial') / 'node.log').read_text()
     printed = capsys.readouterr().out
     assert 'frames in 10' in printed and 'latency' in printed
 

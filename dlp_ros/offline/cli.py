@@ -29,7 +29,7 @@ def execute(prog: str, module: ModuleType, args: argparse.Namespace) -> int:
 
 
 def main_of(prog: str, module: ModuleType, argv: list[str] | None = None) -> int:
-    """A command module as a program of its own (``dlp-replay``, ``training.ros_demo``)."""
+    """A command module as a program of its own (``dlp-replay``, ``dlp_ros.demo``)."""
     description = (module.__doc__ or '').split('\n\n')[0]
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument('-v', '--verbose', action='store_true', help='debug logging')

@@ -15,7 +15,7 @@ from types import TracebackType
 import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 
-from training.data.typestore import typestore
+from dlp_ros.offline.typestore import typestore
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 outputs recorded.
 
 ```
-python -m training.ros_demo --bag BAG --out OUT [--bundle DIR] [--topic /camera/image_raw]
+python -m dlp_ros.demo --bag BAG --out OUT [--bundle DIR] [--topic /camera/image_raw]
     [--action-topic /tabletop/command] [--horizon 10] [--node-arg NAME:=VALUE ...]
 ```
 
@@ -17,10 +17,11 @@ python -m training.ros_demo --bag BAG --out OUT [--bundle DIR] [--topic /camera/
    stamps.
 3. Subscribes to /dlp/particles, /dlp/prediction and /diagnostics. Afterwards every received
    message is stamped back with the bag's time (prediction steps and frames by the same shift)
-   and written with :class:`training.perception_outputs.PerceptionRecorder`: OUT/bag (rosbag2,
-   the input's storage), OUT/overlay.mp4, OUT/prediction_strip.png, OUT/summary.json (frames in
-   and out, dropped frames counted here and as the node reports them, latency p50/p99,
-   prediction PSNR per step against the bag's true next frames); the summary is printed.
+   and written with :class:`dlp_ros.offline.perception_outputs.PerceptionRecorder`: OUT/bag
+   (rosbag2, the input's storage), OUT/overlay.mp4, OUT/prediction_strip.png, OUT/summary.json
+   (frames in and out, dropped frames counted here and as the node reports them, latency
+   p50/p99, prediction PSNR per step against the bag's true next frames); the summary is
+   printed.
 
 DDS stays on loopback (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST) on a ROS_DOMAIN_ID of its own
 (``$ROS_DOMAIN_ID`` if set, else one derived from the pid). rclpy is used here, never in dlp_ros's
@@ -46,12 +47,18 @@ from typing import Any
 
 import numpy as np
 
+from dlp_ros import dds_shm
 from dlp_ros.errors import ConfigError, DlpError, EpisodeError, ImageError
 from dlp_ros.model_card import load_model_card
-from training import dds_shm
-from training.cli import main_of
-from training.data.bag_reader import ACTION_TYPES, IMAGE_TYPES, Bag, decode_frame, header_stamp_ns
-from training.perception_outputs import (
+from dlp_ros.offline.bag_reader import (
+    ACTION_TYPES,
+    IMAGE_TYPES,
+    Bag,
+    decode_frame,
+    header_stamp_ns,
+)
+from dlp_ros.offline.cli import main_of
+from dlp_ros.offline.perception_outputs import (
     PARTICLES_TOPIC,
     PREDICTION_TOPIC,
     PerceptionRecorder,
@@ -660,7 +667,7 @@ def run(args: argparse.Namespace) -> int:
     received = session.received
     recorder, figures = record(tmp, out, episode, played, received, card.image.size)
     summary = {
-        'tool': 'ros_demo (training/ros_demo.py)',
+        'tool': 'dlp_ros.demo (dlp_ros/demo.py)',
         'bag': str(args.bag),
         'topic': args.topic,
         'action_topic': action_topic,
@@ -682,8 +689,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The ``python -m training.ros_demo`` program."""
-    return main_of('python -m training.ros_demo', sys.modules[__name__], argv)
+    """The ``python -m dlp_ros.demo`` program."""
+    return main_of('python -m dlp_ros.demo', sys.modules[__name__], argv)
 
 
 if __name__ == '__main__':

@@ -6,7 +6,7 @@ node's own :class:`~dlp_ros.pipeline.PerceptionPipeline`: decode, preprocess, tr
 (new identities when the frame size changes or time goes back), then a ``--horizon``-step
 prediction from the tracker's history (the latest command of ``--action-topic`` held over the
 horizon) and its decoded frames. The outputs (see
-:mod:`training.perception_outputs`) go to ``--out``::
+:mod:`dlp_ros.offline.perception_outputs`) go to ``--out``::
 
     OUT/bag/                  rosbag2 (the input's storage unless --storage): /dlp/particles
                               (ParticleArray, the input frame's header), /dlp/prediction
@@ -35,10 +35,7 @@ import numpy as np
 
 from dlp_ros.errors import ConfigError, EpisodeError, ImageError
 from dlp_ros.image_codec import decode_compressed, decode_raw, resize_rgb
-from dlp_ros.pipeline import PerceptionPipeline
-from dlp_ros.runtime import DlpRuntime
-from training.cli import main_of
-from training.data.bag_reader import (
+from dlp_ros.offline.bag_reader import (
     ACTION_TYPES,
     IMAGE,
     IMAGE_TYPES,
@@ -46,10 +43,10 @@ from training.data.bag_reader import (
     Actions,
     Bag,
 )
-from training.data.bag_writer import STORAGES
-from training.data.typestore import typestore
-from training.output_dir import check_out, publish
-from training.perception_outputs import (
+from dlp_ros.offline.bag_writer import STORAGES
+from dlp_ros.offline.cli import main_of
+from dlp_ros.offline.output_dir import check_out, publish
+from dlp_ros.offline.perception_outputs import (
     OUTPUT_TOPICS,
     PARTICLES_TOPIC,
     PREDICTION_TOPIC,
@@ -61,6 +58,9 @@ from training.perception_outputs import (
     prediction_msg,
     stamp_ns,
 )
+from dlp_ros.offline.typestore import typestore
+from dlp_ros.pipeline import PerceptionPipeline
+from dlp_ros.runtime import DlpRuntime
 
 logger = logging.getLogger(__name__)
 SUMMARY = 'summary.json'

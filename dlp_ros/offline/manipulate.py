@@ -25,12 +25,12 @@ import cv2
 import numpy as np
 
 from dlp_ros.errors import ConfigError, DlpError, ImageError
+from dlp_ros.offline.perception_outputs import DrawnParticles, draw_particles, enlarge, label
 from dlp_ros.overlay import colour
 from dlp_ros.particles import ParticleFrame
 from dlp_ros.pipeline import PerceptionPipeline
 from dlp_ros.runtime import DlpRuntime
 from dlp_ros.tracking import ON_THRESHOLD
-from training.perception_outputs import DrawnParticles, draw_particles, enlarge, label
 
 logger = logging.getLogger(__name__)
 MOVE_RE = re.compile(r'^\s*(\d+)\s*:\s*([-+]?\d+(?:\.\d*)?)\s*,\s*([-+]?\d+(?:\.\d*)?)\s*$')

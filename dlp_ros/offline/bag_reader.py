@@ -40,7 +40,7 @@ from rosbags.serde import SerdeError
 
 from dlp_ros.errors import EpisodeError, ImageError
 from dlp_ros.image_codec import COMPRESSED_FORMATS, RAW_ENCODINGS, decode_compressed, decode_raw
-from training.data.typestore import typestore
+from dlp_ros.offline.typestore import typestore
 
 if sys.version_info >= (3, 14):
     from compression import zstd

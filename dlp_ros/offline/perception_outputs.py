@@ -30,8 +30,8 @@ import numpy as np
 
 from dlp_ros import image_quality
 from dlp_ros.image_codec import decode_raw, resize_rgb
+from dlp_ros.offline.bag_writer import BagWriter, split_stamp
 from dlp_ros.overlay import colour as id_colour
-from training.data.bag_writer import BagWriter, split_stamp
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +298,7 @@ class VideoOut:
             self._writer.release()
             self._writer = None
         if self._gif:
-            from training.plots import encode_gif
+            from dlp_ros.offline.plots import encode_gif
 
             assert self.path is not None
             self.path.write_bytes(encode_gif(self._gif, duration_ms=round(1000 / self.fps)))
