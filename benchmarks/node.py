@@ -44,10 +44,10 @@ sys.path.insert(0, str(ROOT))
 from dlp_ros.demo import (  # noqa: E402
     NodeProcess,
     RosSession,
-    default_bundle,
     ros_environment,
     set_stamp,
 )
+from dlp_ros.node import default_bundle  # noqa: E402
 
 WIDTH, HEIGHT = 640, 480
 DDS_PROFILE = ROOT / 'config' / 'fastdds_large_frames.xml'
@@ -218,9 +218,10 @@ def main() -> int:
     )
     add('--log', type=Path, help='node log file (default /tmp/dlp_bench_node_<domain>.log)')
     args = parser.parse_args()
-    bundle = args.bundle or default_bundle()
-    if bundle is None or not (Path(bundle) / 'model_card.yaml').is_file():
-        print(f'no model bundle at {bundle}: pass --bundle DIR', file=sys.stderr)
+    bundle = args.bundle or default_bundle()  # '' when none is installed
+    if not bundle or not (Path(bundle) / 'model_card.yaml').is_file():
+        print(f'no model bundle at {bundle or "(none installed)"}: pass --bundle DIR',
+              file=sys.stderr)  # fmt: skip
         return 2
 
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data

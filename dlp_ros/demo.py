@@ -121,23 +121,29 @@ class NodeProcess:
         remaps: topic remappings (``-r from:=to``).
         env: the child's environment (:func:`ros_environment`).
         log: file receiving the node's stdout and stderr.
+        command: the node program (default: this interpreter, ``-m dlp_ros.node`` run from the
+            checkout; the tests give the installed ``lib/dlp_ros/perception_node``).
     """
 
     def __init__(
-        self, params: dict[str, Any], remaps: dict[str, str], env: dict[str, str], log: Path
+        self,
+        params: dict[str, Any],
+        remaps: dict[str, str],
+        env: dict[str, str],
+        log: Path,
+        command: list[str] | None = None,
     ) -> None:
-        args = [sys.executable, '-m', 'dlp_ros.node', '--ros-args']
+        args = [*(command or [sys.executable, '-m', 'dlp_ros.node']), '--ros-args']
         for name, value in params.items():
-            text = str(value).lower() if isinstance(value, bool) else str(value)
-            args += ['-p', f'{name}:={text}']
+            args += ['-p', f'{name}:={param_text(value)}']
         for src, dst in remaps.items():
             args += ['-r', f'{src}:={dst}']
         self.args, self.log = args, Path(log)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = self.log.open('wb')
         # cwd = the checkout, so that `-m dlp_ros.node` runs this checkout's node
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log_file,
-                                     stderr=subprocess.STDOUT)  # fmt: skip
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=self._log_file, stderr=subprocess.STDOUT)  # fmt: skip
         logger.info('node started (pid %d), log %s', self.proc.pid, self.log)
 
     @property
@@ -558,14 +564,13 @@ def record(out: Path, final: Path, episode: Episode, played: Played, received: R
 
 
 # ----------------------------------------------------------------------------- the demo
-def default_bundle() -> Path | None:
-    """share/dlp_ros/bundles/tabletop64 of the colcon install, if installed."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return Path(get_package_share_directory('dlp_ros')) / 'bundles' / 'tabletop64'
-    except Exception:  # noqa: BLE001 - not installed / no ament index
-        return None
+def param_text(value: Any) -> str:
+    """A parameter value as ``-p name:=TEXT`` takes it (YAML: booleans lower case, '' quoted)."""
+    if isinstance(value, bool):
+        return 'true' if value else 'false'
+    if isinstance(value, str):
+        return value or "''"
+    return repr(value)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -629,10 +634,13 @@ def node_params(args: argparse.Namespace, bundle: Path, fps: float,
 
 
 def run(args: argparse.Namespace) -> int:
-    bundle = args.bundle or default_bundle()
-    if bundle is None or not (Path(bundle) / 'model_card.yaml').is_file():
-        raise ConfigError(f'no model bundle at {bundle} (pass --bundle DIR: python -m training '
-                          'export writes one)')  # fmt: skip
+    from dlp_ros.node import default_bundle  # rclpy: imported when the demo runs
+
+    found = args.bundle or default_bundle()  # '' when none is installed
+    if not found or not (Path(found) / 'model_card.yaml').is_file():
+        raise ConfigError(f'no model bundle at {found or "(none installed)"} (pass --bundle DIR: '
+                          'python -m training export writes one)')  # fmt: skip
+    bundle = Path(found)
     card = load_model_card(bundle, check_graphs=False)
     action_topic = args.action_topic
     if action_topic and not card.dynamics.action_dim:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import array
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,8 +23,8 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from dlp_ros import demo
 from dlp_ros.conversions import stamp_ns
-from dlp_ros.demo import stop_process
 from dlp_ros.image_codec import encode_compressed
 from dlp_ros.msg import ParticleArray, Prediction
 
@@ -43,16 +42,9 @@ def node_executable() -> Path:
     return path
 
 
-def _param(value: object) -> str:
-    if isinstance(value, bool):
-        return 'true' if value else 'false'
-    if isinstance(value, str):
-        return value or "''"
-    return repr(value)
-
-
 class NodeProcess:
-    """The perception node in a subprocess, its topics under a unique prefix."""
+    """The installed perception node (:class:`dlp_ros.demo.NodeProcess` running
+    ``lib/dlp_ros/perception_node``), its topics under a unique prefix."""
 
     def __init__(self, log_dir: Path, params: dict[str, object]) -> None:
         tag = f'{os.getpid()}_{uuid.uuid4().hex[:8]}'
@@ -66,23 +58,21 @@ class NodeProcess:
             'overlay': f'/{self.name}/overlay',
             'action': f'{self.prefix}/cmd',
         }
-        args = [str(node_executable()), '--ros-args', '-r', f'__node:={self.name}']
-        args += ['-r', f'image:={self.topics["image"]}']
+        remaps = {'__node': self.name, 'image': self.topics['image']}
         for name in ('particles', 'prediction'):
-            args += ['-r', f'/dlp/{name}:={self.topics[name]}']
-        args += ['-r', f'/diagnostics:={self.topics["diagnostics"]}']
-        for key, value in params.items():  # '{prefix}' in a string: this node's prefix
-            value = value.replace('{prefix}', self.prefix) if isinstance(value, str) else value
-            args += ['-p', f'{key}:={_param(value)}']
+            remaps[f'/dlp/{name}'] = self.topics[name]
+        remaps['/diagnostics'] = self.topics['diagnostics']
+        # '{prefix}' in a string: this node's prefix
+        params = {
+            k: v.replace('{prefix}', self.prefix) if isinstance(v, str) else v
+            for k, v in params.items()
+        }
         self.log_path = log_dir / f'{self.name}.log'
-        with self.log_path.open('wb') as log:
-            self.proc = subprocess.Popen(
-                args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, 'PYTHONUNBUFFERED': '1'},
-            )
+        env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+        self._process = demo.NodeProcess(
+            params, remaps, env, self.log_path, command=[str(node_executable())]
+        )
+        self.proc = self._process.proc
 
     def log(self) -> str:
         return self.log_path.read_text(errors='replace')
@@ -98,7 +88,7 @@ class NodeProcess:
 
     def stop(self) -> int | None:
         """SIGINT, then SIGTERM, then SIGKILL; returns the exit status."""
-        return stop_process(self.proc, (10.0, 5.0, 5.0))
+        return self._process.stop()
 
 
 # --- the test side -------------------------------------------------------------------------------
