@@ -118,7 +118,7 @@ def test_pyg_layer_equals_dense_layer_and_ignores_edge_order(aggr: str, edge_dim
     torch.manual_seed(0)
     b, n, d = 3, 5, 8
     dense = DenseInteractionLayer(d, 12, edge_dim=edge_dim, aggr=aggr)
-    layer = InteractionLayer.sharing(dense)
+    layer = InteractionLayer(dense)
     assert 'InteractionLayer(8, hidden_dim=12' in repr(layer) and 'Dense' in repr(dense)
     x, pos = torch.randn(b, n, d), torch.randn(b, n, 2)
     attr = torch.randn(b, n, n, edge_dim)  # [b, i, j] for the edge j -> i

@@ -320,7 +320,7 @@ class ParticleDynamics(nn.Module):
             from training.models.pyg_layers import InteractionLayer  # needs torch_geometric
 
             # views sharing the layers' modules; a tuple keeps them out of the state dict
-            self._pyg = tuple(InteractionLayer.sharing(layer) for layer in self.layers)
+            self._pyg = tuple(InteractionLayer(layer) for layer in self.layers)
         b, n, d = x.shape
         edge_index = batch_edge_index(self.edge_index, b, n)  # (2, B E0)
         edge_attr = self.sparse_edge_attr.repeat(b, 1)  # (B E0, edge_dim)

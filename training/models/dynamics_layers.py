@@ -5,8 +5,8 @@ r"""Graph layers of the particle dynamics: an interaction-network layer on dense
   ONNX graph runs. It owns the weights.
 * :class:`training.models.pyg_layers.InteractionLayer` is the same function as a
   ``torch_geometric`` :class:`MessagePassing` operator over an ``edge_index`` (2, E): the
-  reference the tests check the dense form against, built on a dense layer's weights with
-  :meth:`~training.models.pyg_layers.InteractionLayer.sharing`. torch_geometric is imported only
+  reference the tests check the dense form against, built on a dense layer's weights
+  (``InteractionLayer(dense)``). torch_geometric is imported only
   there, so training and export do not need it.
 
 Both follow Battaglia et al., *Interaction Networks for Learning about Objects, Relations and

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch_geometric.nn import MessagePassing
 
-from training.models.dynamics_layers import AGGREGATIONS, MLP, DenseInteractionLayer
+from training.models.dynamics_layers import DenseInteractionLayer
 
 
 class InteractionLayer(MessagePassing):
@@ -27,48 +27,19 @@ class InteractionLayer(MessagePassing):
     the mean. The output does not depend on the order of the edges.
 
     Args:
-        channels: node feature size D (input = output).
-        hidden_dim: hidden size of both MLPs; messages have ``hidden_dim`` entries.
-        edge_dim: size of the edge attributes (0: none).
-        pos_dim: size of the node positions.
-        aggr: ``'sum'`` or ``'mean'``.
-        layer_norm: LayerNorm inside the MLPs.
+        dense: the layer whose MLP modules this one uses (the same parameters, not copies):
+            channels D, hidden size, edge attribute size, position size, aggregation.
 
     Shapes:
         x (N, D), pos (N, pos_dim), edge_index (2, E) (row 0 = source j, row 1 = target i),
         edge_attr (E, edge_dim) or None -> (N, D)
     """
 
-    @classmethod
-    def sharing(cls, dense: DenseInteractionLayer) -> InteractionLayer:
-        """A message-passing layer that uses ``dense``'s MLP modules (same parameters, not
-        copies)."""
-        layer = cls(dense.channels, 1, dense.edge_dim, dense.pos_dim, dense.aggr, layer_norm=False)
-        layer.hidden_dim, layer.layer_norm = dense.hidden_dim, dense.layer_norm
-        layer.edge_mlp, layer.node_mlp = dense.edge_mlp, dense.node_mlp
-        return layer
-
-    def __init__(
-        self,
-        channels: int,
-        hidden_dim: int,
-        edge_dim: int = 0,
-        pos_dim: int = 2,
-        aggr: str = 'sum',
-        layer_norm: bool = True,
-    ) -> None:
-        if aggr not in AGGREGATIONS:
-            raise ValueError(f'aggr must be one of {AGGREGATIONS}, got {aggr!r}')
-        super().__init__(aggr=aggr, flow='source_to_target')
-        self.channels, self.hidden_dim = channels, hidden_dim
-        self.edge_dim, self.pos_dim, self.layer_norm = edge_dim, pos_dim, layer_norm
-        self.edge_mlp = MLP(2 * channels + pos_dim + edge_dim, hidden_dim, hidden_dim, layer_norm)
-        self.node_mlp = MLP(channels + hidden_dim, hidden_dim, channels, layer_norm)
-
-    def reset_parameters(self) -> None:
-        super().reset_parameters()
-        self.edge_mlp.reset_parameters()
-        self.node_mlp.reset_parameters()
+    def __init__(self, dense: DenseInteractionLayer) -> None:
+        super().__init__(aggr=dense.aggr, flow='source_to_target')
+        self.channels, self.hidden_dim = dense.channels, dense.hidden_dim
+        self.edge_dim, self.pos_dim = dense.edge_dim, dense.pos_dim
+        self.edge_mlp, self.node_mlp = dense.edge_mlp, dense.node_mlp
 
     def forward(
         self, x: Tensor, pos: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None
