@@ -314,6 +314,34 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _schema_version(r: _Reader, data: Mapping) -> Any:
+    """The card's schema version, if this runtime reads it."""
+    version = data['schema_version']
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise r.fail(
+            'schema_version',
+            f'unknown schema version {version!r}; this dlp_ros reads schema {SCHEMA_VERSION} '
+            '(re-export the bundle with a matching dlp_ros, or upgrade the runtime)',
+        )
+    return version
+
+
+def _parse_image(r: _Reader, im: Mapping) -> ImageSpec:
+    """The ``image:`` section: the preprocessing this runtime supports."""
+    r.no_unknown(im, ('size', 'channels', 'range', 'resize'), 'image.')
+    size = r.get(im, 'size', 'image.', 'positive int')
+    channels = r.get(im, 'channels', 'image.', 'string')
+    if channels != 'rgb':
+        raise r.fail('image.channels', f"unsupported {channels!r}; this runtime feeds 'rgb'")
+    rng = r.get(im, 'range', 'image.', 'list')
+    if [float(v) if _is_number(v) else v for v in rng] != [0.0, 1.0]:
+        raise r.fail('image.range', f'unsupported {rng!r}; this runtime feeds [0, 1]')
+    resize = r.get(im, 'resize', 'image.', 'string')
+    if resize != 'squash':
+        raise r.fail('image.resize', f"unsupported {resize!r}; this runtime does 'squash'")
+    return ImageSpec(size, channels, (0.0, 1.0), resize)
+
+
 def parse_model_card(data: Any, file: Path | str = CARD_FILE) -> ModelCard:
     """Validate a card's mapping (as read from YAML) and build the :class:`ModelCard`.
 
@@ -326,30 +354,13 @@ def parse_model_card(data: Any, file: Path | str = CARD_FILE) -> ModelCard:
         raise r.fail('(top level)', f'must be a mapping, got {type(data).__name__}')
     if 'schema_version' not in data:
         raise r.fail('schema_version', f'missing; this dlp_ros reads schema {SCHEMA_VERSION}')
-    version = data['schema_version']
-    if version != SCHEMA_VERSION or isinstance(version, bool):
-        raise r.fail(
-            'schema_version',
-            f'unknown schema version {version!r}; this dlp_ros reads schema {SCHEMA_VERSION} '
-            '(re-export the bundle with a matching dlp_ros, or upgrade the runtime)',
-        )
+    version = _schema_version(r, data)
     top = ('schema_version', 'image', 'particles', 'dynamics', 'tracking', 'files', 'opset',
            'training', 'metrics', 'validation', 'code_version', 'created')  # fmt: skip
     r.no_unknown(data, top, '')
 
-    im = r.section(data, 'image')
-    r.no_unknown(im, ('size', 'channels', 'range', 'resize'), 'image.')
-    size = r.get(im, 'size', 'image.', 'positive int')
-    channels = r.get(im, 'channels', 'image.', 'string')
-    if channels != 'rgb':
-        raise r.fail('image.channels', f"unsupported {channels!r}; this runtime feeds 'rgb'")
-    rng = r.get(im, 'range', 'image.', 'list')
-    if [float(v) if _is_number(v) else v for v in rng] != [0.0, 1.0]:
-        raise r.fail('image.range', f'unsupported {rng!r}; this runtime feeds [0, 1]')
-    resize = r.get(im, 'resize', 'image.', 'string')
-    if resize != 'squash':
-        raise r.fail('image.resize', f"unsupported {resize!r}; this runtime does 'squash'")
-    image = ImageSpec(size, channels, (0.0, 1.0), resize)
+    image = _parse_image(r, r.section(data, 'image'))
+    size = image.size
 
     pa = r.section(data, 'particles')
     r.no_unknown(pa, ('K', 'F', 'Fb'), 'particles.')
