@@ -169,19 +169,14 @@ def export_bundle(
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a bundle is as readable as any dir
     try:
         parity = _export_graphs(dlp, dynamics, tmp, opset)
+        dims = (c.n_particles, c.feature_dim, c.bg_feature_dim, d.history, d.action_dim)
+        graphs = expected_graphs(c.image_size, *dims)
         card = ModelCard(
             image=ImageSpec(c.image_size),
             particles=ParticleSpec(c.n_particles, c.feature_dim, c.bg_feature_dim),
             dynamics=DynamicsSpec(d.history, d.action_dim, names, float(info.dt)),
             tracking=TrackingSpec(METHOD, ON_THRESHOLD, float(c.anchor_scale)),
-            files=expected_graphs(
-                c.image_size,
-                c.n_particles,
-                c.feature_dim,
-                c.bg_feature_dim,
-                d.history,
-                d.action_dim,
-            ),  # fmt: skip
+            files=graphs,
             opset=opset,
             training=info.training,
             metrics=info.metrics,
