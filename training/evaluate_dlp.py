@@ -1,6 +1,6 @@
 """``evaluate-dlp``: measure a trained DLP on a dataset split; writes report.json and report.png.
 
-Measured on the posterior means (deterministic), see ``docs/DESIGN.md`` section 6:
+Measured on the posterior means (deterministic), see ``docs/architecture.md`` (Measuring):
 
 * ``reconstruction``: mean per-frame PSNR (dB) and SSIM of the decoded frames;
 * ``localisation``: per frame, visible ground-truth objects Hungarian-matched to the particles

@@ -9,7 +9,7 @@ Clips are non-overlapping windows of C + N frames of the split's episodes, evenl
 most ``--clips`` (:func:`training.prediction.select_clips`). Per clip the predictor
 (:mod:`training.prediction`) tracks the C context frames only, rolls the dynamics out N steps
 (with the dataset's actions when the model takes them) and decodes the predicted particles.
-Measured per prediction step n = 1 .. N on the predicted frames only (docs/DESIGN.md section 6):
+Measured per prediction step n = 1 .. N on the predicted frames only (``docs/architecture.md``):
 
 * ``psnr_db``, ``ssim``: the decoded prediction against the true frame C - 1 + n;
 * ``position_error_px``, ``recall``, ``particles_on``: the particles that are on (transparency >

@@ -1,6 +1,6 @@
 """launch/perception.launch.py without ``ros2 launch``.
 
-``launch``/``launch_ros`` are not on PyPI (docs/reference/ros2-from-pypi.md), so the file is
+``launch``/``launch_ros`` are not on PyPI (the README: ROS 2 from PyPI wheels), so the file is
 checked three ways: parsed with ``ast`` (always), ``generate_launch_description()`` run against
 small recording stand-ins for the launch classes (always), and against the real classes where
 ``launch_ros`` is installed (skipped otherwise).
