@@ -22,7 +22,7 @@ import struct
 import sys
 import zlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -320,6 +320,37 @@ class Actions:
     times_ns: np.ndarray  # (M,) int64, header stamp or bag time when unstamped
     values: np.ndarray  # (M, A) float32
     names: list[str]  # A names
+
+
+def find_bags(paths: Sequence[Path]) -> list[Path]:
+    """The rosbag2 directories named by ``paths``: a bag directory (with metadata.yaml) stands
+    for itself; any other directory for every bag below it, in path order (hidden directories,
+    such as half-written bags, skipped).
+
+    Raises:
+        EpisodeError: a path does not exist, or a folder holds no bag.
+    """
+    bags: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise EpisodeError(f'{path} does not exist (expected a rosbag2 directory or a folder '
+                               'of them)')  # fmt: skip
+        if (path / 'metadata.yaml').is_file() or not path.is_dir():
+            bags.append(path)  # a bag, or a file that Bag() names as not a bag
+            continue
+        found = sorted(
+            meta.parent
+            for meta in path.rglob('metadata.yaml')
+            if not any(part.startswith('.') for part in meta.relative_to(path).parts)
+        )
+        if not found:
+            raise EpisodeError(
+                f'{path} is not a rosbag2 directory and holds none (no metadata.yaml in it or '
+                'below it)'
+            )
+        logger.info('%s: %d bag(s) found below it', path, len(found))
+        bags.extend(found)
+    return bags
 
 
 class Bag:

@@ -698,3 +698,19 @@ def test_bags_with_the_same_name_and_mixed_types(
     assert build('--bags', a.path, c.path, '--topic', CAMERA, '--fps', 10,
                  '--out', tmp_path / 'mixed') == 2  # fmt: skip
     assert_fails(capsys, tmp_path / 'mixed', 'different types')
+
+
+def test_a_folder_of_bags_is_every_bag_below_it_in_path_order(
+    make_camera_bag: MakeBag, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = make_camera_bag('rec/day2/ep_b', n=3)
+    b = make_camera_bag('rec/day1/ep_a', storage='sqlite3', n=4)
+    hidden = make_camera_bag('rec/.ep_c.partial', n=5)  # a bag still being written
+    assert hidden.path.is_dir()
+    with caplog.at_level(logging.INFO):
+        assert build('--bags', a.path.parents[1], '--topic', CAMERA, '--fps', 10,
+                     '--out', tmp_path / 'ds') == 0  # fmt: skip
+    episodes = Dataset.open(tmp_path / 'ds').episodes()
+    assert [(e.name, e.frames) for e in episodes] == [('ep_a', 4), ('ep_b', 3)]
+    assert f'{a.path.parents[1]}: 2 bag(s) found below it' in caplog.text
+    assert b.path.parent.name == 'day1'

@@ -33,6 +33,7 @@ from dlp_ros.offline.bag_reader import (
     BagDamageError,
     Damage,
     check_encoding,
+    find_bags,
     frame_encoding,
 )
 from dlp_ros.offline.output_dir import check_out, publish
@@ -56,7 +57,8 @@ logger = logging.getLogger(__name__)
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the build-dataset arguments."""
     add = parser.add_argument
-    add('--bags', nargs='+', type=Path, required=True, metavar='PATH', help='rosbag2 dirs')
+    add('--bags', nargs='+', type=Path, required=True, metavar='PATH',
+        help='rosbag2 directories, or folders: every bag below one, in path order')  # fmt: skip
     add('--topic', required=True, help='camera topic (sensor_msgs/Image or CompressedImage)')
     add('--size', type=int, default=64, help='output frames are SIZE x SIZE RGB (default 64)')
     add('--fps', type=float, required=True, help='output frame rate (nearest-frame resampling)')
@@ -188,6 +190,7 @@ def report_bag(plan: ep.BagPlan, args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the dataset; raise a DlpError on bad input, leaving nothing at --out."""
+    args = argparse.Namespace(**{**vars(args), 'bags': find_bags(args.bags)})
     damage = Damage(skip=args.skip_bad_frames)
     try:
         with damage.active():  # both passes (and every Bag they open) report damage here
