@@ -23,6 +23,7 @@ timings are in summary.json. Inference runs on the CPU provider by default.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shutil
 import sys
@@ -64,6 +65,7 @@ from dlp_ros.runtime import DlpRuntime
 
 logger = logging.getLogger(__name__)
 SUMMARY = 'summary.json'
+DEFAULT_TOPIC = '/camera/image_raw'
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ class ReplayConfig:
     bag: Path
     bundle: Path
     out: Path
-    topic: str = '/camera/image_raw'
+    topic: str | None = None  # None: the bag's only image topic (or /camera/image_raw)
     horizon: int = 10
     action_topic: str | None = None  # None: the bag's only action topic, if the model needs one
     storage: str | None = None  # None: the input bag's storage
@@ -97,7 +99,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add('--bag', type=Path, required=True, help='input rosbag2 directory (mcap or sqlite3)')
     add('--bundle', type=Path, required=True, help='model bundle (python -m training export)')
     add('--out', type=Path, required=True, help='output directory (new)')
-    add('--topic', default='/camera/image_raw', help='camera topic: Image or CompressedImage')
+    add('--topic', default=None,
+        help=f"camera topic, Image or CompressedImage (default: the bag's only image topic, "
+             f'else {DEFAULT_TOPIC})')  # fmt: skip
     add('--horizon', type=int, default=10, help='predicted steps per frame (default 10)')
     add(
         '--action-topic',
@@ -192,6 +196,21 @@ class ActionSource:
         return self.actions.values[i, self.columns].astype(np.float32)
 
 
+def camera_topic(bag: Bag, requested: str | None) -> str:
+    """``requested``, or else the bag's only image topic, or else :data:`DEFAULT_TOPIC` when it is
+    among several (more than one otherwise: an error listing them)."""
+    if requested is not None:
+        return requested
+    found = sorted(t for t, m in bag.topics.items() if m in IMAGE_TYPES)
+    if len(found) == 1:
+        logger.info('camera: %s (the only image topic of the bag)', found[0])
+        return found[0]
+    if not found or DEFAULT_TOPIC in found:
+        return DEFAULT_TOPIC  # Bag.connection names the bag's topics when it is missing
+    raise ConfigError(f'bag {bag.path} has several image topics ({", ".join(found)}): '
+                      'name one with --topic')  # fmt: skip
+
+
 def open_actions(
     bag: Bag, config: ReplayConfig, rt: DlpRuntime
 ) -> tuple[ActionSource, str | None]:
@@ -257,6 +276,7 @@ def replay(config: ReplayConfig) -> dict[str, Any]:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with Bag(config.bag) as bag:
+            config = dataclasses.replace(config, topic=camera_topic(bag, config.topic))
             conn = bag.connection(config.topic, IMAGE_TYPES, 'camera')
             truth, fps = read_truth(bag, conn, card.image.size)
             if not truth.stamps.size:

@@ -146,6 +146,18 @@ def test_two_runs_give_byte_identical_messages(
         assert len(a) == 6 and a == b, f'{topic} differs between two runs'
 
 
+def test_the_camera_topic_defaults_to_the_bags_only_image_topic(
+    bundle: Path, make_camera_bag: Any, tmp_path: Path
+) -> None:
+    bag = make_camera_bag(n=3, size=(HEIGHT, WIDTH))
+    summary = replay(ReplayConfig(bag=bag.path, bundle=bundle, out=tmp_path / 'one', horizon=1))
+    assert summary['topic'] == CAMERA and summary['particles_out'] == 3
+    two = make_camera_bag('two', n=3, topics={'/camera/depth': 'sensor_msgs/msg/Image'})
+    with pytest.raises(ConfigError, match='several image topics .*/camera/depth.*--topic'):
+        replay(ReplayConfig(bag=two.path, bundle=bundle, out=tmp_path / 'two', horizon=1))
+    assert not (tmp_path / 'two').exists()
+
+
 def test_action_columns_follow_the_card_names() -> None:
     twist = ['linear.x', 'linear.y', 'linear.z', 'angular.x', 'angular.y', 'angular.z']
     assert action_columns(twist, ('linear.y', 'angular.z'), 2) == [1, 5]
