@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -108,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
     dlp, dlp_cfg, dlp_state = load_dlp(args.dlp, args.checkpoint)
     dyn, dyn_cfg, dyn_state = load_dynamics(args.dynamics, args.checkpoint)
     info = describe_runs(args, dlp_cfg, dlp_state, dyn_cfg, dyn_state)
+    for line in checkpoint_report(args.dlp, 'DLP', dlp_state, VAL_FIGURES['DLP']):
+        print(line)  # noqa: T201
+    for line in checkpoint_report(args.dynamics, 'dynamics', dyn_state, VAL_FIGURES['dynamics']):
+        print(line)  # noqa: T201
     frames, note = validation_frames(args.dlp, dlp.config.image_size, args.val_frames)
     card = export_bundle(dlp, dyn, args.out, info, opset=args.opset, overwrite=args.overwrite,
                          val_frames=frames, val_note=note)  # fmt: skip
@@ -388,6 +393,42 @@ def describe_runs(
         training=training,
         metrics=metrics,
     )
+
+
+VAL_FIGURES = {  # the validation figures a report quotes, as (metrics.jsonl key, label)
+    'DLP': (('psnr', 'val PSNR {:.2f} dB'), ('loss', 'val loss {:.4g}')),
+    'dynamics': (('position_rmse_mean', 'val position RMSE {:.4f}'),
+                 ('last_frame_rmse_mean', '(repeat the last frame: {:.4f})')),
+}  # fmt: skip
+
+
+def val_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The validation records of a run's metrics.jsonl, in order (none when it has no log)."""
+    path = Path(run_dir) / 'metrics.jsonl'
+    if not path.is_file():
+        return []
+    records = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return [r for r in records if r.get('split') == 'val']
+
+
+def checkpoint_report(
+    run_dir: Path, what: str, state: dict[str, Any], figures: tuple[tuple[str, str], ...]
+) -> list[str]:
+    """Which checkpoint step of a run is exported with that step's validation figures, and a
+    WARNING line (also logged) when the run never improved on its first validation."""
+    step, vals = int(state.get('step', 0)), val_records(run_dir)
+    at = next((r for r in vals if r.get('step') == step), None)
+    quoted = [label.format(at[key]) for key, label in figures if at and key in at]
+    steps = f'step {step} of {vals[-1]["step"]}' if vals else f'step {step}'
+    lines = [f'{what}: {run_dir}, {steps}: ' + (', '.join(quoted) or 'no validation at this step')]
+    if len(vals) > 1 and step == vals[0].get('step'):
+        warning = (
+            f'WARNING: the exported {what} checkpoint is its first validation (step {step}); '
+            f'the {len(vals) - 1} later ones did not improve on it: did {run_dir} train?'
+        )
+        logger.warning(warning)
+        lines.append(warning)
+    return lines
 
 
 def _run_yaml(run_dir: Path) -> dict[str, Any]:

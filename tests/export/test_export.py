@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -205,10 +206,18 @@ def test_export_command_from_run_directories(
     save_checkpoint(dyn_run / 'checkpoints' / 'last.pt', {
         'model': b.dynamics.state_dict(), 'step': 9, 'config': to_dict(dyn_config),
         'metrics': {'position_rmse_last': 0.1}, 'latents': latents})  # fmt: skip
+    vals = [{'step': 7, 'split': 'val', 'psnr': 30.0, 'loss': 12.0},
+            {'step': 14, 'split': 'val', 'psnr': 29.5, 'loss': 12.5}]  # fmt: skip
+    (dlp_run / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in vals))
     out = tmp_path / 'bundle'
     argv = ['export', '--dlp', str(dlp_run), '--dynamics', str(dyn_run), '--out', str(out)]
     assert main(argv) == 0
-    assert 'recon_mse omitted' in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert 'recon_mse omitted' in printed
+    assert f'DLP: {dlp_run}, step 7 of 14: val PSNR 30.00 dB, val loss 12' in printed
+    assert 'WARNING: the exported DLP checkpoint is its first validation (step 7)' in printed
+    assert f'dynamics: {dyn_run}, step 9: no validation at this step' in printed
+    assert 'WARNING: the exported dynamics' not in printed
     card = load_model_card(out)
     assert card.dynamics.dt == pytest.approx(0.2)
     assert card.dynamics.action_names == ('linear.x', 'linear.y')
