@@ -27,5 +27,11 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> np.ndarray:
     if a.shape != b.shape:
         raise ValueError(f'psnr needs images of one shape, got {a.shape} and {b.shape}')
     diff = a.astype(np.float64) - b.astype(np.float64)
-    mse = (diff**2).reshape(len(diff), -1).mean(axis=1)  # (B,)
+    return psnr_from_mse((diff**2).reshape(len(diff), -1).mean(axis=1), peak)  # (B,)
+
+
+def psnr_from_mse(mse: np.ndarray, peak: float = 1.0) -> np.ndarray:
+    """PSNR in dB from per-image mean squared errors (for callers that computed the MSE where
+    their images are, e.g. on a GPU). (B,) -> (B,) float64."""
+    mse = np.asarray(mse, dtype=np.float64)
     return 10.0 * np.log10(peak**2 / np.maximum(mse, MSE_FLOOR * peak**2))

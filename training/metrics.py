@@ -38,14 +38,12 @@ RIDGE = 1e-6  # default ridge of linear_probe, relative to the mean squared inpu
 
 
 def psnr(x: Tensor, y: Tensor, data_range: float = 1.0) -> Tensor:
-    """PSNR in dB of each image pair (:func:`dlp_ros.image_quality.psnr`, computed in float64
-    on the CPU). (B, ...) x 2 -> (B,) in ``x``'s dtype, on the CPU."""
-    db = image_quality.psnr(_numpy(x), _numpy(y), data_range)  # (B,)
+    """PSNR in dB of each image pair (:func:`dlp_ros.image_quality.psnr_from_mse`; the MSE in
+    float64 where the images are, only the (B,) MSEs go to the CPU). (B, ...) x 2 -> (B,) in
+    ``x``'s dtype, on the CPU."""
+    mse = ((x.detach().double() - y.detach().double()) ** 2).flatten(1).mean(-1)  # (B,)
+    db = image_quality.psnr_from_mse(mse.cpu().numpy(), data_range)  # (B,)
     return torch.from_numpy(db).to(x.dtype)
-
-
-def _numpy(x: Tensor) -> np.ndarray:
-    return x.detach().to('cpu', torch.float64).numpy()
 
 
 def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> Tensor:
