@@ -47,6 +47,7 @@ import torch
 from tqdm import tqdm
 
 import dlp_ros
+from dlp_ros.compositing import compose, from_uint8, to_uint8
 from dlp_ros.offline.output_dir import check_out, publish
 from dlp_ros.offline.plots import encode_gif, gif_writer, line_plot
 from dlp_ros.plain_values import plain
@@ -73,7 +74,14 @@ logger = logging.getLogger(__name__)
 FORMAT = 'dlp_ros.prediction_evaluation'
 VERSION = 1
 REPORT = 'report.json'
-IMAGE_SERIES = ('model', 'last_frame', 'const_velocity', 'last_frame_decoded')
+IMAGE_SERIES = (
+    'model',
+    'model_residual',
+    'model_gated',
+    'last_frame',
+    'const_velocity',
+    'last_frame_decoded',
+)
 POSITION_SERIES = ('model', 'last_frame', 'const_velocity')
 # metric -> (chart title, higher is better)
 METRICS = {
@@ -307,6 +315,12 @@ def evaluate_clip(
         'const_velocity': decoded[horizon : 2 * horizon],
         'last_frame_decoded': np.repeat(decoded[2 * horizon :], horizon, axis=0),
     }
+    observed_x = from_uint8(frames[context - 1])  # (3, S, S)
+    decoded_x = from_uint8(decoded)  # (2N + 1, 3, S, S)
+    for mode in ('residual', 'gated'):
+        images[f'model_{mode}'] = to_uint8(
+            compose(mode, observed_x, decoded_x[:horizon], decoded_x[2 * horizon])
+        )
     particles = {'model': predicted, 'last_frame': last, 'const_velocity': velocity}
     return images, particles
 

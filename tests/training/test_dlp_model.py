@@ -269,3 +269,20 @@ def test_onnx_export_parity() -> None:
         expected_image = decoder(*(named[name] for name in DlpDecoder.INPUT_NAMES))
     got_image = dec.run(None, {name: named[name].numpy() for name in DlpDecoder.INPUT_NAMES})[0]
     np.testing.assert_allclose(got_image, expected_image.numpy(), atol=1e-4)
+
+
+def test_a_negative_transparency_prior_mean_charges_particles_that_stay_on() -> None:
+    """The sparsity prior: the same posterior costs more transparency KL when the prior prefers
+    "off" (mean < 0) and its particles are not off (posterior logits about 0 at init)."""
+    torch.manual_seed(0)
+    model = Dlp(DlpConfig(**TINY))
+    images = _squares(4, TINY['image_size'])
+    kl = {}
+    for mean in (0.0, -3.0):
+        model.config = DlpConfig(**TINY, transparency_prior_mean=mean)
+        torch.manual_seed(1)
+        _, metrics = model(images, deterministic=True)
+        on = metrics['transparency']
+        kl[mean] = metrics['kl_transparency']
+    assert on > 0.4, 'the test needs particles that are not off'
+    assert kl[-3.0] > kl[0.0] + 1.0, kl

@@ -119,7 +119,10 @@ class DlpConfig:
     # Scale prior N(logit(scale_prior_fraction * anchor_scale), scale_prior_std^2).
     scale_prior_fraction: float = 0.75
     scale_prior_std: float = 0.3
-    # Transparency prior: logit ~ N(0, transparency_prior_std^2) (> ~1.8 is U-shaped on [0, 1]).
+    # Transparency prior: logit ~ N(transparency_prior_mean, transparency_prior_std^2) (std > ~1.8
+    # is U-shaped on [0, 1]). A negative mean prefers "off": a particle stays on only where it
+    # pays for itself in reconstruction, so duplicates of an object switch off (sparsity).
+    transparency_prior_mean: float = 0.0
     transparency_prior_std: float = 2.0
     # Depth prior N(0, 1); compositing softmax temperature over depths.
     depth_temperature: float = 0.25
@@ -474,7 +477,10 @@ class Dlp(nn.Module):
                 2 * math.log(c.scale_prior_std),
             ),
             'transparency': transparency_kl(
-                post.transparency_mu, post.transparency_logvar, 0.0, t_prior_logvar
+                post.transparency_mu,
+                post.transparency_logvar,
+                c.transparency_prior_mean,
+                t_prior_logvar,
             )
             .flatten(1)
             .sum(-1)
