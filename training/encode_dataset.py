@@ -50,6 +50,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add('--checkpoint', choices=['best', 'last'], default='best', help='which checkpoint')
     add('--batch', type=int, default=64, help='frames per batched forward pass')
     add('--threads', type=int, default=0, help='torch CPU threads (0: torch default)')
+    add('--device', default='cpu', help="torch device of the encoder: 'cpu', 'cuda', 'cuda:1'")
     add('--overwrite', action='store_true', help='replace --out once the new cache is complete')
     add('--no-progress', action='store_true', help='no progress bar')
 
@@ -81,8 +82,9 @@ def encode_episode(
 ) -> dict[str, np.ndarray]:
     """One episode's arrays (``training.latents.ARRAYS`` and the optional labels)."""
     x = torch.from_numpy(to_model_input(np.asarray(data.frames(name))))  # (T, 3, S, S)
+    x = x.to(next(model.parameters()).device)
     track = track_sequence(model, x, batch, progress=progress)
-    arrays = {f: v.float().numpy() for f, v in track.particles._asdict().items()}  # (T, K, .)
+    arrays = {f: v.float().cpu().numpy() for f, v in track.particles._asdict().items()}
     arrays['reseeded'] = track.reseeded.numpy()  # (T, K) bool
     labels = data.labels(name)
     arrays['stamps_ns'] = labels.stamps_ns.astype(np.int64)  # (T,)
@@ -172,6 +174,10 @@ def run(args: argparse.Namespace) -> int:
     model, info, checkpoint, data = _open(args)
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        model = model.to(torch.device(args.device))
+    except (RuntimeError, AssertionError) as exc:
+        raise ConfigError(f'--device {args.device!r}: {exc}') from exc
     started = time.monotonic()
     out = Path(args.out)
     episodes = data.episodes()
