@@ -20,6 +20,7 @@ from training.config import to_dict
 from training.data.dataset import Dataset, write_manifest
 from training.dlp_config import load_dlp
 from training.dynamics_config import DynamicsRunConfig, load_dynamics
+from training.flow_baseline import constant_flow
 from training.models.dynamics import ParticleDynamics
 from training.prediction import (
     TorchPredictor,
@@ -119,7 +120,7 @@ def test_report_charts_and_gif(runs: dict[str, Path], tmp_path: Path, capsys) ->
     assert report['dynamics']['action_columns'] is None and report['action_dim'] == 0
     per_step = report['per_step']
     for metric in ('psnr_db', 'ssim'):
-        assert set(per_step[metric]) == {'model', 'last_frame', 'const_velocity',
+        assert set(per_step[metric]) == {'model', 'last_frame', 'const_velocity', 'const_flow',
                                          'last_frame_decoded'}  # fmt: skip
     for metric in ('position_error_px', 'recall', 'particles_on'):
         assert set(per_step[metric]) == {'model', 'last_frame', 'const_velocity'}
@@ -138,6 +139,18 @@ def test_report_charts_and_gif(runs: dict[str, Path], tmp_path: Path, capsys) ->
     mean = report['comparison']['psnr_db']['const_velocity']['mean']
     assert mean['model'] == report['mean']['psnr_db']['model']
     assert mean['model_better'] == (mean['model'] > mean['baseline'])
+    assert set(report['comparison']['psnr_db']) == {'last_frame', 'const_velocity', 'const_flow',
+                                                    'last_frame_decoded'}  # fmt: skip
+    best = report['best_baseline']['psnr_db']  # the highest mean of the three baselines
+    means = {b: report['mean']['psnr_db'][b] for b in ('last_frame', 'const_velocity',
+                                                        'const_flow')}  # fmt: skip
+    assert best['series'] == max(means, key=means.__getitem__)
+    assert best['mean'] == means[best['series']]
+    assert best['model_minus_best'] == report['mean']['psnr_db']['model'] - best['mean']
+    best_err = report['best_baseline']['position_error_px']  # lower is better; no flow series
+    errs = {b: report['mean']['position_error_px'][b] for b in ('last_frame', 'const_velocity')}
+    assert best_err['series'] == min(errs, key=errs.__getitem__)
+    assert report['flow_baseline']['method'] == 'farneback'
     names = sorted(p.name for p in out.iterdir())
     assert names == ['position_error_px.png', 'prediction.gif', 'prediction.png', 'psnr_db.png',
                      'recall.png', 'report.json', 'ssim.png']  # no temporary files # fmt: skip
@@ -172,6 +185,11 @@ def test_last_frame_psnr_is_the_direct_computation(runs: dict[str, Path], tmp_pa
     last, future = frames[s + C - 1], frames[s + C : s + C + N]  # (S, S, 3), (N, S, S, 3)
     mse = ((future - last[None]) ** 2).reshape(N, -1).mean(-1)
     np.testing.assert_allclose(report['per_step']['psnr_db']['last_frame'],
+                               10 * np.log10(1 / mse), rtol=1e-9)  # fmt: skip
+    raw = Dataset.open(runs['data']).frames(clip['episode'])
+    flow = constant_flow(raw[s + C - 2], raw[s + C - 1], N).astype(np.float64) / 255
+    mse = ((future - flow) ** 2).reshape(N, -1).mean(-1)
+    np.testing.assert_allclose(report['per_step']['psnr_db']['const_flow'],
                                10 * np.log10(1 / mse), rtol=1e-9)  # fmt: skip
 
 
