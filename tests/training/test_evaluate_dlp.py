@@ -208,3 +208,19 @@ def test_bundle_gives_the_run_metrics(dataset: Path, tmp_path: Path) -> None:
     assert torch_report['identity']['tracker_ids'] >= dlp.config.n_particles
     for key in ('idtp', 'detections', 'id_switches', 'tracker_ids'):
         assert onnx_report['identity'][key] == torch_report['identity'][key], key
+
+
+def test_a_dataset_all_in_the_test_split(dataset: Path, tmp_path: Path) -> None:
+    """Fresh-seed evaluation (build-dataset --split 0,0,1): no train split to fit the pusher
+    probe on, which is skipped with the reason; everything else is measured."""
+    data = tmp_path / 'all_test'
+    bags = sorted((dataset.parent / 'bags').glob('episode_*/'))
+    build = ['build-dataset', '--bags', *(str(p) for p in bags), '--topic', '/camera/image_raw',
+             '--fps', '10', '--size', '64', '--split', '0,0,1', '--no-progress']  # fmt: skip
+    assert main([*build, '--out', str(data)]) == 0
+    out = tmp_path / 'report'
+    assert evaluate(make_run(tmp_path / 'run'), data, out) == 0
+    report = json.loads((out / 'report.json').read_text())
+    assert report['episodes'] == 3 and report['frames'] == 36
+    assert report['identity']['object_frames'] == 3 * 36 and report['counts'] is not None
+    assert 'mafl.pusher' in report['skipped']

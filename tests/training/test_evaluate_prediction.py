@@ -339,3 +339,19 @@ def test_bundle_gives_the_torch_metrics(runs: dict[str, Path], tmp_path: Path,
                 atol=tolerance[metric],
                 err_msg=f'{metric} {name}',
             )
+
+
+def test_a_dataset_all_in_the_test_split(runs: dict[str, Path], tmp_path: Path) -> None:
+    """Fresh-seed evaluation: every episode in the test split (build-dataset --split 0,0,1)."""
+    data = tmp_path / 'all_test'
+    bags = sorted((runs['root'] / 'bags').glob('episode_*/'))
+    build = ['build-dataset', '--bags', *(str(p) for p in bags), '--topic', '/camera/image_raw',
+             '--fps', '10', '--size', '64', '--split', '0,0,1', '--no-progress']  # fmt: skip
+    assert main([*build, '--out', str(data)]) == 0
+    assert len(Dataset.open(data).episodes('test')) == 3
+    assert not Dataset.open(data).episodes('train')
+    out = tmp_path / 'report'
+    assert evaluate(runs, out, data=data) == 0
+    report = json.loads((out / 'report.json').read_text())
+    assert report['episodes'] == 3 and report['clips'] == 6  # two windows of 7 in 20 frames each
+    assert all(v is not None for v in report['mean']['psnr_db'].values())
