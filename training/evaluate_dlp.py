@@ -14,12 +14,24 @@ Measured on the posterior means (deterministic), see ``docs/architecture.md`` (M
   fitted on the first half of the frames where it is visible and tested on the second half, on
   particles *tracked* through the episode (``training.models.tracking``: slot k stays on one
   object; ``per_episode_untracked`` repeats it on per-frame encodings, whose slot order is a
-  per-frame score rank).
+  per-frame score rank);
+* ``counts``: one particle per object? (:mod:`training.particle_counts`) the fraction of on
+  particles that are duplicates (matched to no visible object within its radius, or within 2 px
+  of another on particle) and the on-count against the objects in view (mean ratio, fraction of
+  frames within 10 %), for the per-frame (``per_frame``) and the tracked (``tracked``) encodings;
+* ``identity``: IDF1 and CLEAR-MOT identity switches per 100 visible object-frames of the tracked
+  particles against the ground-truth object ids (:mod:`training.identity_metrics`); a slot's id
+  changes when it is re-seeded; the gate is the object's radius, as for the recall.
+
+The DLP is a ``--run`` (PyTorch) or the encoder, background encoder and decoder of an exported
+``--bundle`` through ``dlp_ros.runtime`` (:mod:`training.dlp_sources`); ``run``, ``checkpoint``
+and ``step`` then come from the bundle's model card, and ``bundle`` names it.
 
 report.json: ``format``, ``version``, ``code_version``, ``created``, ``run``, ``checkpoint``,
-``step``, ``data``, ``split``, ``fit_split``, ``image_size``, ``n_particles``, ``episodes``,
-``frames``, the three sections above and ``skipped`` ({section: why}): whatever the dataset
-cannot provide (no ground truth, no pusher) is ``null`` and ``skipped`` says why.
+``step``, ``bundle`` (null for a run), ``data``, ``split``, ``fit_split``, ``image_size``,
+``n_particles``, ``episodes``, ``frames``, the five sections above and ``skipped`` ({section:
+why}): whatever the dataset cannot provide (no ground truth, no pusher) is ``null`` and
+``skipped`` says why.
 """
 
 from __future__ import annotations
@@ -32,27 +44,25 @@ import os
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
 import dlp_ros
 from dlp_ros.errors import DlpError
-from dlp_ros.image_codec import to_model_input
 from dlp_ros.plain_values import plain
 from training import metrics
 from training.checkpoint import run_checkpoint
 from training.data.dataset import SPLITS, Dataset
 from training.data.ground_truth import GroundTruth
 from training.dlp_config import load_dlp
-from training.models.dlp import Dlp
-from training.models.tracking import track_sequence
+from training.dlp_sources import BundleDlpSource, DlpSource, TorchDlpSource
+from training.identity_metrics import IdentityAccumulator, track_ids
+from training.particle_counts import CountAccumulator
 from training.visualize import PALETTE, draw_particles, label, upscale
 
 logger = logging.getLogger(__name__)
@@ -68,7 +78,10 @@ class EvaluationError(DlpError):
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add('--run', type=Path, required=True, help='train-dlp run directory')
+    add('--run', type=Path, help='train-dlp run directory (or --bundle)')
+    add('--bundle', type=Path, help='exported bundle directory instead of --run (onnxruntime)')
+    add('--providers', default='cpu', help="--bundle: 'auto', 'cpu', 'cuda' or 'tensorrt'")
+    add('--threads', type=int, default=0, help='--bundle: onnxruntime threads (0: default)')
     add('--data', type=Path, required=True, help='dataset built by build-dataset')
     add('--out', type=Path, required=True, help='report directory (report.json, report.png)')
     add('--split', choices=SPLITS, default='test', help='evaluation split')
@@ -91,39 +104,23 @@ class Encoded:
     logvar: np.ndarray  # (T, K, 2) model units
     presence: np.ndarray  # (T, K) transparency
     truth: GroundTruth | None  # the rows of the T frames
+    reseeded: np.ndarray | None = None  # (T, K) bool, tracked encodings: slot k re-seeded at t
 
 
 def _encode(
-    model: Dlp, frames: np.ndarray, batch: int, bar: tqdm, keep: dict[int, Any] | None = None
+    model: DlpSource, frames: np.ndarray, batch: int, bar: tqdm, keep: dict[int, Any] | None = None
 ) -> dict[str, np.ndarray]:
     """(T, S, S, 3) uint8 -> mu, logvar (T, K, 2), presence (T, K) and, when ``keep`` is given,
     psnr, ssim (T,) with the (S, S, 3) uint8 reconstructions of the frames ``keep`` names."""
-    out: dict[str, list[np.ndarray]] = defaultdict(list)
-    with torch.inference_mode():
-        for start in range(0, len(frames), batch):
-            x = torch.from_numpy(to_model_input(np.asarray(frames[start : start + batch])))
-            p = model.encode(x, deterministic=True)
-            out['mu'].append(p.mu.numpy())
-            out['logvar'].append(p.logvar.numpy())
-            out['presence'].append(p.transparency[..., 0].numpy())
-            if keep is not None:
-                rec = model.decode(p).clamp(0, 1)  # (B, 3, S, S)
-                out['psnr'].append(metrics.psnr(rec, x).numpy())
-                out['ssim'].append(metrics.ssim(rec, x).numpy())
-                for t in keep.keys() & range(start, start + len(x)):
-                    keep[t] = rec[t - start].permute(1, 2, 0).mul(255).round().byte().numpy()
-            bar.update(len(x))
-    return {k: np.concatenate(v) for k, v in out.items()}
+    return model.encode(frames, batch, bar, keep)
 
 
 def _tracked(
-    model: Dlp, frames: np.ndarray, batch: int, name: str, truth: GroundTruth | None
+    model: DlpSource, frames: np.ndarray, batch: int, name: str, truth: GroundTruth | None
 ) -> Encoded:
     """Particles of one episode tracked frame to frame (slot k stays on one object)."""
-    x = torch.from_numpy(to_model_input(np.asarray(frames)))  # (T, 3, S, S)
-    with torch.inference_mode():
-        p = track_sequence(model, x, batch).particles
-    return Encoded(name, p.mu.numpy(), p.logvar.numpy(), p.transparency[..., 0].numpy(), truth)
+    p = model.track(frames, batch)
+    return Encoded(name, p['mu'], p['logvar'], p['presence'], truth, p['reseeded'])
 
 
 def _counts(lengths: list[int], max_frames: int | None) -> list[int]:
@@ -145,10 +142,10 @@ def _error(err_units: float, size: int) -> dict[str, float]:
 
 
 def _pusher_probe(
-    model: Dlp, data: Dataset, codes: list[Encoded], args: argparse.Namespace, bar: tqdm
+    model: DlpSource, data: Dataset, codes: list[Encoded], args: argparse.Namespace, bar: tqdm
 ) -> tuple[dict[str, Any] | None, str | None]:
     """MAFL protocol (a): the pusher across episodes; (entry, None) or (None, why skipped)."""
-    size = model.config.image_size
+    size = model.image_size
     test_x, test_lv, test_y = [], [], []
     for c in codes:
         if c.truth is not None and PUSHER in c.truth.names:
@@ -256,7 +253,8 @@ def _num(value: float | None, spec: str) -> str:
 def _headline(report: dict[str, Any]) -> list[str]:
     """Two or three short lines of the headline numbers."""
     r, loc, mafl = report['reconstruction'], report['localisation'], report['mafl']
-    head = f'{Path(report["run"]).name} step {report["step"]} | {report["split"]}'
+    name = Path(report['bundle'] or report['run']).name
+    head = f'{name} step {report["step"]} | {report["split"]}'
     lines = [f'{head}: {report["frames"]} frames | PSNR {_num(r["psnr_db"], ".2f")} dB, '
              f'SSIM {_num(r["ssim"], ".3f")}']  # fmt: skip
     if loc is not None:
@@ -271,7 +269,51 @@ def _headline(report: dict[str, Any]) -> list[str]:
         probe.append(f'per episode {_num(mafl["per_episode"]["error_percent"], ".2f")}%')
     if probe:
         lines.append('MAFL ' + ', '.join(probe))
+    lines += _object_lines(report)
     return lines
+
+
+def _object_lines(report: dict[str, Any]) -> list[str]:
+    """Duplicates, on-count and identity headline lines (none without ground truth)."""
+    lines = []
+    for key, what in (('per_frame', 'per frame'), ('tracked', 'tracked')):
+        c = (report.get('counts') or {}).get(key)
+        if c is not None:
+            dup = _num(None if c['duplicate_fraction'] is None else 100 * c['duplicate_fraction'],
+                       '.1f')  # fmt: skip
+            within = _num(None if c['on_within_fraction'] is None
+                          else 100 * c['on_within_fraction'], '.0f')  # fmt: skip
+            ratio = _num(c['on_ratio_mean'], '.2f')
+            lines.append(f'{what}: duplicates {dup}%, on/objects {ratio} (within 10%: {within}% '
+                         'of frames)')  # fmt: skip
+    i = report.get('identity')
+    if i is not None:
+        lines.append(f'identity: IDF1 {_num(i["idf1"], ".3f")}, ID switches '
+                     f'{_num(i["id_switches_per_100"], ".2f")} per 100 object-frames')  # fmt: skip
+    return lines
+
+
+def object_metrics(codes: list[Encoded], tracked: list[Encoded], size: int,
+                   skipped: dict[str, str | None]) -> dict[str, Any]:  # fmt: skip
+    """``counts`` (per frame and tracked) and ``identity`` (tracked) of the episodes with ground
+    truth, None and a ``skipped`` reason without any."""
+    counts = {'per_frame': CountAccumulator(), 'tracked': CountAccumulator()}
+    ids = IdentityAccumulator()
+    for key, encoded in (('per_frame', codes), ('tracked', tracked)):
+        for c in (c for c in encoded if c.truth is not None):
+            g = c.truth
+            counts[key].add((c.mu + 1) / 2 * size, c.presence, g.xy, g.radius, g.visible)
+    on_threshold = counts['tracked'].threshold
+    for c in (c for c in tracked if c.truth is not None and c.reseeded is not None):
+        g = c.truth
+        on = c.presence > on_threshold
+        ids.add(track_ids(c.reseeded), (c.mu + 1) / 2 * size, on, g.xy, g.visible, g.radius)
+    if not ids.episodes:
+        skipped['counts'] = skipped['identity'] = 'the evaluated episodes have no ground truth'
+        return {'counts': None, 'identity': None}
+    identity = {**ids.summary(), 'gate': 'object radius (px), as the localisation recall',
+                'on_threshold': on_threshold}  # fmt: skip
+    return {'counts': {k: v.summary() for k, v in counts.items()}, 'identity': identity}
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -286,30 +328,46 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _open(args: argparse.Namespace) -> tuple[Path, Dlp, dict[str, Any], Dataset]:
-    """Check the arguments, the run and the dataset before anything is computed or written."""
+def _open_source(args: argparse.Namespace) -> DlpSource:
+    """The DLP of --run (PyTorch) or of --bundle (onnxruntime), checked."""
+    if (args.run is None) == (getattr(args, 'bundle', None) is None):
+        raise EvaluationError('give either --run or --bundle')
+    if args.run is None:
+        if not args.bundle.is_dir():
+            raise EvaluationError(f'--bundle {args.bundle}: no such bundle directory')
+        if args.threads < 0:
+            raise EvaluationError(f'--threads must be >= 0, got {args.threads}')
+        return BundleDlpSource(args.bundle, args.providers, args.threads)
+    checkpoint = run_checkpoint(args.run, args.checkpoint).resolve()
+    model, _, state = load_dlp(args.run, args.checkpoint)
+    description = {'run': str(args.run.resolve()), 'checkpoint': str(checkpoint),
+                   'step': int(state.get('step', 0)), 'bundle': None}  # fmt: skip
+    return TorchDlpSource(model, description)
+
+
+def _open(args: argparse.Namespace) -> tuple[DlpSource, Dataset]:
+    """Check the arguments, the model and the dataset before anything is computed or written."""
     for name in ('batch', 'max_fit_frames', 'figure_rows', 'max_frames'):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise EvaluationError(f'--{name.replace("_", "-")} must be >= 1, got {value}')
     if args.out.exists() and not args.out.is_dir():
         raise EvaluationError(f'--out {args.out} exists and is not a directory')
-    checkpoint = run_checkpoint(args.run, args.checkpoint).resolve()
-    model, _, state = load_dlp(args.run, args.checkpoint)
+    model = _open_source(args)
     data = Dataset.open(args.data)
-    data.require_frame_size(model.config.image_size, f'the model of {args.run}')
+    data.require_frame_size(model.image_size, f'the model of {args.run or args.bundle}')
     n = len(data.episodes(args.split))
     if not n:
         raise EvaluationError(f'dataset {args.data} has no {args.split!r} episodes')
     if args.max_frames is not None and args.max_frames < n:
         raise EvaluationError(f'--max-frames {args.max_frames} is fewer than the {n} '
                               f'{args.split} episodes')  # fmt: skip
-    return checkpoint, model, state, data
+    return model, data
 
 
 def run(args: argparse.Namespace) -> int:
-    checkpoint, model, state, data = _open(args)
-    size, episodes = model.config.image_size, data.episodes(args.split)
+    model, data = _open(args)
+    size, episodes = model.image_size, data.episodes(args.split)
     counts = _counts([e.frames for e in episodes], args.max_frames)
     starts = np.cumsum([0, *counts])  # (E + 1,) first global frame index of each episode
     total = int(starts[-1])
@@ -343,18 +401,18 @@ def run(args: argparse.Namespace) -> int:
         # identities must hold within an episode: particles tracked from frame to frame
         per_episode, skipped['mafl.per_episode'] = _episode_probe(tracked, size)
         untracked, _ = _episode_probe(codes, size)
+        objects = object_metrics(codes, tracked, size, skipped)
     finally:
         bar.close()
     report = plain({
         'format': FORMAT, 'version': VERSION, 'code_version': dlp_ros.__version__,
-        'created': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'run': str(args.run.resolve()),
-        'checkpoint': str(checkpoint), 'step': int(state.get('step', 0)),
+        'created': time.strftime('%Y-%m-%dT%H:%M:%S%z'), **model.description,
         'data': str(args.data.resolve()), 'split': args.split, 'fit_split': args.fit_split,
-        'image_size': size, 'n_particles': model.config.n_particles, 'episodes': len(codes),
+        'image_size': size, 'n_particles': model.n_particles, 'episodes': len(codes),
         'frames': total,
         'reconstruction': {'psnr_db': float(np.concatenate(psnrs).mean()),
                            'ssim': float(np.concatenate(ssims).mean()), 'frames': total},
-        'localisation': loc.summary() if loc.frames else None,
+        'localisation': loc.summary() if loc.frames else None, **objects,
         'mafl': {'pusher': pusher, 'per_episode': per_episode,
                  'per_episode_untracked': untracked},
         'skipped': {k: v for k, v in skipped.items() if v},

@@ -19,12 +19,15 @@ Measured per prediction step n = 1 .. N on the predicted frames only (``docs/arc
 Series: ``model``; baselines ``last_frame`` (the last observed frame repeated for the image
 metrics, the last observed particles for the positions) and ``const_velocity`` (the particles'
 last displacement continued, :func:`~training.prediction.constant_velocity`, decoded by the same
-decoder); and ``last_frame_decoded`` (the last observed particles decoded: image metrics only,
+decoder), ``const_flow`` (the last observed frame carried on by the Farneback optical flow of the
+last two observed frames, :mod:`training.flow_baseline`; image metrics only); and
+``last_frame_decoded`` (the last observed particles decoded: image metrics only,
 the decoder's share of the error).
 
 Output directory (whole or not at all, :mod:`dlp_ros.offline.output_dir`): ``report.json`` (config,
 ``per_step[metric][series]`` lists of N values, ``mean``, ``step_10``, ``comparison`` of the
-model with each baseline), ``<metric>.png`` charts, ``prediction.gif`` (true | model | constant
+model with each baseline, ``best_baseline`` per metric, ``flow_baseline`` (the Farneback
+parameters)), ``<metric>.png`` charts, ``prediction.gif`` (true | model | constant
 velocity | last frame, a few clips) and ``prediction.png`` (the same as a still).
 """
 
@@ -56,6 +59,7 @@ from training.checkpoint import run_checkpoint
 from training.data.dataset import SPLITS, Dataset
 from training.dlp_config import load_dlp
 from training.dynamics_config import load_dynamics
+from training.flow_baseline import FlowParams, constant_flow
 from training.prediction import (
     BundlePredictor,
     ClipSelection,
@@ -80,9 +84,11 @@ IMAGE_SERIES = (
     'model_gated',
     'last_frame',
     'const_velocity',
+    'const_flow',
     'last_frame_decoded',
 )
 POSITION_SERIES = ('model', 'last_frame', 'const_velocity')
+BASELINES = ('last_frame', 'const_velocity', 'const_flow')  # what a prediction must beat
 # metric -> (chart title, higher is better)
 METRICS = {
     'psnr_db': ('PSNR (dB)', True),
@@ -313,6 +319,7 @@ def evaluate_clip(
         'model': decoded[:horizon],
         'last_frame': np.repeat(frames[context - 1 : context], horizon, axis=0),
         'const_velocity': decoded[horizon : 2 * horizon],
+        'const_flow': constant_flow(frames[context - 2], frames[context - 1], horizon),
         'last_frame_decoded': np.repeat(decoded[2 * horizon :], horizon, axis=0),
     }
     observed_x = from_uint8(frames[context - 1])  # (3, S, S)
@@ -389,6 +396,33 @@ def _comparison(per_step: dict, mean: dict, horizon: int) -> dict[str, Any]:
     return out
 
 
+def best_baselines(per_step: dict, mean: dict, horizon: int) -> dict[str, Any]:
+    """metric -> the best of :data:`BASELINES` by the mean over the steps: ``series``, its
+    ``mean`` and step-10 value, ``model_minus_best`` (mean) and ``per_step`` differences of the
+    model from it, ``model_beats_every_step``."""
+    out: dict[str, Any] = {}
+    for metric, series in per_step.items():
+        if metric not in METRICS or 'model' not in series:
+            continue
+        higher = METRICS[metric][1]
+        means = {b: mean[metric][b] for b in BASELINES if mean[metric].get(b) is not None}
+        if not means or mean[metric]['model'] is None:
+            out[metric] = None
+            continue
+        best = (max if higher else min)(means, key=means.__getitem__)
+        diff = [None if m is None or b is None else m - b
+                for m, b in zip(series['model'], series[best], strict=True)]  # fmt: skip
+        sign = 1.0 if higher else -1.0
+        out[metric] = {
+            'series': best, 'mean': means[best],
+            f'step_{COMPARE_STEP}': series[best][COMPARE_STEP - 1] if horizon >= COMPARE_STEP
+            else None,
+            'model_minus_best': mean[metric]['model'] - means[best], 'per_step': diff,
+            'model_beats_every_step': all(d is not None and sign * d > 0 for d in diff),
+        }  # fmt: skip
+    return out
+
+
 def build_report(args: argparse.Namespace, setup: Setup, acc: Accumulator, with_truth: bool
                  ) -> dict[str, Any]:  # fmt: skip
     c, n, p = args.context, args.horizon, setup.predictor
@@ -416,6 +450,8 @@ def build_report(args: argparse.Namespace, setup: Setup, acc: Accumulator, with_
         'per_step': per_step, 'mean': mean,
         f'step_{COMPARE_STEP}': at,
         'comparison': _comparison(per_step, mean, n),
+        'best_baseline': best_baselines(per_step, mean, n),
+        'flow_baseline': {'method': 'farneback', **FlowParams().as_dict()},
         'skipped': skipped,
     }, finite=True)  # fmt: skip
 
@@ -434,7 +470,7 @@ def headline(report: dict[str, Any]) -> list[str]:
                          ('recall', '.2f')):  # fmt: skip
         if metric not in report['mean']:
             continue
-        names = ('model', 'last_frame', 'const_velocity')
+        names = [s for s in ('model', *BASELINES) if s in report['mean'][metric]]
         parts = []
         for name in names:
             text = _fmt(report['mean'][metric].get(name), spec)
@@ -442,6 +478,11 @@ def headline(report: dict[str, Any]) -> list[str]:
                 text += f' ({_fmt(step[metric].get(name), spec)} @{COMPARE_STEP})'
             parts.append(f'{name} {text}')
         lines.append(f'{metric}: ' + ', '.join(parts))
+    best = (report.get('best_baseline') or {}).get('psnr_db')
+    if best is not None:
+        lines.append(f'psnr_db best baseline {best["series"]}: model - best = '
+                     f'{best["model_minus_best"]:+.2f} dB mean, model above it at every step: '
+                     f'{"yes" if best["model_beats_every_step"] else "no"}')  # fmt: skip
     return lines
 
 

@@ -10,12 +10,19 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from training.__main__ import main
 from training.checkpoint import save_checkpoint
 from training.config import to_dict
+from training.data.dataset import Dataset
 from training.dlp_config import DlpRunConfig
+from training.evaluate_dlp import Encoded, object_metrics
+from training.export import export_random_bundle
 from training.models.dlp import Dlp, DlpConfig
+from training.models.dynamics import DynamicsConfig
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SMALL = {
     'n_particles': 4,
@@ -60,7 +67,8 @@ def evaluate(run: Path, data: Path, out: Path, *extra: str) -> int:
 def test_report_of_an_untrained_run(dataset: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / 'report'
     assert evaluate(make_run(tmp_path / 'run'), dataset, out) == 0
-    assert 'report ->' in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert 'report ->' in printed and 'IDF1' in printed and 'duplicates' in printed
     report = json.loads((out / 'report.json').read_text())
     assert report['format'] == 'dlp_ros.dlp_evaluation' and report['version'] == 1
     assert report['split'] == 'test' and report['fit_split'] == 'train'
@@ -73,6 +81,13 @@ def test_report_of_an_untrained_run(dataset: Path, tmp_path: Path, capsys) -> No
     assert 0 <= loc['mean_particles_on'] <= 4 and 0 <= loc['matched'] <= 36
     assert loc['recall'] is not None and 0 <= loc['recall'] <= 1
     assert loc['mean_error_px'] is None or loc['mean_error_px'] >= 0
+    counts, identity = report['counts'], report['identity']
+    assert counts['per_frame']['frames'] == counts['tracked']['frames'] == 12
+    assert counts['per_frame']['particles_on'] == round(loc['mean_particles_on'] * 12)
+    assert identity['object_frames'] == 36 and identity['episodes'] == 1
+    assert identity['detections'] == counts['tracked']['particles_on']
+    total = identity['object_frames'] + identity['detections']
+    assert identity['idf1'] == pytest.approx(2 * identity['idtp'] / total)
     # balls have no pusher: skipped with a reason; the per-episode probe runs on each ball
     assert report['mafl']['pusher'] is None and 'pusher' in report['skipped']['mafl.pusher']
     per_episode = report['mafl']['per_episode']
@@ -126,3 +141,86 @@ def test_bad_inputs_are_refused_without_a_report(dataset: Path, tmp_path: Path, 
     assert evaluate(run, dataset, out, '--batch', '0') == 2
     assert '--batch must be >= 1' in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_object_metrics_of_particles_on_the_ground_truth(dataset: Path) -> None:
+    """Particles placed exactly on the balls, one per ball, one identity each: no duplicates,
+    the on-count equals the objects in view, IDF1 1 and no switch; a spare on particle far away
+    is a duplicate and a false track."""
+    data = Dataset.open(dataset)
+    name = data.episodes('test')[0].name
+    truth = data.labels(name).ground_truth
+    t, n = truth.visible.shape
+    mu = truth.xy / 64 * 2 - 1  # (T, 3, 2) model units
+    reseeded = np.zeros((t, n), bool)
+    reseeded[0] = True
+    code = Encoded(name, mu, np.zeros_like(mu), np.ones((t, n)), truth, reseeded)
+    skipped: dict[str, str | None] = {}
+    out = object_metrics([code], [code], 64, skipped)
+    assert not skipped
+    for key in ('per_frame', 'tracked'):
+        c = out['counts'][key]
+        assert c['duplicate_fraction'] == 0.0 and c['particles_on'] == int(truth.visible.sum())
+        assert c['on_ratio_mean'] == 1.0 and c['on_within_fraction'] == 1.0
+    i = out['identity']
+    assert i['idf1'] == 1.0 and i['id_switches'] == 0 and i['tracker_ids'] == n
+
+    spare = np.concatenate([mu, np.full((t, 1, 2), 0.99)], axis=1)  # (T, 4, 2): a far corner
+    code = Encoded(name, spare, np.zeros_like(spare), np.ones((t, n + 1)), truth,
+                   np.concatenate([reseeded, reseeded[:, :1]], axis=1))  # fmt: skip
+    out = object_metrics([code], [code], 64, {})
+    c, i = out['counts']['tracked'], out['identity']
+    assert c['duplicate_fraction'] == pytest.approx(1 / (n + 1))
+    assert c['on_ratio_mean'] == pytest.approx((n + 1) / n) and c['on_within_fraction'] == 0.0
+    assert i['idf1'] == pytest.approx(2 * n / (2 * n + 1)) and i['idfp'] == t
+
+
+def test_bundle_gives_the_run_metrics(dataset: Path, tmp_path: Path) -> None:
+    """evaluate-dlp --bundle (onnxruntime) measures what --run measures on the same weights."""
+    dlp_cfg = yaml.safe_load((ROOT / 'config/train/dlp_tiny.yaml').read_text())['model']
+    dyn_cfg = yaml.safe_load((ROOT / 'config/train/dynamics_tiny.yaml').read_text())['model']
+    bundle = tmp_path / 'bundle'
+    _, dlp, _ = export_random_bundle(
+        DlpConfig.from_dict(dlp_cfg), DynamicsConfig.from_dict(dyn_cfg), bundle
+    )
+    run = tmp_path / 'run'
+    state = {'model': dlp.state_dict(), 'step': 0,
+             'config': to_dict(DlpRunConfig(model=dlp.config))}  # fmt: skip
+    save_checkpoint(run / 'checkpoints' / 'last.pt', state)
+    reports = {}
+    for name, source in (('run', ['--run', str(run)]), ('bundle', ['--bundle', str(bundle)])):
+        argv = ['evaluate-dlp', *source, '--data', str(dataset), '--out', str(tmp_path / name),
+                '--batch', '8', '--no-progress', '--checkpoint', 'last']  # fmt: skip
+        assert main(argv) == 0
+        reports[name] = json.loads((tmp_path / name / 'report.json').read_text())
+    torch_report, onnx_report = reports['run'], reports['bundle']
+    assert onnx_report['bundle'] == str(bundle.resolve())
+    assert torch_report['bundle'] is None and onnx_report['n_particles'] == dlp.config.n_particles
+    for section, key in (('reconstruction', 'psnr_db'), ('reconstruction', 'ssim'),
+                         ('localisation', 'mean_error_px')):  # fmt: skip
+        assert onnx_report[section][key] == pytest.approx(torch_report[section][key], abs=1e-3)
+    assert onnx_report['localisation']['matched'] == torch_report['localisation']['matched']
+    for key in ('per_frame', 'tracked'):
+        got, want = onnx_report['counts'][key], torch_report['counts'][key]
+        assert got['particles_on'] == want['particles_on'], key
+        assert want['particles_on'] > 0, key  # something to count
+        assert got['duplicates'] == want['duplicates'], key
+    assert torch_report['identity']['tracker_ids'] >= dlp.config.n_particles
+    for key in ('idtp', 'detections', 'id_switches', 'tracker_ids'):
+        assert onnx_report['identity'][key] == torch_report['identity'][key], key
+
+
+def test_a_dataset_all_in_the_test_split(dataset: Path, tmp_path: Path) -> None:
+    """Fresh-seed evaluation (build-dataset --split 0,0,1): no train split to fit the pusher
+    probe on, which is skipped with the reason; everything else is measured."""
+    data = tmp_path / 'all_test'
+    bags = sorted((dataset.parent / 'bags').glob('episode_*/'))
+    build = ['build-dataset', '--bags', *(str(p) for p in bags), '--topic', '/camera/image_raw',
+             '--fps', '10', '--size', '64', '--split', '0,0,1', '--no-progress']  # fmt: skip
+    assert main([*build, '--out', str(data)]) == 0
+    out = tmp_path / 'report'
+    assert evaluate(make_run(tmp_path / 'run'), data, out) == 0
+    report = json.loads((out / 'report.json').read_text())
+    assert report['episodes'] == 3 and report['frames'] == 36
+    assert report['identity']['object_frames'] == 3 * 36 and report['counts'] is not None
+    assert 'mafl.pusher' in report['skipped']

@@ -20,6 +20,7 @@ from training.config import to_dict
 from training.data.dataset import Dataset, write_manifest
 from training.dlp_config import load_dlp
 from training.dynamics_config import DynamicsRunConfig, load_dynamics
+from training.flow_baseline import constant_flow
 from training.models.dynamics import ParticleDynamics
 from training.prediction import (
     TorchPredictor,
@@ -119,8 +120,8 @@ def test_report_charts_and_gif(runs: dict[str, Path], tmp_path: Path, capsys) ->
     assert report['dynamics']['action_columns'] is None and report['action_dim'] == 0
     per_step = report['per_step']
     for metric in ('psnr_db', 'ssim'):
-        assert set(per_step[metric]) == {'model', 'last_frame', 'const_velocity',
-                                         'last_frame_decoded'}  # fmt: skip
+        assert set(per_step[metric]) == {'model', 'model_residual', 'model_gated', 'last_frame',
+                                         'const_velocity', 'const_flow', 'last_frame_decoded'}  # fmt: skip
     for metric in ('position_error_px', 'recall', 'particles_on'):
         assert set(per_step[metric]) == {'model', 'last_frame', 'const_velocity'}
     for metric, series in per_step.items():
@@ -138,6 +139,18 @@ def test_report_charts_and_gif(runs: dict[str, Path], tmp_path: Path, capsys) ->
     mean = report['comparison']['psnr_db']['const_velocity']['mean']
     assert mean['model'] == report['mean']['psnr_db']['model']
     assert mean['model_better'] == (mean['model'] > mean['baseline'])
+    assert set(report['comparison']['psnr_db']) == {'last_frame', 'const_velocity', 'const_flow',
+                                                    'last_frame_decoded'}  # fmt: skip
+    best = report['best_baseline']['psnr_db']  # the highest mean of the three baselines
+    means = {b: report['mean']['psnr_db'][b] for b in ('last_frame', 'const_velocity',
+                                                        'const_flow')}  # fmt: skip
+    assert best['series'] == max(means, key=means.__getitem__)
+    assert best['mean'] == means[best['series']]
+    assert best['model_minus_best'] == report['mean']['psnr_db']['model'] - best['mean']
+    best_err = report['best_baseline']['position_error_px']  # lower is better; no flow series
+    errs = {b: report['mean']['position_error_px'][b] for b in ('last_frame', 'const_velocity')}
+    assert best_err['series'] == min(errs, key=errs.__getitem__)
+    assert report['flow_baseline']['method'] == 'farneback'
     names = sorted(p.name for p in out.iterdir())
     assert names == ['position_error_px.png', 'prediction.gif', 'prediction.png', 'psnr_db.png',
                      'recall.png', 'report.json', 'ssim.png']  # no temporary files # fmt: skip
@@ -172,6 +185,11 @@ def test_last_frame_psnr_is_the_direct_computation(runs: dict[str, Path], tmp_pa
     last, future = frames[s + C - 1], frames[s + C : s + C + N]  # (S, S, 3), (N, S, S, 3)
     mse = ((future - last[None]) ** 2).reshape(N, -1).mean(-1)
     np.testing.assert_allclose(report['per_step']['psnr_db']['last_frame'],
+                               10 * np.log10(1 / mse), rtol=1e-9)  # fmt: skip
+    raw = Dataset.open(runs['data']).frames(clip['episode'])
+    flow = constant_flow(raw[s + C - 2], raw[s + C - 1], N).astype(np.float64) / 255
+    mse = ((future - flow) ** 2).reshape(N, -1).mean(-1)
+    np.testing.assert_allclose(report['per_step']['psnr_db']['const_flow'],
                                10 * np.log10(1 / mse), rtol=1e-9)  # fmt: skip
 
 
@@ -321,3 +339,19 @@ def test_bundle_gives_the_torch_metrics(runs: dict[str, Path], tmp_path: Path,
                 atol=tolerance[metric],
                 err_msg=f'{metric} {name}',
             )
+
+
+def test_a_dataset_all_in_the_test_split(runs: dict[str, Path], tmp_path: Path) -> None:
+    """Fresh-seed evaluation: every episode in the test split (build-dataset --split 0,0,1)."""
+    data = tmp_path / 'all_test'
+    bags = sorted((runs['root'] / 'bags').glob('episode_*/'))
+    build = ['build-dataset', '--bags', *(str(p) for p in bags), '--topic', '/camera/image_raw',
+             '--fps', '10', '--size', '64', '--split', '0,0,1', '--no-progress']  # fmt: skip
+    assert main([*build, '--out', str(data)]) == 0
+    assert len(Dataset.open(data).episodes('test')) == 3
+    assert not Dataset.open(data).episodes('train')
+    out = tmp_path / 'report'
+    assert evaluate(runs, out, data=data) == 0
+    report = json.loads((out / 'report.json').read_text())
+    assert report['episodes'] == 3 and report['clips'] == 6  # two windows of 7 in 20 frames each
+    assert all(v is not None for v in report['mean']['psnr_db'].values())
