@@ -106,6 +106,10 @@ def derived_dynamics(runs: dict[str, Path], name: str, zero: bool = False,
     return out
 
 
+IMAGE_SERIES_EXPECTED = ('model', 'model_residual', 'model_gated', 'last_frame', 'const_velocity',
+                         'const_flow', 'last_frame_decoded')  # fmt: skip
+
+
 def test_report_charts_and_gif(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
     out = tmp_path / 'report'
     assert evaluate(runs, out) == 0
@@ -120,8 +124,7 @@ def test_report_charts_and_gif(runs: dict[str, Path], tmp_path: Path, capsys) ->
     assert report['dynamics']['action_columns'] is None and report['action_dim'] == 0
     per_step = report['per_step']
     for metric in ('psnr_db', 'ssim'):
-        assert set(per_step[metric]) == {'model', 'model_residual', 'model_gated', 'last_frame',
-                                         'const_velocity', 'const_flow', 'last_frame_decoded'}  # fmt: skip
+        assert set(per_step[metric]) == set(IMAGE_SERIES_EXPECTED)
     for metric in ('position_error_px', 'recall', 'particles_on'):
         assert set(per_step[metric]) == {'model', 'last_frame', 'const_velocity'}
     for metric, series in per_step.items():
