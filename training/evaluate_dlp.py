@@ -43,6 +43,7 @@ import torch
 from tqdm import tqdm
 
 import dlp_ros
+from dlp_ros.config_schema import checked, from_args
 from dlp_ros.errors import DlpError
 from dlp_ros.image_codec import to_model_input
 from dlp_ros.plain_values import plain
@@ -80,6 +81,24 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add('--figure-rows', type=int, default=4, help='frames drawn in report.png')
     add('--seed', type=int, default=0, help='seed of the fit-frame subsample')
     add('--no-progress', action='store_true', help='no progress bar')  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EvaluateDlpOptions:
+    """The evaluate-dlp command line, validated (the fields are its options)."""
+
+    run: Path
+    data: Path
+    out: Path
+    split: str = checked('test', choices=SPLITS)
+    fit_split: str = checked('train', choices=SPLITS)
+    checkpoint: str = checked('best', choices=('best', 'last'))
+    max_frames: int | None = checked(None, ge=1)
+    max_fit_frames: int = checked(5000, ge=1)
+    batch: int = checked(64, ge=1)
+    figure_rows: int = checked(4, ge=1)
+    seed: int = 0
+    no_progress: bool = False
 
 
 @dataclass
@@ -145,7 +164,7 @@ def _error(err_units: float, size: int) -> dict[str, float]:
 
 
 def _pusher_probe(
-    model: Dlp, data: Dataset, codes: list[Encoded], args: argparse.Namespace, bar: tqdm
+    model: Dlp, data: Dataset, codes: list[Encoded], args: EvaluateDlpOptions, bar: tqdm
 ) -> tuple[dict[str, Any] | None, str | None]:
     """MAFL protocol (a): the pusher across episodes; (entry, None) or (None, why skipped)."""
     size = model.config.image_size
@@ -286,12 +305,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _open(args: argparse.Namespace) -> tuple[Path, Dlp, dict[str, Any], Dataset]:
+def _open(args: EvaluateDlpOptions) -> tuple[Path, Dlp, dict[str, Any], Dataset]:
     """Check the arguments, the run and the dataset before anything is computed or written."""
-    for name in ('batch', 'max_fit_frames', 'figure_rows', 'max_frames'):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise EvaluationError(f'--{name.replace("_", "-")} must be >= 1, got {value}')
     if args.out.exists() and not args.out.is_dir():
         raise EvaluationError(f'--out {args.out} exists and is not a directory')
     checkpoint = run_checkpoint(args.run, args.checkpoint).resolve()
@@ -308,6 +323,11 @@ def _open(args: argparse.Namespace) -> tuple[Path, Dlp, dict[str, Any], Dataset]
 
 
 def run(args: argparse.Namespace) -> int:
+    return evaluate_dlp(from_args(EvaluateDlpOptions, args))
+
+
+def evaluate_dlp(args: EvaluateDlpOptions) -> int:
+    """:func:`run` with its options."""
     checkpoint, model, state, data = _open(args)
     size, episodes = model.config.image_size, data.episodes(args.split)
     counts = _counts([e.frames for e in episodes], args.max_frames)

@@ -28,7 +28,7 @@ from training.dlp_config import DlpRunConfig
 from training.frames import FrameSource
 from training.loop import train
 from training.models.dlp import Dlp
-from training.runs import add_run_arguments, resolve_run
+from training.runs import RunOptions, add_run_arguments, resolve_run
 from training.visualize import dlp_grid
 
 logger = logging.getLogger(__name__)
@@ -39,25 +39,26 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser, 'data', 'dataset directory (build-dataset)')
 
 
-def resolve(args: argparse.Namespace) -> tuple[DlpRunConfig, Path, dict[str, Any] | None]:
+def resolve(opts: RunOptions) -> tuple[DlpRunConfig, Path, dict[str, Any] | None]:
     """Config, dataset path and (on --resume) the last checkpoint."""
-    return resolve_run(args, DlpRunConfig, 'data', 'train-dlp', RESUMABLE, lambda r: r['data'])
+    return resolve_run(opts, DlpRunConfig, 'data', 'train-dlp', RESUMABLE, lambda r: r['data'])
 
 
 def run(args: argparse.Namespace) -> int:
     """Train on this process, in the process group when started by torchrun: an error leaves the
     group without a barrier, so that no rank waits for one that stopped."""
+    opts = RunOptions.from_args(args)
     with dist.process_group() as ctx:
-        return train_on(args, ctx)
+        return train_on(opts, ctx)
 
 
-def train_on(args: argparse.Namespace, ctx: dist.Context) -> int:
+def train_on(opts: RunOptions, ctx: dist.Context) -> int:
     """The DLP training of this process (rank ``ctx.rank``); 0 when done."""
-    config, data_dir, state = resolve(args)
+    config, data_dir, state = resolve(opts)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    task = DlpTask(config, data_dir, args.out, ctx)
-    train(task, config.train, args.out, ctx, state, progress=not args.no_progress)
+    task = DlpTask(config, data_dir, opts.out, ctx)
+    train(task, config.train, opts.out, ctx, state, progress=not opts.no_progress)
     return 0
 
 

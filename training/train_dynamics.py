@@ -42,7 +42,7 @@ from training.models.dynamics import (
     frames,
     rollout_loss,
 )
-from training.runs import add_run_arguments, resolve_run
+from training.runs import RunOptions, add_run_arguments, resolve_run
 
 logger = logging.getLogger(__name__)
 RESUMABLE = ('train.max_steps', 'train.time_limit_min', 'train.eval_every', 'train.log_every',
@@ -53,9 +53,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser, 'latents', 'latents cache (encode-dataset)')
 
 
-def resolve(args: argparse.Namespace) -> tuple[DynamicsRunConfig, Path, dict[str, Any] | None]:
+def resolve(opts: RunOptions) -> tuple[DynamicsRunConfig, Path, dict[str, Any] | None]:
     """Config, latents path and (on --resume) the last checkpoint."""
-    return resolve_run(args, DynamicsRunConfig, 'latents', 'train-dynamics', RESUMABLE,
+    return resolve_run(opts, DynamicsRunConfig, 'latents', 'train-dynamics', RESUMABLE,
                        lambda r: r['latents']['path'])  # fmt: skip
 
 
@@ -159,17 +159,18 @@ def pixel_pick(
 def run(args: argparse.Namespace) -> int:
     """Train on this process, in the process group when started by torchrun: an error leaves the
     group without a barrier, so that no rank waits for one that stopped."""
+    opts = RunOptions.from_args(args)
     with dist.process_group() as ctx:
-        return train_on(args, ctx)
+        return train_on(opts, ctx)
 
 
-def train_on(args: argparse.Namespace, ctx: dist.Context) -> int:
+def train_on(opts: RunOptions, ctx: dist.Context) -> int:
     """The dynamics training of this process (rank ``ctx.rank``); 0 when done."""
-    config, latents_dir, state = resolve(args)
+    config, latents_dir, state = resolve(opts)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     task = DynamicsTask(config, latents_dir, ctx)
-    train(task, config.train, args.out, ctx, state, progress=not args.no_progress)
+    train(task, config.train, opts.out, ctx, state, progress=not opts.no_progress)
     return 0
 
 

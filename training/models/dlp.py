@@ -43,7 +43,6 @@ appearance before transparency and the background can explain objects away.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from dlp_ros.config_schema import Check, check_fields, checked, fail, from_mapping
 from dlp_ros.errors import ConfigError
 from training.losses import (
     chamfer_kl,
@@ -77,106 +77,81 @@ from training.models.dlp_parts import (
 
 logger = logging.getLogger(__name__)
 
+# CNN channel lists: at least one stage, every stage at least one channel.
+CHANNELS: dict[str, Any] = {'min_len': 1, 'items': Check(ge=1)}
+
 
 @dataclass
 class DlpConfig:
     """Hyper-parameters of :class:`Dlp`. Defaults: 64x64 Balls (see ``DLP_PRESETS`` for 128)."""
 
     # S: side of the square input image, pixels; images are (B, 3, S, S) floats in [0, 1].
-    image_size: int = 64
+    image_size: int = checked(64, ge=16)
     # K: foreground particles.
-    n_particles: int = 8
+    n_particles: int = checked(8, ge=1)
     # L: prior keypoint proposals kept (targets of the Chamfer-KL); L != K is fine.
-    n_proposals: int = 12
+    n_proposals: int = checked(12, ge=1)
     # P: prior patch side, pixels; one proposal per patch, (S / P)^2 in all (>= K and >= L).
-    patch_size: int = 8
+    patch_size: int = checked(8, ge=4)
     # Prior CNN channels (first conv stride 2, the others stride 1; heatmap at S / 2).
-    prior_channels: tuple[int, ...] = (16, 16)
+    prior_channels: tuple[int, ...] = checked((16, 16), **CHANNELS)
     # Std of the prior proposals' Gaussians, normalised units (2 / S is one pixel).
-    prior_sigma: float = 0.1
+    prior_sigma: float = checked(0.1, gt=0)
     # Half-width of encoder glimpses, normalised units (= glimpse side / image side); also the
     # largest offset from the anchor and the box hidden from the background encoder.
-    anchor_scale: float = 0.25
+    anchor_scale: float = checked(0.25, gt=0, le=1, say='in (0, 1]')
     # Encoder glimpse resolution, pixels (native when = anchor_scale * S).
     glimpse_size: int = 16
     # Glimpse encoder CNN channels, one stride-2 conv each.
-    glimpse_channels: tuple[int, ...] = (16, 32, 64)
+    glimpse_channels: tuple[int, ...] = checked((16, 32, 64), **CHANNELS)
     # Width of the MLPs.
-    hidden_dim: int = 128
+    hidden_dim: int = checked(128, ge=1)
     # F: particle appearance features.
-    feature_dim: int = 6
+    feature_dim: int = checked(6, ge=1)
     # Fb: background features.
-    bg_feature_dim: int = 8
+    bg_feature_dim: int = checked(8, ge=1)
     # Decoded RGBA glimpse resolution, pixels.
     decoder_glimpse_size: int = 16
     # Glimpse decoder channels: MLP to channels[0] maps, one x2 upsampling per entry (the last
     # one a transposed conv straight to RGBA).
-    decoder_channels: tuple[int, ...] = (32, 16)
+    decoder_channels: tuple[int, ...] = checked((32, 16), **CHANNELS)
     # Background encoder channels, one stride-2 conv each.
-    bg_encoder_channels: tuple[int, ...] = (16, 32, 64, 64)
+    bg_encoder_channels: tuple[int, ...] = checked((16, 32, 64, 64), **CHANNELS)
     # Background decoder channels, as decoder_channels (S / 2^n maps upsampled to S).
-    bg_decoder_channels: tuple[int, ...] = (64, 32, 16, 16)
+    bg_decoder_channels: tuple[int, ...] = checked((64, 32, 16, 16), **CHANNELS)
     # Scale prior N(logit(scale_prior_fraction * anchor_scale), scale_prior_std^2).
     scale_prior_fraction: float = 0.75
-    scale_prior_std: float = 0.3
+    scale_prior_std: float = checked(0.3, gt=0)
     # Transparency prior: logit ~ N(0, transparency_prior_std^2) (> ~1.8 is U-shaped on [0, 1]).
-    transparency_prior_std: float = 2.0
+    transparency_prior_std: float = checked(2.0, gt=0)
     # Depth prior N(0, 1); compositing softmax temperature over depths.
-    depth_temperature: float = 0.25
+    depth_temperature: float = checked(0.25, gt=0)
     # beta: weight of all KL terms against the reconstruction SSE.
-    beta: float = 0.1
+    beta: float = checked(0.1, ge=0)
     # Extra weight of the feature, background and depth KL terms (DLP kl_balance).
-    kl_balance: float = 0.001
+    kl_balance: float = checked(0.001, ge=0)
     # Weight of the glimpse reconstruction term during warm-up.
-    glimpse_loss_weight: float = 1.0
+    glimpse_loss_weight: float = checked(1.0, ge=0)
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.type == 'int' and (not isinstance(value, int) or isinstance(value, bool)):
-                raise ConfigError(f'DlpConfig.{f.name} must be an int, got {value!r}')
-            if f.type == 'float':
-                if not isinstance(value, (int, float)) or isinstance(value, bool):
-                    raise ConfigError(f'DlpConfig.{f.name} must be a number, got {value!r}')
-                setattr(self, f.name, float(value))
-            if f.type.startswith('tuple'):
-                if isinstance(value, list):
-                    value = tuple(value)
-                    setattr(self, f.name, value)
-                if not (
-                    isinstance(value, tuple)
-                    and value
-                    and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-                    and min(value) >= 1
-                ):
-                    raise ConfigError(
-                        f'DlpConfig.{f.name} must be a non-empty tuple of positive ints, '
-                        f'got {value!r}'
-                    )
-        self._check_ranges()
+        check_fields(self)
+        self._check_sizes()
 
-    def _check_ranges(self) -> None:
+    def _check_sizes(self) -> None:
+        """The checks between fields (the per-field ranges are in the fields' metadata)."""
+
         def need(ok: bool, name: str, what: str) -> None:
             if not ok:
-                raise ConfigError(f'DlpConfig.{name} {what}, got {getattr(self, name)!r}')
+                raise fail(self, name, f'{what}, got {getattr(self, name)!r}')
 
         s, p = self.image_size, self.patch_size
-        need(s >= 16, 'image_size', 'must be >= 16')
-        need(p >= 4 and p % 2 == 0, 'patch_size', 'must be even and >= 4')
+        need(p % 2 == 0, 'patch_size', 'must be even and >= 4')
         need(s % p == 0, 'patch_size', f'must divide image_size={s}')
         n = (s // p) ** 2
-        need(1 <= self.n_particles <= n, 'n_particles', f'must be in [1, (S/P)^2 = {n}]')
-        need(1 <= self.n_proposals <= n, 'n_proposals', f'must be in [1, (S/P)^2 = {n}]')
-        for name in ('prior_sigma', 'scale_prior_std', 'transparency_prior_std'):
-            need(getattr(self, name) > 0, name, 'must be > 0')
-        need(self.depth_temperature > 0, 'depth_temperature', 'must be > 0')
-        need(0 < self.anchor_scale <= 1, 'anchor_scale', 'must be in (0, 1]')
+        need(self.n_particles <= n, 'n_particles', f'must be in [1, (S/P)^2 = {n}]')
+        need(self.n_proposals <= n, 'n_proposals', f'must be in [1, (S/P)^2 = {n}]')
         frac = self.scale_prior_fraction * self.anchor_scale
         need(0 < frac < 1, 'scale_prior_fraction', 'times anchor_scale must be in (0, 1)')
-        for name in ('hidden_dim', 'feature_dim', 'bg_feature_dim'):
-            need(getattr(self, name) >= 1, name, 'must be >= 1')
-        for name in ('beta', 'kl_balance', 'glimpse_loss_weight'):
-            need(getattr(self, name) >= 0, name, 'must be >= 0')
         divisible = (
             ('glimpse_size', 'glimpse_channels', 0),
             ('decoder_glimpse_size', 'decoder_channels', 0),
@@ -191,11 +166,7 @@ class DlpConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DlpConfig:
         """Build from a mapping (e.g. YAML); unknown keys raise ``ConfigError`` naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f'unknown DlpConfig key(s) {unknown}; known keys: {sorted(known)}')
-        return cls(**d)
+        return from_mapping(cls, d)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> DlpConfig:
