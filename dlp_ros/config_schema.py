@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import logging
 import math
 import types
 import typing
@@ -36,8 +37,37 @@ from typing import Any, TypeVar
 
 from dlp_ros.errors import ConfigError
 
+logger = logging.getLogger(__name__)
 T = TypeVar('T')
 CHECK = 'check'  # the metadata key of a field's Check
+# The class attribute of a dataclass mapping old key names to its fields' names
+# (``RENAMED: ClassVar[dict[str, str]] = {'n_particles': 'K'}``), read by from_mapping.
+RENAMED = 'RENAMED'
+_noted: set[tuple[str, str]] = set()
+
+
+def renamed_keys(data: Mapping[str, Any], renames: Mapping[str, str], where: str = '') -> Any:
+    """``data`` with the old keys of ``renames`` (old -> new) under their new names, each
+    logged once as deprecated; both names given with different values is a ConfigError.
+
+    What the runs, checkpoints and caches written before a key was renamed still load through.
+    """
+    if not isinstance(data, Mapping) or not any(old in data for old in renames):
+        return data
+    out = dict(data)
+    for old, new in renames.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        if new in out and out[new] != value:
+            raise ConfigError(f'{where}{old} (the old name of {where}{new}) is {value!r} but '
+                              f'{where}{new} is {out[new]!r}')  # fmt: skip
+        out[new] = value
+        if (where + old, new) not in _noted:
+            _noted.add((where + old, new))
+            logger.warning('%s%s is deprecated: read as %s%s (rename the key)', where, old,
+                           where, new)  # fmt: skip
+    return out
 
 
 @dataclass(frozen=True)
@@ -148,6 +178,7 @@ def from_mapping(
     if not isinstance(data, Mapping):
         raise ConfigError(f'{where.rstrip(".") or "config"}: expected a mapping, got '
                           f'{type(data).__name__} {data!r}')  # fmt: skip
+    data = renamed_keys(data, getattr(cls, RENAMED, {}), where)
     fields = _init_fields(cls)
     unknown = sorted(set(data) - set(fields), key=str)
     if unknown:

@@ -100,18 +100,6 @@ class ParticleSpec:
     F: int = checked(ge=1)
     Fb: int = checked(ge=1)
 
-    @property
-    def n_particles(self) -> int:
-        return self.K
-
-    @property
-    def feature_dim(self) -> int:
-        return self.F
-
-    @property
-    def bg_feature_dim(self) -> int:
-        return self.Fb
-
 
 @dataclass(frozen=True)
 class DynamicsSpec:

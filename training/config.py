@@ -48,12 +48,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(cls: type[T], path: Path | None, overrides: list[str] | None = None) -> T:
-    """Read YAML at ``path`` (or start from the defaults), apply overrides, build ``cls``."""
+def read_config(path: Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The mapping of the YAML at ``path`` (empty without one) with the overrides applied."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f'cannot read config {path}: {exc}') from exc
-    return from_dict(cls, apply_overrides(data, overrides or []))
+    return apply_overrides(data, overrides or [])
+
+
+def load_config(cls: type[T], path: Path | None, overrides: list[str] | None = None) -> T:
+    """Read YAML at ``path`` (or start from the defaults), apply overrides, build ``cls``."""
+    return from_dict(cls, read_config(path, overrides))

@@ -78,7 +78,7 @@ def _open(opts: EncodeOptions) -> tuple[Dlp, dict[str, Any], Path, Dataset]:
     checkpoint = run_checkpoint(opts.dlp, opts.checkpoint).resolve()
     model, _, info = load_dlp(opts.dlp, opts.checkpoint)
     data = Dataset.open(opts.data)
-    data.require_frame_size(model.config.image_size, f'the model of {opts.dlp}')
+    data.require_frame_size(model.config.S, f'the model of {opts.dlp}')
     if not len(data):
         raise EncodeError(f'dataset {opts.data} has no episodes')
     return model, info, checkpoint, data
@@ -161,10 +161,10 @@ def manifest(
             'checkpoint_path': str(checkpoint),
             'step': int(info.get('step', 0)),
         },
-        'image_size': c.image_size,
-        'n_particles': c.n_particles,
-        'feature_dim': c.feature_dim,
-        'bg_feature_dim': c.bg_feature_dim,
+        'S': c.S,
+        'K': c.K,
+        'F': c.F,
+        'Fb': c.Fb,
         'fps': float(data.fps),
         'tracking': {
             'method': METHOD,
@@ -218,6 +218,6 @@ def encode(opts: EncodeOptions) -> int:
     finally:
         bar.close()
     logger.info('wrote %s: %d episodes, %d frames, K=%d, step %d of %s, in %.1f s', out,
-                len(episodes), total, model.config.n_particles, int(info.get('step', 0)),
+                len(episodes), total, model.config.K, int(info.get('step', 0)),
                 opts.dlp, time.monotonic() - started)  # fmt: skip
     return 0

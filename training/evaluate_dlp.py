@@ -167,7 +167,7 @@ def _pusher_probe(
     model: Dlp, data: Dataset, codes: list[Encoded], args: EvaluateDlpOptions, bar: tqdm
 ) -> tuple[dict[str, Any] | None, str | None]:
     """MAFL protocol (a): the pusher across episodes; (entry, None) or (None, why skipped)."""
-    size = model.config.image_size
+    size = model.config.S
     test_x, test_lv, test_y = [], [], []
     for c in codes:
         if c.truth is not None and PUSHER in c.truth.names:
@@ -312,7 +312,7 @@ def _open(args: EvaluateDlpOptions) -> tuple[Path, Dlp, dict[str, Any], Dataset]
     checkpoint = run_checkpoint(args.run, args.checkpoint).resolve()
     model, _, state = load_dlp(args.run, args.checkpoint)
     data = Dataset.open(args.data)
-    data.require_frame_size(model.config.image_size, f'the model of {args.run}')
+    data.require_frame_size(model.config.S, f'the model of {args.run}')
     n = len(data.episodes(args.split))
     if not n:
         raise EvaluationError(f'dataset {args.data} has no {args.split!r} episodes')
@@ -329,7 +329,7 @@ def run(args: argparse.Namespace) -> int:
 def evaluate_dlp(args: EvaluateDlpOptions) -> int:
     """:func:`run` with its options."""
     checkpoint, model, state, data = _open(args)
-    size, episodes = model.config.image_size, data.episodes(args.split)
+    size, episodes = model.config.S, data.episodes(args.split)
     counts = _counts([e.frames for e in episodes], args.max_frames)
     starts = np.cumsum([0, *counts])  # (E + 1,) first global frame index of each episode
     total = int(starts[-1])
@@ -370,7 +370,7 @@ def evaluate_dlp(args: EvaluateDlpOptions) -> int:
         'created': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'run': str(args.run.resolve()),
         'checkpoint': str(checkpoint), 'step': int(state.get('step', 0)),
         'data': str(args.data.resolve()), 'split': args.split, 'fit_split': args.fit_split,
-        'image_size': size, 'n_particles': model.config.n_particles, 'episodes': len(codes),
+        'image_size': size, 'n_particles': model.config.K, 'episodes': len(codes),
         'frames': total,
         'reconstruction': {'psnr_db': float(np.concatenate(psnrs).mean()),
                            'ssim': float(np.concatenate(ssims).mean()), 'frames': total},

@@ -163,18 +163,18 @@ def _open_torch(args: PredictionOptions, data: Dataset) -> tuple[Predictor, dict
     dlp, _, dlp_info = load_dlp(args.dlp, args.checkpoint)
     dynamics, dyn_config, dyn_info = load_dynamics(args.dynamics, args.checkpoint)
     d, m = dlp.config, dynamics.config
-    got, want = (m.n_particles, m.feature_dim, m.bg_feature_dim), (
-        d.n_particles, d.feature_dim, d.bg_feature_dim)  # fmt: skip
+    got, want = (m.K, m.F, m.Fb), (
+        d.K, d.F, d.Fb)  # fmt: skip
     if got != want:
         raise PredictionError(
             f'dynamics run {args.dynamics} has (K, F, Fb) = {got} but the DLP of {args.dlp} '
             f"has {want}: the dynamics must be trained on this DLP's latents"
         )
     latents = dyn_info.get('latents') or {}
-    if latents.get('image_size') not in (None, d.image_size):
+    if latents.get('image_size') not in (None, d.S):
         raise PredictionError(
             f'dynamics run {args.dynamics} was trained on {latents["image_size"]} px latents, '
-            f'the DLP of {args.dlp} takes {d.image_size} px'
+            f'the DLP of {args.dlp} takes {d.S} px'
         )
     fps = latents.get('fps')
     if fps is not None and not math.isclose(float(fps), data.fps, rel_tol=1e-6):

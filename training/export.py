@@ -130,7 +130,7 @@ def export(opts: ExportOptions) -> int:
         print(line)  # noqa: T201
     for line in checkpoint_report(opts.dynamics, 'dynamics', dyn_state, VAL_FIGURES['dynamics']):
         print(line)  # noqa: T201
-    frames, note = validation_frames(opts.dlp, dlp.config.image_size, opts.val_frames)
+    frames, note = validation_frames(opts.dlp, dlp.config.S, opts.val_frames)
     card = export_bundle(dlp, dyn, opts.out, info, opset=opts.opset, overwrite=opts.overwrite,
                          val_frames=frames, val_note=note)  # fmt: skip
     v = card.validation
@@ -173,8 +173,8 @@ def export_bundle(
     out = Path(out)
     check_out(out, overwrite, CARD_FILE, KIND)
     c, d = dlp.config, dynamics.config
-    sizes = ((c.n_particles, d.n_particles, 'K'), (c.feature_dim, d.feature_dim, 'F'),
-             (c.bg_feature_dim, d.bg_feature_dim, 'Fb'))  # fmt: skip
+    sizes = ((c.K, d.K, 'K'), (c.F, d.F, 'F'),
+             (c.Fb, d.Fb, 'Fb'))  # fmt: skip
     for a, b, name in sizes:
         if a != b:
             raise ExportError(f'the DLP has {name} = {a} but the dynamics model {name} = {b}: '
@@ -191,11 +191,11 @@ def export_bundle(
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a bundle is as readable as any dir
     try:
         parity = _export_graphs(dlp, dynamics, tmp, opset)
-        dims = (c.n_particles, c.feature_dim, c.bg_feature_dim, d.history, d.action_dim)
-        graphs = expected_graphs(c.image_size, *dims)
+        dims = (c.K, c.F, c.Fb, d.history, d.action_dim)
+        graphs = expected_graphs(c.S, *dims)
         card = ModelCard(
-            image=ImageSpec(c.image_size),
-            particles=ParticleSpec(c.n_particles, c.feature_dim, c.bg_feature_dim),
+            image=ImageSpec(c.S),
+            particles=ParticleSpec(c.K, c.F, c.Fb),
             dynamics=DynamicsSpec(d.history, d.action_dim, names, float(info.dt)),
             tracking=TrackingSpec(METHOD, ON_THRESHOLD, float(c.anchor_scale)),
             files=graphs,
@@ -238,17 +238,17 @@ def sample_inputs(dlp: Dlp, dynamics: ParticleDynamics, batch: int = 2, seed: in
     random images through the encoder give the particles the other graphs read."""
     c, d = dlp.config, dynamics.config
     g = torch.Generator().manual_seed(seed)
-    image = torch.rand(batch, 3, c.image_size, c.image_size, generator=g)
-    anchors = torch.rand(batch, c.n_particles, 2, generator=g) * 1.6 - 0.8
+    image = torch.rand(batch, 3, c.S, c.S, generator=g)
+    anchors = torch.rand(batch, c.K, 2, generator=g) * 1.6 - 0.8
     with torch.inference_mode():
         enc = DlpTrackingEncoder(dlp)(image, anchors)
-    p = [x[:, : c.n_particles].clone() for x in enc]  # (B, K, ...) each
-    bg = torch.randn(batch, c.bg_feature_dim, generator=g)
+    p = [x[:, : c.K].clone() for x in enc]  # (B, K, ...) each
+    bg = torch.randn(batch, c.Fb, generator=g)
     steps = d.history
     jitter = [0.02 * torch.randn(batch, steps, *x.shape[1:], generator=g) for x in p]
     hist = [x[:, None] + j for x, j in zip(p, jitter, strict=True)]  # (B, H, K, ...)
     hist[4] = hist[4].clamp(0, 1)  # transparency
-    hist.append(bg[:, None] + 0.02 * torch.randn(batch, steps, c.bg_feature_dim, generator=g))
+    hist.append(bg[:, None] + 0.02 * torch.randn(batch, steps, c.Fb, generator=g))
     dyn = tuple(hist) + ((torch.randn(batch, steps, d.action_dim, generator=g),)
                          if d.action_dim else ())  # fmt: skip
     named = dict(zip(('mu', 'logvar', 'scale', 'depth', 'transparency', 'features'), p,

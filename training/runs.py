@@ -18,10 +18,10 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from dlp_ros.config_schema import from_args
+from dlp_ros.config_schema import from_args, renamed_keys
 from dlp_ros.errors import ConfigError, DlpError
 from training.checkpoint import load_checkpoint, run_checkpoint
-from training.config import apply_overrides, from_dict, load_config
+from training.config import apply_overrides, from_dict, read_config
 from training.distributed import rank_and_size, ranks_where
 
 C = TypeVar('C')
@@ -64,12 +64,14 @@ def resolve_run(
     command: str,
     resumable: tuple[str, ...],
     saved_data: Callable[[dict[str, Any]], str],
+    sizes: Callable[[Path, dict[str, Any]], dict[str, Any]],
 ) -> tuple[C, Path, dict[str, Any] | None]:
     """Config, data path and (on ``--resume``) the last checkpoint of a training command.
 
     A new run needs an empty ``--out`` and ``--<data_flag>``; ``--resume`` takes the config from
     ``run.yaml`` (``saved_data`` reads the data path from it) and lets only ``resumable`` keys
-    change.
+    change. ``sizes(data_path, model_mapping)`` gives the ``model:`` mapping the sizes of the
+    data (:func:`take_sizes`), on a new run and on a resumed one alike.
     """
     out, data = opts.out, opts.data
     if not opts.resume:
@@ -79,7 +81,8 @@ def resolve_run(
             )
         if data is None:
             raise ConfigError(f'--{data_flag} is required for a new run')
-        return load_config(config_cls, opts.config, list(opts.set)), data, None
+        mapping = read_config(opts.config, list(opts.set))
+        return from_dict(config_cls, _with_sizes(mapping, data, sizes)), data, None
     if opts.config is not None:
         raise ConfigError('--resume takes the config from the run directory; drop --config')
     bad = [s for s in opts.set if s.partition('=')[0] not in resumable]
@@ -88,10 +91,48 @@ def resolve_run(
     if not (out / 'run.yaml').is_file():
         raise DlpError(f'{out} has no run.yaml: not a {command} run directory')
     saved = yaml.safe_load((out / 'run.yaml').read_text())
-    config = from_dict(config_cls, apply_overrides(saved['config'], list(opts.set)))
+    data = Path(data or saved_data(saved))
+    mapping = _with_sizes(apply_overrides(saved['config'], list(opts.set)), data, sizes)
+    config = from_dict(config_cls, mapping)
     last = out / 'checkpoints' / 'last.pt'
     state = load_checkpoint(last) if last.is_file() else None
-    return config, Path(data or saved_data(saved)), state
+    return config, data, state
+
+
+def _with_sizes(
+    mapping: dict[str, Any], data: Path, sizes: Callable[[Path, dict[str, Any]], dict[str, Any]]
+) -> dict[str, Any]:
+    model = mapping.get('model', {})
+    if not isinstance(model, dict):
+        return mapping  # from_dict refuses it by name
+    return {**mapping, 'model': sizes(data, model)}
+
+
+def take_sizes(
+    model: dict[str, Any],
+    renamed: dict[str, str],
+    sizes: dict[str, int],
+    source: str,
+    hint: Callable[[str, Any, int], str] | None = None,
+) -> dict[str, Any]:
+    """The ``model:`` mapping with ``sizes`` (``{'K': 4, ...}``) of the data at ``source`` (e.g.
+    ``latents runs/lat``): a size the config leaves out is the data's, one it gives must agree,
+    else a ConfigError naming both (``hint(key, given, value)`` may say more). ``renamed``: the
+    model config's old key names (:data:`dlp_ros.config_schema.RENAMED`)."""
+    model = dict(renamed_keys(model, renamed, 'model.'))
+    for key, value in sizes.items():
+        given = model.setdefault(key, value)
+        if given != value:
+            more = hint(key, given, value) if hint else ''
+            raise ConfigError(f'model.{key} is {given!r} in the config but {source} {has(source)} '
+                              f'{key} = {value}{more}; leave model.{key} out: it is taken from '
+                              'the data')  # fmt: skip
+    return model
+
+
+def has(source: str) -> str:
+    """'have' for plural sources (latents), else 'has'."""
+    return 'have' if source.startswith('latents') else 'has'
 
 
 def lr_at(step: int, c: Any) -> float:

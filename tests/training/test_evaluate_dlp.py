@@ -18,7 +18,7 @@ from training.dlp_config import DlpRunConfig
 from training.models.dlp import Dlp, DlpConfig
 
 SMALL = {
-    'n_particles': 4,
+    'K': 4,
     'n_proposals': 6,
     'prior_channels': (8, 8),
     'glimpse_channels': (8, 8),
@@ -45,7 +45,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_run(path: Path, image_size: int = 64) -> Path:
     """A run directory holding an untrained small DLP as checkpoints/last.pt."""
     torch.manual_seed(0)
-    config = DlpRunConfig(model=DlpConfig(image_size=image_size, **SMALL))
+    config = DlpRunConfig(model=DlpConfig(S=image_size, **SMALL))
     model = Dlp(config.model)
     state = {'model': model.state_dict(), 'step': 0, 'config': to_dict(config)}
     save_checkpoint(path / 'checkpoints' / 'last.pt', state)

@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -85,10 +85,18 @@ CHANNELS: dict[str, Any] = {'min_len': 1, 'items': Check(ge=1)}
 class DlpConfig:
     """Hyper-parameters of :class:`Dlp`. Defaults: 64x64 Balls (see ``DLP_PRESETS`` for 128)."""
 
+    # Keys of runs written before the sizes took the model card's names (S, K, F, Fb).
+    RENAMED: ClassVar[dict[str, str]] = {
+        'image_size': 'S',
+        'n_particles': 'K',
+        'feature_dim': 'F',
+        'bg_feature_dim': 'Fb',
+    }
+
     # S: side of the square input image, pixels; images are (B, 3, S, S) floats in [0, 1].
-    image_size: int = checked(64, ge=16)
+    S: int = checked(64, ge=16)
     # K: foreground particles.
-    n_particles: int = checked(8, ge=1)
+    K: int = checked(8, ge=1)
     # L: prior keypoint proposals kept (targets of the Chamfer-KL); L != K is fine.
     n_proposals: int = checked(12, ge=1)
     # P: prior patch side, pixels; one proposal per patch, (S / P)^2 in all (>= K and >= L).
@@ -107,9 +115,9 @@ class DlpConfig:
     # Width of the MLPs.
     hidden_dim: int = checked(128, ge=1)
     # F: particle appearance features.
-    feature_dim: int = checked(6, ge=1)
+    F: int = checked(6, ge=1)
     # Fb: background features.
-    bg_feature_dim: int = checked(8, ge=1)
+    Fb: int = checked(8, ge=1)
     # Decoded RGBA glimpse resolution, pixels.
     decoder_glimpse_size: int = 16
     # Glimpse decoder channels: MLP to channels[0] maps, one x2 upsampling per entry (the last
@@ -144,19 +152,19 @@ class DlpConfig:
             if not ok:
                 raise fail(self, name, f'{what}, got {getattr(self, name)!r}')
 
-        s, p = self.image_size, self.patch_size
+        s, p = self.S, self.patch_size
         need(p % 2 == 0, 'patch_size', 'must be even and >= 4')
-        need(s % p == 0, 'patch_size', f'must divide image_size={s}')
+        need(s % p == 0, 'patch_size', f'must divide S={s}')
         n = (s // p) ** 2
-        need(self.n_particles <= n, 'n_particles', f'must be in [1, (S/P)^2 = {n}]')
+        need(n >= self.K, 'K', f'must be in [1, (S/P)^2 = {n}]')
         need(self.n_proposals <= n, 'n_proposals', f'must be in [1, (S/P)^2 = {n}]')
         frac = self.scale_prior_fraction * self.anchor_scale
         need(0 < frac < 1, 'scale_prior_fraction', 'times anchor_scale must be in (0, 1)')
         divisible = (
             ('glimpse_size', 'glimpse_channels', 0),
             ('decoder_glimpse_size', 'decoder_channels', 0),
-            ('image_size', 'bg_encoder_channels', 0),
-            ('image_size', 'bg_decoder_channels', 0),
+            ('S', 'bg_encoder_channels', 0),
+            ('S', 'bg_decoder_channels', 0),
         )
         for size_name, channels_name, minus in divisible:
             factor = 2 ** (len(getattr(self, channels_name)) - minus)
@@ -181,7 +189,7 @@ class DlpConfig:
 
     @property
     def n_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
+        return (self.S // self.patch_size) ** 2
 
     @property
     def scale_prior_mean(self) -> float:
@@ -195,13 +203,13 @@ DLP_PRESETS: dict[str, dict[str, Any]] = {
     'balls64': {},
     # 128x128 table-top scenes: 64 patches of 16 px, 32 px glimpses read at 16 px, decoded at 32.
     'scene128': {
-        'image_size': 128,
-        'n_particles': 12,
+        'S': 128,
+        'K': 12,
         'n_proposals': 16,
         'patch_size': 16,
         'prior_channels': (16, 32),
-        'feature_dim': 8,
-        'bg_feature_dim': 16,
+        'F': 8,
+        'Fb': 16,
         'decoder_glimpse_size': 32,
         'decoder_channels': (32, 32, 16),
         'bg_encoder_channels': (16, 32, 64, 64, 64),
@@ -262,23 +270,19 @@ class Dlp(nn.Module):
     def __init__(self, config: DlpConfig) -> None:
         super().__init__()
         self.config = c = config
-        self.prior = PatchPrior(c.image_size, c.patch_size, c.prior_channels)
+        self.prior = PatchPrior(c.S, c.patch_size, c.prior_channels)
         # pass 1: offset (2) + position logvar (2)
         self.offset_encoder = GlimpseEncoder(c.glimpse_size, c.glimpse_channels, c.hidden_dim, 4)
         # pass 2: scale (2+2), depth (1+1), transparency (1+1), features (F+F)
-        n_attr = 2 * (2 + 1 + 1 + c.feature_dim)
+        n_attr = 2 * (2 + 1 + 1 + c.F)
         self.particle_encoder = GlimpseEncoder(
             c.glimpse_size, c.glimpse_channels, c.hidden_dim, n_attr
         )
-        self.bg_encoder = BackgroundEncoder(
-            c.image_size, c.bg_encoder_channels, c.hidden_dim, 2 * c.bg_feature_dim
-        )
+        self.bg_encoder = BackgroundEncoder(c.S, c.bg_encoder_channels, c.hidden_dim, 2 * c.Fb)
         self.glimpse_decoder = GlimpseDecoder(
-            c.feature_dim, c.decoder_glimpse_size, c.decoder_channels, c.hidden_dim
+            c.F, c.decoder_glimpse_size, c.decoder_channels, c.hidden_dim
         )
-        self.bg_decoder = BackgroundDecoder(
-            c.bg_feature_dim, c.image_size, c.bg_decoder_channels, c.hidden_dim
-        )
+        self.bg_decoder = BackgroundDecoder(c.Fb, c.S, c.bg_decoder_channels, c.hidden_dim)
         self._init_head_biases()
         logger.debug('Dlp with %d parameters', sum(p.numel() for p in self.parameters()))
 
@@ -289,12 +293,12 @@ class Dlp(nn.Module):
             b1 = self.offset_encoder.head[-1].bias  # (4,)
             b1[2:] = 2 * math.log(0.5 * c.prior_sigma)  # position std = prior_sigma / 2
             b2 = self.particle_encoder.head[-1].bias
-            f = c.feature_dim
+            f = c.F
             b2[0:2] = c.scale_prior_mean  # scale mu
             b2[2:4] = -4.0  # scale logvar
             b2[5] = b2[7] = -4.0  # depth and transparency logvar
             b2[8 + f :] = -4.0  # features logvar
-            self.bg_encoder.head[-1].bias[c.bg_feature_dim :] = -4.0
+            self.bg_encoder.head[-1].bias[c.Fb :] = -4.0
 
     # --------------------------------------------------------------------------------- encoder
 
@@ -304,7 +308,7 @@ class Dlp(nn.Module):
         The K best prior proposals are the anchors; :meth:`glimpse_passes` refines them.
         """
         props = self.proposals(image)  # (B, M, 2)
-        anchors = props[:, : self.config.n_particles]  # (B, K, 2); the prior learns through them
+        anchors = props[:, : self.config.K]  # (B, K, 2); the prior learns through them
         mu, logvar, head = self.glimpse_passes(image, anchors)
         hb = self.background_head(image, mu, torch.sigmoid(head[..., 6:7]))
         return self.assemble(mu, logvar, head, hb, props)
@@ -313,7 +317,7 @@ class Dlp(nn.Module):
         """Image (B, 3, S, S) -> prior keypoints (B, M, 2), best first, M = max(K, L)."""
         c = self.config
         keypoints, score = self.prior(image)  # (B, N, 2), (B, N)
-        idx = torch.topk(score, max(c.n_particles, c.n_proposals), dim=1).indices  # (B, M)
+        idx = torch.topk(score, max(c.K, c.n_proposals), dim=1).indices  # (B, M)
         return torch.gather(keypoints, 1, idx.unsqueeze(-1).expand(-1, -1, 2))  # (B, M, 2)
 
     def glimpse_passes(self, image: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -340,7 +344,7 @@ class Dlp(nn.Module):
         the particles (mu (B, K, 2)) are hidden in proportion to transparency (B, K, 1)."""
         c = self.config
         on = transparency.detach().unsqueeze(-1)  # (B, K, 1, 1)
-        boxes = box_masks(mu.detach(), c.anchor_scale, c.image_size) * on  # (B, K, S, S)
+        boxes = box_masks(mu.detach(), c.anchor_scale, c.S) * on  # (B, K, S, S)
         visible = torch.prod(1 - boxes, dim=1, keepdim=True)  # (B, 1, S, S)
         return self.bg_encoder(image * visible)  # (B, 2 Fb)
 
@@ -348,7 +352,7 @@ class Dlp(nn.Module):
         self, mu: Tensor, logvar: Tensor, head: Tensor, hb: Tensor, props: Tensor
     ) -> Posterior:
         """:class:`Posterior` from the pass outputs and the proposals (B, M, 2)."""
-        f, fb, n = self.config.feature_dim, self.config.bg_feature_dim, self.config.n_proposals
+        f, fb, n = self.config.F, self.config.Fb, self.config.n_proposals
         return Posterior(
             mu=mu,
             logvar=logvar,
@@ -404,7 +408,7 @@ class Dlp(nn.Module):
         if fixed_scale:
             scale = torch.full_like(scale, c.scale_prior_mean)
         paste = paste_glimpses_separable if inference else paste_glimpses
-        layers = paste(rgba, particles.mu, torch.sigmoid(scale), c.image_size)
+        layers = paste(rgba, particles.mu, torch.sigmoid(scale), c.S)
         background = self.bg_decoder(particles.bg_features)  # (B, 3, S, S)
         image = (composite_normalised if inference else composite)(
             layers, particles.depth, particles.transparency, background, c.depth_temperature

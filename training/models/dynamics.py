@@ -51,7 +51,7 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -83,12 +83,19 @@ TRANSPARENCY_EPS = 1e-4  # clamp before the logit
 class DynamicsConfig:
     """Hyper-parameters of :class:`ParticleDynamics`. Defaults match ``DlpConfig()``."""
 
+    # Keys of runs written before the sizes took the model card's names (K, F, Fb).
+    RENAMED: ClassVar[dict[str, str]] = {
+        'n_particles': 'K',
+        'feature_dim': 'F',
+        'bg_feature_dim': 'Fb',
+    }
+
     # K: foreground particles per frame.
-    n_particles: int = checked(8, ge=1)
+    K: int = checked(8, ge=1)
     # F: particle appearance features.
-    feature_dim: int = checked(6, ge=1)
+    F: int = checked(6, ge=1)
     # Fb: background features.
-    bg_feature_dim: int = checked(8, ge=1)
+    Fb: int = checked(8, ge=1)
     # H: history frames read per step (the sliding window of a rollout).
     history: int = checked(4, ge=1)
     # A: action (command) size per frame; 0 = no action input.
@@ -127,9 +134,9 @@ class DynamicsConfig:
     def from_dlp(cls, dlp: DlpConfig, **overrides: Any) -> DynamicsConfig:
         """K, F and Fb taken from the DLP model's config, the rest from defaults/overrides."""
         sizes = {
-            'n_particles': dlp.n_particles,
-            'feature_dim': dlp.feature_dim,
-            'bg_feature_dim': dlp.bg_feature_dim,
+            'K': dlp.K,
+            'F': dlp.F,
+            'Fb': dlp.Fb,
         }
         return cls.from_dict({**sizes, **overrides})
 
@@ -140,12 +147,12 @@ class DynamicsConfig:
     @property
     def state_dim(self) -> int:
         """S: size of a foreground node's state vector (module docstring)."""
-        return sum(n for _, n in STATE_LAYOUT) + self.feature_dim
+        return sum(n for _, n in STATE_LAYOUT) + self.F
 
     @property
     def n_nodes(self) -> int:
         """N = H (K + 1): graph nodes per sample."""
-        return self.history * (self.n_particles + 1)
+        return self.history * (self.K + 1)
 
 
 def as_particles(p: Particles | Mapping[str, Tensor]) -> Particles:
@@ -184,7 +191,7 @@ class ParticleDynamics(nn.Module):
         self.use_pyg = use_pyg
         d = c.hidden_dim
         self.node_encoder = MLP(c.state_dim, d, d, c.layer_norm)
-        self.bg_encoder = MLP(c.bg_feature_dim, d, d, c.layer_norm)
+        self.bg_encoder = MLP(c.Fb, d, d, c.layer_norm)
         self.type_embedding = nn.Parameter(0.1 * torch.randn(2, d))  # (2, D): fg, bg
         self.time_embedding = nn.Parameter(0.1 * torch.randn(c.history, d))  # (H, D)
         self.action_encoder = MLP(c.action_dim, d, d, c.layer_norm) if c.action_dim else None
@@ -195,11 +202,11 @@ class ParticleDynamics(nn.Module):
         )
         self._pyg: tuple[nn.Module, ...] | None = None  # message-passing views, made when asked
         self.head = MLP(d, d, c.state_dim, c.layer_norm)
-        self.bg_head = MLP(d, d, c.bg_feature_dim, c.layer_norm)
+        self.bg_head = MLP(d, d, c.Fb, c.layer_norm)
 
         bounds = [c.max_delta_position] * 2 + [c.max_delta_logvar] * 2
         bounds += [c.max_delta_scale] * 2 + [c.max_delta_depth, c.max_delta_transparency]
-        bounds += [c.max_delta_features] * c.feature_dim
+        bounds += [c.max_delta_features] * c.F
         self.register_buffer('delta_bound', torch.tensor(bounds), persistent=False)  # (S,)
         self._build_graph()
         if c.identity_init:
@@ -212,7 +219,7 @@ class ParticleDynamics(nn.Module):
         """Fully connected graph of one sample and its same-particle edge attribute."""
         c = self.config
         n = c.n_nodes
-        slot = torch.arange(n) % (c.n_particles + 1)  # (N,) particle slot of each node
+        slot = torch.arange(n) % (c.K + 1)  # (N,) particle slot of each node
         same = (slot.view(-1, 1) == slot.view(1, -1)) & ~torch.eye(n, dtype=torch.bool)
         edge_index = fully_connected_edge_index(n)  # (2, E0)
         self.register_buffer('edge_index', edge_index, persistent=False)
@@ -238,9 +245,9 @@ class ParticleDynamics(nn.Module):
     def check_inputs(self, history: Particles, actions: Tensor | None) -> None:
         """Raise ``ValueError`` naming the first input whose shape does not fit the config."""
         c = self.config
-        h, k = c.history, c.n_particles
+        h, k = c.history, c.K
         trailing = {name: (h, k, n) for name, n in STATE_LAYOUT}
-        trailing.update(features=(h, k, c.feature_dim), bg_features=(h, c.bg_feature_dim))
+        trailing.update(features=(h, k, c.F), bg_features=(h, c.Fb))
         batch = history.mu.shape[0]
         for name, want in trailing.items():
             got = tuple(getattr(history, name).shape)
@@ -308,7 +315,7 @@ class ParticleDynamics(nn.Module):
         self.check_inputs(hist, actions)
         x, pos = self.embed(hist, actions)  # (B, N, D), (B, N, 2)
         x = self.interact(x, pos, self.use_pyg if use_pyg is None else use_pyg)
-        k, d = c.n_particles, c.hidden_dim
+        k, d = c.K, c.hidden_dim
         last = x.reshape(-1, c.history, k + 1, d)[:, -1]  # (B, K+1, D) last frame's nodes
         delta = torch.tanh(self.head(last[:, :k])) * self.delta_bound  # (B, K, S)
         delta_bg = torch.tanh(self.bg_head(last[:, k])) * c.max_delta_bg  # (B, Fb)
