@@ -181,10 +181,9 @@ def torch_models(card: ModelCard) -> tuple[Dlp, ParticleDynamics]:
 def random_bundle(size: int, out: Path) -> tuple[ModelCard, Dlp, ParticleDynamics]:
     name = {64: 'dlp_tabletop64', 128: 'dlp_tabletop128'}[size]
     model = yaml.safe_load((ROOT / f'config/train/{name}.yaml').read_text())['model']
-    dlp_cfg = DlpConfig.from_dict(model)
+    dlp_cfg = DlpConfig.from_dict({**model, 'S': size})  # S: the dataset's in train-dlp
     dyn = yaml.safe_load((ROOT / 'config/train/dynamics_tabletop64.yaml').read_text())['model']
-    sizes = ('n_particles', 'feature_dim', 'bg_feature_dim')  # from the DLP
-    dyn_cfg = DynamicsConfig.from_dlp(dlp_cfg, **{k: v for k, v in dyn.items() if k not in sizes})
+    dyn_cfg = DynamicsConfig.from_dlp(dlp_cfg, **dyn)  # K, F, Fb from the DLP
     return export_random_bundle(dlp_cfg, dyn_cfg, out)
 
 

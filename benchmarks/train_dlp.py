@@ -24,12 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ['dlp_balls64', 'dlp_tabletop64', 'dlp_tabletop128']
 
 
+# S of each config (train-dlp takes it from the dataset; these configs are trained at it).
+SIZES = {'dlp_balls64': 64, 'dlp_tabletop64': 64, 'dlp_tabletop128': 128, 'dlp_tiny': 64}
+
+
 def measure(path: Path, steps: int, warmup: bool) -> dict:
-    config = load_config(DlpRunConfig, path)
+    config = load_config(DlpRunConfig, path, [f'model.S={SIZES.get(path.stem, 64)}'])
     torch.manual_seed(0)
     model = Dlp(config.model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    size, batch = config.model.image_size, config.train.batch_size
+    size, batch = config.model.S, config.train.batch_size
     images = torch.rand(batch, 3, size, size)
     times = []
     for i in range(steps + 3):

@@ -26,7 +26,6 @@ are not the ones the card (and the sizes in it) say. Every error is a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,8 @@ from typing import Any
 
 import yaml
 
-from dlp_ros.errors import ModelCardError
+from dlp_ros.config_schema import checked, from_mapping
+from dlp_ros.errors import ConfigError, ModelCardError
 from dlp_ros.plain_values import plain
 
 SCHEMA_VERSION = 1
@@ -82,41 +82,33 @@ class GraphSpec:
 class ImageSpec:
     """Model input: S x S RGB in [0, 1], the camera frame squashed (resized, no crop)."""
 
-    size: int
-    channels: str = 'rgb'
-    range: tuple[float, float] = (0.0, 1.0)
-    resize: str = 'squash'  # dlp_ros.image_codec.resize_rgb
+    size: int = checked(ge=1)
+    channels: str = checked('rgb', choices=('rgb',), say="'rgb' (what this runtime feeds)")
+    range: tuple[float, float] = checked(
+        (0.0, 1.0), choices=((0.0, 1.0),), say='[0, 1] (what this runtime feeds)'
+    )
+    resize: str = checked(  # dlp_ros.image_codec.resize_rgb
+        'squash', choices=('squash',), say="'squash' (what this runtime does)"
+    )
 
 
 @dataclass(frozen=True)
 class ParticleSpec:
     """K foreground particles with F appearance features, Fb background features."""
 
-    K: int
-    F: int
-    Fb: int
-
-    @property
-    def n_particles(self) -> int:
-        return self.K
-
-    @property
-    def feature_dim(self) -> int:
-        return self.F
-
-    @property
-    def bg_feature_dim(self) -> int:
-        return self.Fb
+    K: int = checked(ge=1)
+    F: int = checked(ge=1)
+    Fb: int = checked(ge=1)
 
 
 @dataclass(frozen=True)
 class DynamicsSpec:
     """History H frames per step, A action entries per frame (their names), dt seconds/step."""
 
-    history: int
-    action_dim: int
+    history: int = checked(ge=1)
+    action_dim: int = checked(ge=0)
     action_names: tuple[str, ...]
-    dt: float
+    dt: float = checked(gt=0, finite=True)
 
     @property
     def H(self) -> int:  # noqa: N802
@@ -132,8 +124,8 @@ class TrackingSpec:
     """Slot assignment of the tracker (:func:`dlp_ros.tracking.assign_slots`)."""
 
     method: str
-    on_threshold: float
-    claim_radius: float
+    on_threshold: float = checked(finite=True)
+    claim_radius: float = checked(gt=0, finite=True)
 
 
 @dataclass(frozen=True)
@@ -142,7 +134,7 @@ class ValidationSpec:
     units; None when the export had no data set), the reference of the OOD score; ``details``:
     the rest of the section (data set, split, frames, percentiles)."""
 
-    recon_mse: float | None
+    recon_mse: float | None = checked(finite=True)
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -155,7 +147,7 @@ class ModelCard:
     dynamics: DynamicsSpec
     tracking: TrackingSpec
     files: dict[str, GraphSpec]
-    opset: int
+    opset: int = checked(ge=1)
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     validation: ValidationSpec = field(default_factory=lambda: ValidationSpec(None))
@@ -261,64 +253,18 @@ def expected_graphs(
 # ----------------------------------------------------------------------------- parsing
 
 
-class _Reader:
-    """Typed field access that raises ModelCardError naming the file and the field."""
-
-    def __init__(self, file: Path | str) -> None:
-        self.file = file
-
-    def fail(self, where: str, what: str) -> ModelCardError:
-        return ModelCardError(f'{self.file}: {where}: {what}')
-
-    def section(self, data: Mapping[str, Any], key: str, where: str = '') -> dict[str, Any]:
-        path = f'{where}{key}'
-        if key not in data:
-            raise self.fail(path, 'missing (a mapping is required)')
-        value = data[key]
-        if not isinstance(value, Mapping):
-            raise self.fail(path, f'must be a mapping, got {type(value).__name__} {value!r}')
-        return dict(value)
-
-    def get(self, data: Mapping[str, Any], key: str, where: str, kind: str) -> Any:
-        path = f'{where}{key}'
-        if key not in data:
-            raise self.fail(path, f'missing ({kind} required)')
-        value = data[key]
-        ok = {
-            'int': isinstance(value, int) and not isinstance(value, bool),
-            'positive int': isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-            'int >= 0': isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-            'number': _is_number(value),
-            'positive number': _is_number(value) and value > 0,
-            'number or null': value is None or _is_number(value),
-            'string': isinstance(value, str),
-            'list of strings': isinstance(value, list) and all(isinstance(v, str) for v in value),
-            'list': isinstance(value, list),
-            'mapping': isinstance(value, Mapping),
-        }[kind]
-        if not ok:
-            raise self.fail(path, f'must be a {kind}, got {value!r}')
-        if kind in ('number', 'positive number') or (
-            kind == 'number or null' and value is not None
-        ):
-            return float(value)
-        return value
-
-    def no_unknown(self, data: Mapping[str, Any], known: Iterable[str], where: str) -> None:
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise self.fail(f'{where}{unknown[0]}', f'unknown field (known: {sorted(known)})')
+def _fail(file: Path | str, where: str, what: str) -> ModelCardError:
+    return ModelCardError(f'{file}: {where}: {what}')
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _schema_version(r: _Reader, data: Mapping) -> Any:
+def _schema_version(file: Path | str, data: Mapping) -> Any:
     """The card's schema version, if this runtime reads it."""
+    if 'schema_version' not in data:
+        raise _fail(file, 'schema_version', f'missing; this dlp_ros reads schema {SCHEMA_VERSION}')
     version = data['schema_version']
     if version != SCHEMA_VERSION or isinstance(version, bool):
-        raise r.fail(
+        raise _fail(
+            file,
             'schema_version',
             f'unknown schema version {version!r}; this dlp_ros reads schema {SCHEMA_VERSION} '
             '(re-export the bundle with a matching dlp_ros, or upgrade the runtime)',
@@ -326,124 +272,78 @@ def _schema_version(r: _Reader, data: Mapping) -> Any:
     return version
 
 
-def _parse_image(r: _Reader, im: Mapping) -> ImageSpec:
-    """The ``image:`` section: the preprocessing this runtime supports."""
-    r.no_unknown(im, ('size', 'channels', 'range', 'resize'), 'image.')
-    size = r.get(im, 'size', 'image.', 'positive int')
-    channels = r.get(im, 'channels', 'image.', 'string')
-    if channels != 'rgb':
-        raise r.fail('image.channels', f"unsupported {channels!r}; this runtime feeds 'rgb'")
-    rng = r.get(im, 'range', 'image.', 'list')
-    if [float(v) if _is_number(v) else v for v in rng] != [0.0, 1.0]:
-        raise r.fail('image.range', f'unsupported {rng!r}; this runtime feeds [0, 1]')
-    resize = r.get(im, 'resize', 'image.', 'string')
-    if resize != 'squash':
-        raise r.fail('image.resize', f"unsupported {resize!r}; this runtime does 'squash'")
-    return ImageSpec(size, channels, (0.0, 1.0), resize)
+# The card's top-level keys; all but ``created`` are required.
+TOP_KEYS = ('schema_version', 'image', 'particles', 'dynamics', 'tracking', 'files', 'opset',
+            'training', 'metrics', 'validation', 'code_version', 'created')  # fmt: skip
+
+
+def _card_mapping(file: Path | str, data: Mapping) -> dict[str, Any]:
+    """The card's mapping in :class:`ModelCard`'s shape: required sections present, the
+    validation section split into ``recon_mse`` and ``details``, ``created`` as text."""
+    unknown = sorted(set(data) - set(TOP_KEYS), key=str)
+    if unknown:
+        raise _fail(file, str(unknown[0]), f'unknown field (known: {sorted(TOP_KEYS)})')
+    for key in TOP_KEYS[:-1]:
+        if key not in data:
+            raise _fail(file, key, 'missing (a value is required)')
+    out = dict(data)
+    va = data['validation']
+    if isinstance(va, Mapping):
+        out['validation'] = {'details': {k: v for k, v in va.items() if k != 'recon_mse'}}
+        if 'recon_mse' in va:
+            out['validation']['recon_mse'] = va['recon_mse']
+    if 'created' in data:
+        out['created'] = str(data['created'])
+    return out
 
 
 def parse_model_card(data: Any, file: Path | str = CARD_FILE) -> ModelCard:
     """Validate a card's mapping (as read from YAML) and build the :class:`ModelCard`.
 
-    Checks the schema version, every field's presence and type, the supported preprocessing,
-    and that ``files`` lists the four graphs with exactly the inputs and outputs the sizes imply
-    (:func:`expected_graphs`). Does not touch the graph files (:func:`check_graph_files` does).
+    Checks the schema version, every field's presence, type and range
+    (:func:`dlp_ros.config_schema.from_mapping` on :class:`ModelCard`), the supported
+    preprocessing, and that ``files`` lists the four graphs with exactly the inputs and outputs
+    the sizes imply (:func:`expected_graphs`). Does not touch the graph files
+    (:func:`check_graph_files` does).
     """
-    r = _Reader(file)
     if not isinstance(data, Mapping):
-        raise r.fail('(top level)', f'must be a mapping, got {type(data).__name__}')
-    if 'schema_version' not in data:
-        raise r.fail('schema_version', f'missing; this dlp_ros reads schema {SCHEMA_VERSION}')
-    version = _schema_version(r, data)
-    top = ('schema_version', 'image', 'particles', 'dynamics', 'tracking', 'files', 'opset',
-           'training', 'metrics', 'validation', 'code_version', 'created')  # fmt: skip
-    r.no_unknown(data, top, '')
-
-    image = _parse_image(r, r.section(data, 'image'))
-    size = image.size
-
-    pa = r.section(data, 'particles')
-    r.no_unknown(pa, ('K', 'F', 'Fb'), 'particles.')
-    particles = ParticleSpec(
-        *(r.get(pa, n, 'particles.', 'positive int') for n in ('K', 'F', 'Fb'))
-    )
-
-    dy = r.section(data, 'dynamics')
-    r.no_unknown(dy, ('history', 'action_dim', 'action_names', 'dt'), 'dynamics.')
-    dynamics = DynamicsSpec(
-        r.get(dy, 'history', 'dynamics.', 'positive int'),
-        r.get(dy, 'action_dim', 'dynamics.', 'int >= 0'),
-        tuple(r.get(dy, 'action_names', 'dynamics.', 'list of strings')),
-        r.get(dy, 'dt', 'dynamics.', 'positive number'),
-    )
-    if dynamics.action_names and len(dynamics.action_names) != dynamics.action_dim:
-        raise r.fail('dynamics.action_names', f'has {len(dynamics.action_names)} names but '
-                     f'action_dim is {dynamics.action_dim}')  # fmt: skip
-
-    tr = r.section(data, 'tracking')
-    r.no_unknown(tr, ('method', 'on_threshold', 'claim_radius'), 'tracking.')
-    tracking = TrackingSpec(
-        r.get(tr, 'method', 'tracking.', 'string'),
-        r.get(tr, 'on_threshold', 'tracking.', 'number'),
-        r.get(tr, 'claim_radius', 'tracking.', 'positive number'),
-    )
-
-    files = _parse_files(r, r.section(data, 'files'))
-    want = expected_graphs(size, particles.K, particles.F, particles.Fb, dynamics.history,
-                           dynamics.action_dim)  # fmt: skip
-    _check_expected(r, files, want)
-
-    va = r.section(data, 'validation')
-    recon = r.get(va, 'recon_mse', 'validation.', 'number or null')
-    validation = ValidationSpec(recon, {k: v for k, v in va.items() if k != 'recon_mse'})
-    return ModelCard(
-        image=image,
-        particles=particles,
-        dynamics=dynamics,
-        tracking=tracking,
-        files=files,
-        opset=r.get(data, 'opset', '', 'positive int'),
-        training=dict(r.get(data, 'training', '', 'mapping')),
-        metrics=dict(r.get(data, 'metrics', '', 'mapping')),
-        validation=validation,
-        code_version=r.get(data, 'code_version', '', 'string'),
-        created=str(data.get('created', '')),
-        schema_version=version,
-    )
+        raise _fail(file, '(top level)', f'must be a mapping, got {type(data).__name__}')
+    version = _schema_version(file, data)
+    try:
+        card = from_mapping(ModelCard, _card_mapping(file, data))
+    except ConfigError as exc:
+        raise ModelCardError(f'{file}: {exc}') from None
+    d = card.dynamics
+    if d.action_names and len(d.action_names) != d.action_dim:
+        raise _fail(file, 'dynamics.action_names', f'has {len(d.action_names)} names but '
+                    f'action_dim is {d.action_dim}')  # fmt: skip
+    _check_files(file, card.files)
+    p = card.particles
+    want = expected_graphs(card.image.size, p.K, p.F, p.Fb, d.history, d.action_dim)
+    _check_expected(file, card.files, want)
+    object.__setattr__(card, 'schema_version', version)
+    return card
 
 
-def _parse_files(r: _Reader, files: dict[str, Any]) -> dict[str, GraphSpec]:
-    out = {}
+def _check_files(file: Path | str, files: dict[str, GraphSpec]) -> None:
+    """The four graphs, each tensor's shape made of ints >= 1 and the batch axis."""
     for name in GRAPH_FILES:
-        g = r.section(files, name, 'files.')
-        where = f'files.{name}.'
-        r.no_unknown(g, ('inputs', 'outputs'), where)
-        lists = {}
-        for io in ('inputs', 'outputs'):
-            specs = []
-            for i, t in enumerate(r.get(g, io, where, 'list')):
-                at = f'{where}{io}[{i}].'
-                if not isinstance(t, Mapping):
-                    raise r.fail(at[:-1], f'must be a mapping {{name, shape, dtype}}, got {t!r}')
-                r.no_unknown(t, ('name', 'shape', 'dtype'), at)
-                shape = r.get(t, 'shape', at, 'list')
-                if not all(
-                    (isinstance(d, int) and not isinstance(d, bool) and d >= 1) or d == BATCH
-                    for d in shape
-                ):
-                    raise r.fail(f'{at}shape', f"entries must be ints >= 1 or '{BATCH}', got "
-                                 f'{shape!r}')  # fmt: skip
-                specs.append(TensorSpec(r.get(t, 'name', at, 'string'), tuple(shape),
-                                        r.get(t, 'dtype', at, 'string')))  # fmt: skip
-            lists[io] = tuple(specs)
-        out[name] = GraphSpec(lists['inputs'], lists['outputs'])
+        if name not in files:
+            raise _fail(file, f'files.{name}', 'missing (a mapping is required)')
     extra = sorted(set(files) - set(GRAPH_FILES))
     if extra:
-        raise r.fail(f'files.{extra[0]}', f'unknown graph (known: {list(GRAPH_FILES)})')
-    return out
+        raise _fail(file, f'files.{extra[0]}', f'unknown graph (known: {list(GRAPH_FILES)})')
+    for name, g in files.items():
+        for io in ('inputs', 'outputs'):
+            for i, t in enumerate(getattr(g, io)):
+                if not all((isinstance(d, int) and d >= 1) or d == BATCH for d in t.shape):
+                    raise _fail(file, f'files.{name}.{io}[{i}].shape', f"entries must be ints "
+                                f">= 1 or '{BATCH}', got {list(t.shape)!r}")  # fmt: skip
 
 
-def _check_expected(r: _Reader, files: dict[str, GraphSpec], want: dict[str, GraphSpec]) -> None:
+def _check_expected(
+    file: Path | str, files: dict[str, GraphSpec], want: dict[str, GraphSpec]
+) -> None:
     """The card's graph specs must be exactly those its sizes imply."""
     for name, w in want.items():
         g = files[name]
@@ -451,16 +351,16 @@ def _check_expected(r: _Reader, files: dict[str, GraphSpec], want: dict[str, Gra
             got_names = [t.name for t in getattr(g, io)]
             want_names = [t.name for t in getattr(w, io)]
             if got_names != want_names:
-                raise r.fail(f'files.{name}.{io}', f'names are {got_names}, expected '
-                             f'{want_names} (from particles and dynamics)')  # fmt: skip
+                raise _fail(file, f'files.{name}.{io}', f'names are {got_names}, expected '
+                            f'{want_names} (from particles and dynamics)')  # fmt: skip
             for i, (a, b) in enumerate(zip(getattr(g, io), getattr(w, io), strict=True)):
                 if a.shape != b.shape:
-                    raise r.fail(f'files.{name}.{io}[{i}].shape ({a.name})',
-                                 f'is {_fmt(a.shape)}, expected {_fmt(b.shape)} from image.size, '
-                                 'particles and dynamics')  # fmt: skip
+                    raise _fail(file, f'files.{name}.{io}[{i}].shape ({a.name})',
+                                f'is {_fmt(a.shape)}, expected {_fmt(b.shape)} from image.size, '
+                                'particles and dynamics')  # fmt: skip
                 if a.dtype != b.dtype:
-                    raise r.fail(f'files.{name}.{io}[{i}].dtype ({a.name})',
-                                 f'is {a.dtype!r}, expected {b.dtype!r}')  # fmt: skip
+                    raise _fail(file, f'files.{name}.{io}[{i}].dtype ({a.name})',
+                                f'is {a.dtype!r}, expected {b.dtype!r}')  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- graph files

@@ -78,14 +78,11 @@ dlp() {  # name size prior (every step checked: `set -e` does not act inside `if
 }
 
 dynamics() {  # name
-    local name=$1 run="$out/dyn_$1" steps k
-    k=$($PY -c "import yaml; print(yaml.safe_load(open('$out/dlp_$name/config.yaml'))['model']['n_particles'])") ||
-        return 1
+    local name=$1 run="$out/dyn_$1" steps
     local both=(--set train.eval_every=500 --set train.checkpoint_every=1000
                 --set train.log_every="$LOG_EVERY" --no-progress)
     $PY -m training train-dynamics --config config/train/dynamics_tabletop64.yaml \
-        --latents "$out/latents_$name" --out "$run" --set model.n_particles="$k" \
-        --set model.hidden_dim=128 --set train.batch_size=64 \
+        --latents "$out/latents_$name" --out "$run" --set model.hidden_dim=128 --set train.batch_size=64 \
         --set train.max_steps="$PROBE_DYN" "${both[@]}" || return 1
     steps=$(steps_for "$run" "$DYN_S" 64) || return 1
     log "dynamics $name: probe done, resuming to max_steps=$steps"

@@ -37,10 +37,10 @@ def _tiny_configs(size: int, action_dim: int) -> tuple[DlpConfig, DynamicsConfig
     dlp = yaml.safe_load((ROOT / 'config/train/dlp_tiny.yaml').read_text())['model']
     dyn = yaml.safe_load((ROOT / 'config/train/dynamics_tiny.yaml').read_text())['model']
     if size == 128:  # 16 px patches; one more background stage
-        dlp.update(image_size=128, patch_size=16, bg_encoder_channels=[8, 8, 16, 16, 16],
+        dlp.update(S=128, patch_size=16, bg_encoder_channels=[8, 8, 16, 16, 16],
                    bg_decoder_channels=[16, 8, 8, 8, 8])  # fmt: skip
     cfg = DlpConfig.from_dict(dlp)
-    return cfg, DynamicsConfig.from_dict({**dyn, 'action_dim': action_dim})
+    return cfg, DynamicsConfig.from_dlp(cfg, **{**dyn, 'action_dim': action_dim})
 
 
 def _blob_frames(size: int, t_len: int = 8, seed: int = 0) -> np.ndarray:

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dlp_ros.config_schema import checked
 from training.loop import ScheduleConfig
 from training.models.dlp import Dlp, DlpConfig
-from training.runs import check_train_config, load_run_model
+from training.runs import load_run_model
 
 
 @dataclass(frozen=True)
@@ -22,18 +23,12 @@ class DlpTrainConfig(ScheduleConfig):
     """Optimisation and bookkeeping of ``train-dlp``: the shared schedule (batch_size counts
     images, eval_every draws the PNG grid too) and the fields below."""
 
-    max_steps: int = 20000
-    lr: float = 2e-3
+    max_steps: int = checked(20000, ge=1)
+    lr: float = checked(2e-3, gt=0)
     # Steps of the model's warm-up phase (fixed decoder scale + glimpse reconstruction).
-    warmup_steps: int = 1000
+    warmup_steps: int = checked(1000, ge=0)
     # Validation images used per evaluation.
-    eval_images: int = 128
-
-    def __post_init__(self) -> None:
-        positive = ('batch_size', 'max_steps', 'eval_every', 'eval_images', 'checkpoint_every',
-                    'log_every')  # fmt: skip
-        nonnegative = ('time_limit_min', 'grad_clip', 'warmup_steps', 'lr_ramp_steps', 'threads')
-        check_train_config(self, positive, nonnegative)
+    eval_images: int = checked(128, ge=1)
 
 
 @dataclass

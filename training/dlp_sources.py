@@ -65,8 +65,8 @@ class TorchDlpSource:
 
     def __init__(self, model: Dlp, description: dict[str, Any]) -> None:
         self.model = model.eval()
-        self.image_size = model.config.image_size
-        self.n_particles = model.config.n_particles
+        self.image_size = model.config.S
+        self.n_particles = model.config.K
         self.description = description
 
     def encode(self, frames: np.ndarray, batch: int, bar: Progress,

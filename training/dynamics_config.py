@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dlp_ros.config_schema import Check, check_fields, checked
 from training.clips import RESEEDED_MODES
 from training.loop import ScheduleConfig
 from training.models.dynamics import DynamicsConfig, ParticleDynamics, RolloutLossWeights
-from training.runs import check_train_config, load_run_model
+from training.runs import load_run_model
 
 
 @dataclass(frozen=True)
@@ -23,60 +24,48 @@ class DynamicsTrainConfig(ScheduleConfig):
     """Optimisation and bookkeeping of ``train-dynamics``: the shared schedule (batch_size counts
     clips) and the fields below."""
 
-    max_steps: int = 30000
-    lr: float = 1e-3
+    max_steps: int = checked(30000, ge=1)
+    lr: float = checked(1e-3, gt=0)
     # Observed frames of a clip before the rollout (>= model.history and >= 2: the
     # constant-velocity baseline needs two); the model reads the last model.history of them.
-    burn_in: int = 4
+    burn_in: int = checked(4, ge=1)
     # Curriculum of the rollout horizon: horizon_start predicted frames at step 0, growing
     # linearly to horizon at horizon_ramp_steps (training.models.dynamics.curriculum_horizon).
     # Clips always hold burn_in + horizon frames; validation always rolls out the full horizon.
-    horizon: int = 10
-    horizon_start: int = 1
-    horizon_ramp_steps: int = 5000
+    horizon: int = checked(10, ge=1)
+    horizon_start: int = checked(1, ge=1)
+    horizon_ramp_steps: int = checked(5000, ge=0)
     # Weights of the particle-space rollout loss terms.
     loss: RolloutLossWeights = field(default_factory=RolloutLossWeights)
     # Pixel loss through the frozen DLP decoder (0: off): MSE between the decoded predicted
     # particles and the decoded target particles of pixel_loss_clips clips x pixel_loss_steps
     # random predicted steps per optimisation step.
-    pixel_loss_weight: float = 0.0
-    pixel_loss_clips: int = 4
-    pixel_loss_steps: int = 2
+    pixel_loss_weight: float = checked(0.0, ge=0)
+    pixel_loss_clips: int = checked(4, ge=1)
+    pixel_loss_steps: int = checked(2, ge=1)
     # train-dlp run of the decoder ('' : the latents manifest's source.dlp_run) and its
     # checkpoint ('' : the latents' source checkpoint, 'best' or 'last').
     dlp_run: str = ''
-    dlp_checkpoint: str = ''
+    dlp_checkpoint: str = checked('', choices=('', 'best', 'last'))
     # Columns of the latents' actions fed to the model (None: all); their number must equal
     # model.action_dim. E.g. [0, 1] = linear.x, linear.y of a Twist command.
-    action_columns: list[int] | None = None
+    action_columns: list[int] | None = checked(None, items=Check(ge=0))
     # A particle slot re-seeded (a new identity) after a clip's first frame jumps, and a jump is
     # not dynamics: 'mask' drops that slot of that clip from the losses and metrics, 'skip'
     # leaves the whole clip out (with a busy tracker that leaves few clips), 'keep' trains on it.
-    reseeded: str = 'mask'
+    reseeded: str = checked('mask', choices=RESEEDED_MODES)
     # Clips of the val split (evenly spaced) each validation rolls out.
-    eval_clips: int = 256
+    eval_clips: int = checked(256, ge=1)
 
     def __post_init__(self) -> None:
-        positive = ('batch_size', 'max_steps', 'burn_in', 'horizon', 'horizon_start',
-                    'pixel_loss_clips', 'pixel_loss_steps', 'eval_every', 'eval_clips',
-                    'checkpoint_every', 'log_every')  # fmt: skip
-        nonneg = ('time_limit_min', 'grad_clip', 'lr_ramp_steps', 'horizon_ramp_steps',
-                  'pixel_loss_weight', 'threads')  # fmt: skip
-        check_train_config(self, positive, nonneg)
+        check_fields(self)
         if self.horizon_start > self.horizon:
             raise ValueError(
                 f'train.horizon_start ({self.horizon_start}) must be <= train.horizon '
                 f'({self.horizon})'
             )
-        if self.reseeded not in RESEEDED_MODES:
-            raise ValueError(f'train.reseeded must be one of {RESEEDED_MODES}, got '
-                             f'{self.reseeded!r}')  # fmt: skip
-        if self.dlp_checkpoint not in ('', 'best', 'last'):
-            raise ValueError(f"train.dlp_checkpoint must be '', 'best' or 'last', got "
-                             f'{self.dlp_checkpoint!r}')  # fmt: skip
         if self.action_columns is not None and (
-            any(c < 0 for c in self.action_columns)
-            or len(set(self.action_columns)) != len(self.action_columns)
+            len(set(self.action_columns)) != len(self.action_columns)
         ):
             raise ValueError(f'train.action_columns must be distinct indices >= 0, got '
                              f'{self.action_columns}')  # fmt: skip

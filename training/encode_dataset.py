@@ -17,6 +17,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 import dlp_ros
+from dlp_ros.config_schema import checked, from_args
 from dlp_ros.errors import ConfigError, DlpError
 from dlp_ros.image_codec import to_model_input
 from dlp_ros.offline.output_dir import check_out, publish
@@ -42,6 +44,21 @@ class EncodeError(DlpError):
     """The run, the dataset or the arguments cannot be encoded together."""
 
 
+@dataclass(frozen=True)
+class EncodeOptions:
+    """The encode-dataset command line, validated (the fields are its options)."""
+
+    dlp: Path
+    data: Path
+    out: Path
+    checkpoint: str = checked('best', choices=('best', 'last'))
+    batch: int = checked(64, ge=1)
+    threads: int = checked(0, ge=0)
+    device: str = 'cpu'
+    overwrite: bool = False
+    no_progress: bool = False
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add('--dlp', type=Path, required=True, help='train-dlp run directory (the frozen encoder)')
@@ -55,21 +72,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add('--no-progress', action='store_true', help='no progress bar')
 
 
-def _open(args: argparse.Namespace) -> tuple[Dlp, dict[str, Any], Path, Dataset]:
+def _open(opts: EncodeOptions) -> tuple[Dlp, dict[str, Any], Path, Dataset]:
     """Check the arguments, the run and the dataset before anything is computed or written."""
-    if args.batch < 1:
-        raise ConfigError(f'--batch must be >= 1, got {args.batch}')
-    if args.threads < 0:
-        raise ConfigError(f'--threads must be >= 0, got {args.threads}')
-    check_out(Path(args.out), args.overwrite, MANIFEST, 'latents cache')
-    if not Path(args.dlp).is_dir():
-        raise EncodeError(f'--dlp {args.dlp}: no such run directory')
-    checkpoint = run_checkpoint(args.dlp, args.checkpoint).resolve()
-    model, _, info = load_dlp(args.dlp, args.checkpoint)
-    data = Dataset.open(args.data)
-    data.require_frame_size(model.config.image_size, f'the model of {args.dlp}')
+    check_out(Path(opts.out), opts.overwrite, MANIFEST, 'latents cache')
+    if not Path(opts.dlp).is_dir():
+        raise EncodeError(f'--dlp {opts.dlp}: no such run directory')
+    checkpoint = run_checkpoint(opts.dlp, opts.checkpoint).resolve()
+    model, _, info = load_dlp(opts.dlp, opts.checkpoint)
+    data = Dataset.open(opts.data)
+    data.require_frame_size(model.config.S, f'the model of {opts.dlp}')
     if not len(data):
-        raise EncodeError(f'dataset {args.data} has no episodes')
+        raise EncodeError(f'dataset {opts.data} has no episodes')
     return model, info, checkpoint, data
 
 
@@ -127,7 +140,7 @@ class StatsAccumulator:
 
 
 def manifest(
-    args: argparse.Namespace,
+    opts: EncodeOptions,
     model: Dlp,
     info: dict[str, Any],
     checkpoint: Path,
@@ -145,16 +158,16 @@ def manifest(
         'created_by': f'dlp_ros {dlp_ros.__version__}',
         'created': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
         'source': {
-            'dataset': str(Path(args.data).resolve()),
-            'dlp_run': str(Path(args.dlp).resolve()),
-            'checkpoint': args.checkpoint,
+            'dataset': str(Path(opts.data).resolve()),
+            'dlp_run': str(Path(opts.dlp).resolve()),
+            'checkpoint': opts.checkpoint,
             'checkpoint_path': str(checkpoint),
             'step': int(info.get('step', 0)),
         },
-        'image_size': c.image_size,
-        'n_particles': c.n_particles,
-        'feature_dim': c.feature_dim,
-        'bg_feature_dim': c.bg_feature_dim,
+        'S': c.S,
+        'K': c.K,
+        'F': c.F,
+        'Fb': c.Fb,
         'fps': float(data.fps),
         'tracking': {
             'method': METHOD,
@@ -171,42 +184,47 @@ def manifest(
 
 def run(args: argparse.Namespace) -> int:
     """Encode the dataset; raise a DlpError on bad input, leaving nothing at --out."""
-    model, info, checkpoint, data = _open(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    return encode(from_args(EncodeOptions, args))
+
+
+def encode(opts: EncodeOptions) -> int:
+    """:func:`run` with its options."""
+    model, info, checkpoint, data = _open(opts)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     try:
-        model = model.to(torch.device(args.device))
+        model = model.to(torch.device(opts.device))
     except (RuntimeError, AssertionError) as exc:
-        raise ConfigError(f'--device {args.device!r}: {exc}') from exc
+        raise ConfigError(f'--device {opts.device!r}: {exc}') from exc
     started = time.monotonic()
-    out = Path(args.out)
+    out = Path(opts.out)
     episodes = data.episodes()
     stats_split = 'train' if data.episodes('train') else 'all'
     if stats_split == 'all':
-        logger.warning('dataset %s has no train episodes: stats over all episodes', args.data)
+        logger.warning('dataset %s has no train episodes: stats over all episodes', opts.data)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f'.{out.name}.{os.getpid()}-{time.time_ns()}.partial'
     total = sum(e.frames for e in episodes)
     bar = tqdm(total=total, unit='frame', desc='encode', file=sys.stderr,
-               disable=args.no_progress or None)  # fmt: skip
+               disable=opts.no_progress or None)  # fmt: skip
     try:
         (tmp / EPISODES).mkdir(parents=True)
         stats, ground_truth = StatsAccumulator(), False
         for e in episodes:
-            arrays = encode_episode(model, data, e.name, args.batch, bar.update)
+            arrays = encode_episode(model, data, e.name, opts.batch, bar.update)
             np.savez(tmp / episode_file(e.name), **arrays)
             if stats_split == 'all' or e.split == stats_split:
                 stats.add(arrays)
             ground_truth = ground_truth or 'gt_xy' in arrays
-        write_manifest(tmp, manifest(args, model, info, checkpoint, data, episodes, stats,
+        write_manifest(tmp, manifest(opts, model, info, checkpoint, data, episodes, stats,
                                      stats_split, ground_truth))  # fmt: skip
-        publish(tmp, out, args.overwrite, MANIFEST, 'latents cache')
+        publish(tmp, out, opts.overwrite, MANIFEST, 'latents cache')
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         bar.close()
     logger.info('wrote %s: %d episodes, %d frames, K=%d, step %d of %s, in %.1f s', out,
-                len(episodes), total, model.config.n_particles, int(info.get('step', 0)),
-                args.dlp, time.monotonic() - started)  # fmt: skip
+                len(episodes), total, model.config.K, int(info.get('step', 0)),
+                opts.dlp, time.monotonic() - started)  # fmt: skip
     return 0

@@ -53,6 +53,7 @@ import numpy as np
 from tqdm import tqdm
 
 import dlp_ros
+from dlp_ros.config_schema import checked, from_args
 from dlp_ros.errors import DlpError
 from dlp_ros.plain_values import plain
 from training import metrics
@@ -93,6 +94,27 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add('--figure-rows', type=int, default=4, help='frames drawn in report.png')
     add('--seed', type=int, default=0, help='seed of the fit-frame subsample')
     add('--no-progress', action='store_true', help='no progress bar')  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EvaluateDlpOptions:
+    """The evaluate-dlp command line, validated (the fields are its options)."""
+
+    data: Path
+    out: Path
+    run: Path | None = None
+    bundle: Path | None = None
+    providers: str = 'cpu'
+    threads: int = checked(0, ge=0)
+    split: str = checked('test', choices=SPLITS)
+    fit_split: str = checked('train', choices=SPLITS)
+    checkpoint: str = checked('best', choices=('best', 'last'))
+    max_frames: int | None = checked(None, ge=1)
+    max_fit_frames: int = checked(5000, ge=1)
+    batch: int = checked(64, ge=1)
+    figure_rows: int = checked(4, ge=1)
+    seed: int = 0
+    no_progress: bool = False
 
 
 @dataclass
@@ -142,7 +164,7 @@ def _error(err_units: float, size: int) -> dict[str, float]:
 
 
 def _pusher_probe(
-    model: DlpSource, data: Dataset, codes: list[Encoded], args: argparse.Namespace, bar: tqdm
+    model: DlpSource, data: Dataset, codes: list[Encoded], args: EvaluateDlpOptions, bar: tqdm
 ) -> tuple[dict[str, Any] | None, str | None]:
     """MAFL protocol (a): the pusher across episodes; (entry, None) or (None, why skipped)."""
     size = model.image_size
@@ -328,15 +350,13 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _open_source(args: argparse.Namespace) -> DlpSource:
+def _open_source(args: EvaluateDlpOptions) -> DlpSource:
     """The DLP of --run (PyTorch) or of --bundle (onnxruntime), checked."""
-    if (args.run is None) == (getattr(args, 'bundle', None) is None):
+    if (args.run is None) == (args.bundle is None):
         raise EvaluationError('give either --run or --bundle')
     if args.run is None:
         if not args.bundle.is_dir():
             raise EvaluationError(f'--bundle {args.bundle}: no such bundle directory')
-        if args.threads < 0:
-            raise EvaluationError(f'--threads must be >= 0, got {args.threads}')
         return BundleDlpSource(args.bundle, args.providers, args.threads)
     checkpoint = run_checkpoint(args.run, args.checkpoint).resolve()
     model, _, state = load_dlp(args.run, args.checkpoint)
@@ -345,12 +365,8 @@ def _open_source(args: argparse.Namespace) -> DlpSource:
     return TorchDlpSource(model, description)
 
 
-def _open(args: argparse.Namespace) -> tuple[DlpSource, Dataset]:
+def _open(args: EvaluateDlpOptions) -> tuple[DlpSource, Dataset]:
     """Check the arguments, the model and the dataset before anything is computed or written."""
-    for name in ('batch', 'max_fit_frames', 'figure_rows', 'max_frames'):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise EvaluationError(f'--{name.replace("_", "-")} must be >= 1, got {value}')
     if args.out.exists() and not args.out.is_dir():
         raise EvaluationError(f'--out {args.out} exists and is not a directory')
     model = _open_source(args)
@@ -366,6 +382,11 @@ def _open(args: argparse.Namespace) -> tuple[DlpSource, Dataset]:
 
 
 def run(args: argparse.Namespace) -> int:
+    return evaluate_dlp(from_args(EvaluateDlpOptions, args))
+
+
+def evaluate_dlp(args: EvaluateDlpOptions) -> int:
+    """:func:`run` with its options."""
     model, data = _open(args)
     size, episodes = model.image_size, data.episodes(args.split)
     counts = _counts([e.frames for e in episodes], args.max_frames)

@@ -51,6 +51,7 @@ from tqdm import tqdm
 
 import dlp_ros
 from dlp_ros.compositing import compose, from_uint8, to_uint8
+from dlp_ros.config_schema import checked, from_args
 from dlp_ros.offline.output_dir import check_out, publish
 from dlp_ros.offline.plots import encode_gif, gif_writer, line_plot
 from dlp_ros.plain_values import plain
@@ -119,6 +120,30 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add('--no-progress', action='store_true', help='no progress bar')
 
 
+@dataclass(frozen=True)
+class PredictionOptions:
+    """The evaluate-prediction command line, validated (the fields are its options)."""
+
+    data: Path
+    context: int = checked(
+        ge=2, say='>= 2 (the constant-velocity baseline needs two observed frames)'
+    )
+    horizon: int = checked(ge=1)
+    out: Path
+    dlp: Path | None = None
+    dynamics: Path | None = None
+    bundle: Path | None = None
+    split: str = checked('test', choices=SPLITS)
+    clips: int = checked(200, ge=1)
+    checkpoint: str = checked('best', choices=('best', 'last'))
+    gif_clips: int = checked(3, ge=0)
+    batch: int = checked(64, ge=1)
+    threads: int = checked(0, ge=0)
+    providers: str = 'cpu'
+    overwrite: bool = False
+    no_progress: bool = False
+
+
 # ----------------------------------------------------------------------------- opening
 
 
@@ -134,28 +159,15 @@ class Setup:
     dt: float
 
 
-def _check_args(args: argparse.Namespace) -> None:
+def _check_args(args: PredictionOptions) -> None:
     if args.bundle is not None and (args.dlp is not None or args.dynamics is not None):
         raise PredictionError('give either --bundle or --dlp and --dynamics, not both')
     if args.bundle is None and (args.dlp is None or args.dynamics is None):
         raise PredictionError('need --dlp and --dynamics (or --bundle)')
-    if args.horizon < 1:
-        raise PredictionError(f'--horizon must be >= 1, got {args.horizon}')
-    if args.context < 2:
-        raise PredictionError(
-            f'--context must be >= 2 (the constant-velocity baseline needs two observed '
-            f'frames), got {args.context}'
-        )
-    for name in ('clips', 'batch'):
-        if getattr(args, name) < 1:
-            raise PredictionError(f'--{name} must be >= 1, got {getattr(args, name)}')
-    for name in ('gif_clips', 'threads'):
-        if getattr(args, name) < 0:
-            raise PredictionError(f'--{name.replace("_", "-")} must be >= 0')
     check_out(args.out, args.overwrite, REPORT, 'prediction report')
 
 
-def _open_torch(args: argparse.Namespace, data: Dataset) -> tuple[Predictor, dict, list | None]:
+def _open_torch(args: PredictionOptions, data: Dataset) -> tuple[Predictor, dict, list | None]:
     """The torch predictor of --dlp/--dynamics, its description and the action columns."""
     for flag in ('dlp', 'dynamics'):
         if not getattr(args, flag).is_dir():
@@ -165,18 +177,18 @@ def _open_torch(args: argparse.Namespace, data: Dataset) -> tuple[Predictor, dic
     dlp, _, dlp_info = load_dlp(args.dlp, args.checkpoint)
     dynamics, dyn_config, dyn_info = load_dynamics(args.dynamics, args.checkpoint)
     d, m = dlp.config, dynamics.config
-    got, want = (m.n_particles, m.feature_dim, m.bg_feature_dim), (
-        d.n_particles, d.feature_dim, d.bg_feature_dim)  # fmt: skip
+    got, want = (m.K, m.F, m.Fb), (
+        d.K, d.F, d.Fb)  # fmt: skip
     if got != want:
         raise PredictionError(
             f'dynamics run {args.dynamics} has (K, F, Fb) = {got} but the DLP of {args.dlp} '
             f"has {want}: the dynamics must be trained on this DLP's latents"
         )
     latents = dyn_info.get('latents') or {}
-    if latents.get('image_size') not in (None, d.image_size):
+    if latents.get('image_size') not in (None, d.S):
         raise PredictionError(
             f'dynamics run {args.dynamics} was trained on {latents["image_size"]} px latents, '
-            f'the DLP of {args.dlp} takes {d.image_size} px'
+            f'the DLP of {args.dlp} takes {d.S} px'
         )
     fps = latents.get('fps')
     if fps is not None and not math.isclose(float(fps), data.fps, rel_tol=1e-6):
@@ -206,7 +218,7 @@ def _open_torch(args: argparse.Namespace, data: Dataset) -> tuple[Predictor, dic
     return TorchPredictor(dlp, dynamics, args.batch), source, columns
 
 
-def _open_bundle(args: argparse.Namespace, data: Dataset) -> tuple[Predictor, dict, list | None]:
+def _open_bundle(args: PredictionOptions, data: Dataset) -> tuple[Predictor, dict, list | None]:
     """The runtime predictor of --bundle, its description and the action columns."""
     if not args.bundle.is_dir():
         raise PredictionError(f'--bundle {args.bundle}: no such bundle directory')
@@ -239,7 +251,7 @@ def _open_bundle(args: argparse.Namespace, data: Dataset) -> tuple[Predictor, di
     return predictor, source, columns
 
 
-def open_setup(args: argparse.Namespace) -> Setup:
+def open_setup(args: PredictionOptions) -> Setup:
     """Check the arguments, models and dataset before anything is computed or written."""
     _check_args(args)
     data = Dataset.open(args.data)
@@ -423,7 +435,7 @@ def best_baselines(per_step: dict, mean: dict, horizon: int) -> dict[str, Any]:
     return out
 
 
-def build_report(args: argparse.Namespace, setup: Setup, acc: Accumulator, with_truth: bool
+def build_report(args: PredictionOptions, setup: Setup, acc: Accumulator, with_truth: bool
                  ) -> dict[str, Any]:  # fmt: skip
     c, n, p = args.context, args.horizon, setup.predictor
     per_step = acc.per_step()
@@ -530,6 +542,11 @@ def write_outputs(tmp: Path, report: dict[str, Any], strips: list[Strip], contex
 
 
 def run(args: argparse.Namespace) -> int:
+    return evaluate_prediction(from_args(PredictionOptions, args))
+
+
+def evaluate_prediction(args: PredictionOptions) -> int:
+    """:func:`run` with its options."""
     if args.threads:  # the torch models, and the metrics on either path
         torch.set_num_threads(args.threads)
     setup = open_setup(args)

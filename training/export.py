@@ -43,7 +43,8 @@ import yaml
 from torch import nn
 
 import dlp_ros
-from dlp_ros.errors import ConfigError, DlpError
+from dlp_ros.config_schema import checked, from_args
+from dlp_ros.errors import DlpError
 from dlp_ros.model_card import (
     BACKGROUND,
     BATCH,
@@ -102,24 +103,40 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add('--overwrite', action='store_true', help='replace an existing bundle at --out')
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """The export command line, validated (the fields are its options)."""
+
+    dlp: Path
+    dynamics: Path
+    out: Path
+    checkpoint: str = checked('best', choices=('best', 'last'))
+    opset: int = checked(17, ge=1)
+    val_frames: int = checked(200, ge=0)
+    overwrite: bool = False
+
+
 def run(args: argparse.Namespace) -> int:
-    check_out(args.out, args.overwrite, CARD_FILE, KIND)  # fail before any work
-    if args.val_frames < 0:
-        raise ConfigError(f'--val-frames must be >= 0, got {args.val_frames}')
-    dlp, dlp_cfg, dlp_state = load_dlp(args.dlp, args.checkpoint)
-    dyn, dyn_cfg, dyn_state = load_dynamics(args.dynamics, args.checkpoint)
-    info = describe_runs(args, dlp_cfg, dlp_state, dyn_cfg, dyn_state)
-    for line in checkpoint_report(args.dlp, 'DLP', dlp_state, VAL_FIGURES['DLP']):
+    return export(from_args(ExportOptions, args))
+
+
+def export(opts: ExportOptions) -> int:
+    """:func:`run` with its options."""
+    check_out(opts.out, opts.overwrite, CARD_FILE, KIND)  # fail before any work
+    dlp, dlp_cfg, dlp_state = load_dlp(opts.dlp, opts.checkpoint)
+    dyn, dyn_cfg, dyn_state = load_dynamics(opts.dynamics, opts.checkpoint)
+    info = describe_runs(opts, dlp_cfg, dlp_state, dyn_cfg, dyn_state)
+    for line in checkpoint_report(opts.dlp, 'DLP', dlp_state, VAL_FIGURES['DLP']):
         print(line)  # noqa: T201
-    for line in checkpoint_report(args.dynamics, 'dynamics', dyn_state, VAL_FIGURES['dynamics']):
+    for line in checkpoint_report(opts.dynamics, 'dynamics', dyn_state, VAL_FIGURES['dynamics']):
         print(line)  # noqa: T201
-    frames, note = validation_frames(args.dlp, dlp.config.image_size, args.val_frames)
-    card = export_bundle(dlp, dyn, args.out, info, opset=args.opset, overwrite=args.overwrite,
+    frames, note = validation_frames(opts.dlp, dlp.config.S, opts.val_frames)
+    card = export_bundle(dlp, dyn, opts.out, info, opset=opts.opset, overwrite=opts.overwrite,
                          val_frames=frames, val_note=note)  # fmt: skip
     v = card.validation
     recon = 'omitted' if v.recon_mse is None else f'{v.recon_mse:.3g}'
     parity = v.details.get('export_parity')
-    line = (f'export: {args.out} S={card.image.size} K={card.particles.K} '
+    line = (f'export: {opts.out} S={card.image.size} K={card.particles.K} '
             f'H={card.dynamics.history} A={card.dynamics.action_dim}, recon_mse {recon}, '
             f'max |ort - torch| {parity}')  # fmt: skip
     print(line)  # noqa: T201
@@ -156,8 +173,8 @@ def export_bundle(
     out = Path(out)
     check_out(out, overwrite, CARD_FILE, KIND)
     c, d = dlp.config, dynamics.config
-    sizes = ((c.n_particles, d.n_particles, 'K'), (c.feature_dim, d.feature_dim, 'F'),
-             (c.bg_feature_dim, d.bg_feature_dim, 'Fb'))  # fmt: skip
+    sizes = ((c.K, d.K, 'K'), (c.F, d.F, 'F'),
+             (c.Fb, d.Fb, 'Fb'))  # fmt: skip
     for a, b, name in sizes:
         if a != b:
             raise ExportError(f'the DLP has {name} = {a} but the dynamics model {name} = {b}: '
@@ -174,11 +191,11 @@ def export_bundle(
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a bundle is as readable as any dir
     try:
         parity = _export_graphs(dlp, dynamics, tmp, opset)
-        dims = (c.n_particles, c.feature_dim, c.bg_feature_dim, d.history, d.action_dim)
-        graphs = expected_graphs(c.image_size, *dims)
+        dims = (c.K, c.F, c.Fb, d.history, d.action_dim)
+        graphs = expected_graphs(c.S, *dims)
         card = ModelCard(
-            image=ImageSpec(c.image_size),
-            particles=ParticleSpec(c.n_particles, c.feature_dim, c.bg_feature_dim),
+            image=ImageSpec(c.S),
+            particles=ParticleSpec(c.K, c.F, c.Fb),
             dynamics=DynamicsSpec(d.history, d.action_dim, names, float(info.dt)),
             tracking=TrackingSpec(METHOD, ON_THRESHOLD, float(c.anchor_scale)),
             files=graphs,
@@ -221,17 +238,17 @@ def sample_inputs(dlp: Dlp, dynamics: ParticleDynamics, batch: int = 2, seed: in
     random images through the encoder give the particles the other graphs read."""
     c, d = dlp.config, dynamics.config
     g = torch.Generator().manual_seed(seed)
-    image = torch.rand(batch, 3, c.image_size, c.image_size, generator=g)
-    anchors = torch.rand(batch, c.n_particles, 2, generator=g) * 1.6 - 0.8
+    image = torch.rand(batch, 3, c.S, c.S, generator=g)
+    anchors = torch.rand(batch, c.K, 2, generator=g) * 1.6 - 0.8
     with torch.inference_mode():
         enc = DlpTrackingEncoder(dlp)(image, anchors)
-    p = [x[:, : c.n_particles].clone() for x in enc]  # (B, K, ...) each
-    bg = torch.randn(batch, c.bg_feature_dim, generator=g)
+    p = [x[:, : c.K].clone() for x in enc]  # (B, K, ...) each
+    bg = torch.randn(batch, c.Fb, generator=g)
     steps = d.history
     jitter = [0.02 * torch.randn(batch, steps, *x.shape[1:], generator=g) for x in p]
     hist = [x[:, None] + j for x, j in zip(p, jitter, strict=True)]  # (B, H, K, ...)
     hist[4] = hist[4].clamp(0, 1)  # transparency
-    hist.append(bg[:, None] + 0.02 * torch.randn(batch, steps, c.bg_feature_dim, generator=g))
+    hist.append(bg[:, None] + 0.02 * torch.randn(batch, steps, c.Fb, generator=g))
     dyn = tuple(hist) + ((torch.randn(batch, steps, d.action_dim, generator=g),)
                          if d.action_dim else ())  # fmt: skip
     named = dict(zip(('mu', 'logvar', 'scale', 'depth', 'transparency', 'features'), p,
@@ -346,15 +363,15 @@ def validation_frames(
 
 
 def describe_runs(
-    args: argparse.Namespace,
+    opts: ExportOptions,
     dlp_cfg: Any,
     dlp_state: dict[str, Any],
     dyn_cfg: Any,
     dyn_state: dict[str, Any],
 ) -> BundleInfo:
     """Training summary, metrics, dt and action names from the two runs."""
-    dlp_run = _run_yaml(args.dlp)
-    dyn_run = _run_yaml(args.dynamics)
+    dlp_run = _run_yaml(opts.dlp)
+    dyn_run = _run_yaml(opts.dynamics)
     latents = dict(dyn_state.get('latents') or dyn_run.get('latents') or {})
     fps = float(latents.get('fps') or 0.0)
     data = dlp_run.get('data')
@@ -362,21 +379,21 @@ def describe_runs(
     if not fps:
         fps = float(dataset.get('fps') or 10.0)
         logger.warning('no fps in the dynamics run: dt = 1 / %g', fps)
-    if latents.get('dlp_run') and Path(latents['dlp_run']).resolve() != Path(args.dlp).resolve():
+    if latents.get('dlp_run') and Path(latents['dlp_run']).resolve() != Path(opts.dlp).resolve():
         logger.warning('the dynamics run was trained on latents of %s, not of %s',
-                       latents['dlp_run'], args.dlp)  # fmt: skip
+                       latents['dlp_run'], opts.dlp)  # fmt: skip
     training = {
         'dlp': {
-            'run': str(args.dlp),
-            'checkpoint': str(run_checkpoint(args.dlp, args.checkpoint)),
+            'run': str(opts.dlp),
+            'checkpoint': str(run_checkpoint(opts.dlp, opts.checkpoint)),
             'step': int(dlp_state.get('step', 0)),
             'data': str(data) if data else None,
             'dataset': dataset,
             'model': dlp_cfg.model.to_dict(),
         },
         'dynamics': {
-            'run': str(args.dynamics),
-            'checkpoint': str(run_checkpoint(args.dynamics, args.checkpoint)),
+            'run': str(opts.dynamics),
+            'checkpoint': str(run_checkpoint(opts.dynamics, opts.checkpoint)),
             'step': int(dyn_state.get('step', 0)),
             'latents': latents,
             'model': dyn_cfg.model.to_dict(),

@@ -3,8 +3,9 @@
 Layout of a latents directory::
 
     manifest.yaml           format, version, source (dataset, dlp run, checkpoint, step),
-                            model sizes (image_size, n_particles K, feature_dim F,
-                            bg_feature_dim Fb), fps, tracking, action, ground_truth, stats
+                            model sizes (S, K, F, Fb; caches written before name them
+                            image_size, n_particles, feature_dim, bg_feature_dim), fps,
+                            tracking, action, ground_truth, stats
                             (per-attribute mean and std over the train split), episodes
     episodes/<name>.npz     see ``ARRAYS``, plus ``OPTIONAL`` where the dataset has them
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 import yaml
 
+from dlp_ros.config_schema import renamed_keys
 from dlp_ros.errors import DlpError
 from training.data.dataset import SPLITS
 from training.models.dlp import Particles
@@ -87,8 +89,7 @@ class LatentDataset:
         self.root = Path(root)
         self.manifest = manifest
         self.fps = float(manifest['fps'])
-        self.image_size = int(manifest['image_size'])
-        self.sizes = {k: int(manifest[n]) for k, n in _SIZE_FIELDS.items()}  # K, F, Fb
+        self.sizes = {k: int(manifest[k]) for k in SIZES}  # S, K, F, Fb
         self.mean = {k: np.asarray(v, np.float32) for k, v in manifest['stats']['mean'].items()}
         self.std = {k: np.asarray(v, np.float32) for k, v in manifest['stats']['std'].items()}
         self._episodes = {
@@ -120,7 +121,8 @@ class LatentDataset:
             raise LatentsError(f'{where}: field format is {manifest["format"]!r}, not {FORMAT!r}')
         if _need(manifest, 'version', int, where) != VERSION:
             raise LatentsError(f'{where}: version {manifest["version"]} not supported')
-        for key in ('image_size', *_SIZE_FIELDS.values()):
+        manifest = renamed_keys(manifest, LEGACY_SIZE_KEYS, f'{path}: ')
+        for key in SIZES:
             if _need(manifest, key, int, where) < 1:
                 raise LatentsError(f'{where}: field {key!r} must be >= 1')
         if _need(manifest, 'fps', (int, float), where) <= 0:
@@ -128,7 +130,7 @@ class LatentDataset:
         _need(manifest, 'source', dict, where)
         _need(manifest, 'tracking', dict, where)
         stats = _need(manifest, 'stats', dict, where)
-        sizes = {k: int(manifest[n]) for k, n in _SIZE_FIELDS.items()}
+        sizes = {k: int(manifest[k]) for k in SIZES}
         for part in ('mean', 'std'):
             values = _need(stats, part, dict, f'{where}: stats')
             for name in STATS:
@@ -192,7 +194,14 @@ class LatentDataset:
         return Particles(*(torch.from_numpy(arrays[f]) for f in Particles._fields))
 
 
-_SIZE_FIELDS = {'K': 'n_particles', 'F': 'feature_dim', 'Fb': 'bg_feature_dim'}
+# The model sizes of a cache (the model card's names), and their names in caches written before.
+SIZES = ('S', 'K', 'F', 'Fb')
+LEGACY_SIZE_KEYS = {
+    'image_size': 'S',
+    'n_particles': 'K',
+    'feature_dim': 'F',
+    'bg_feature_dim': 'Fb',
+}
 
 
 def _shape(shape: tuple[str | int, ...], sizes: dict[str, int]) -> tuple[int, ...]:

@@ -18,16 +18,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
 import torch
 import yaml
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from dlp_ros.config_schema import check_fields, checked
 from training import distributed as dist
 from training.checkpoint import save_checkpoint
-from training.runs import check_train_config, lr_at, optimisation_step
+from training.runs import lr_at, optimisation_step
 
 logger = logging.getLogger(__name__)
 
@@ -37,35 +38,30 @@ class ScheduleConfig:
     """The optimisation schedule and bookkeeping every ``train:`` section shares (flat keys)."""
 
     # Items (images or clips) per optimisation step (per process under torchrun).
-    batch_size: int = 32
+    batch_size: int = checked(32, ge=1)
     # Stop after this many steps...
-    max_steps: int = 20000
+    max_steps: int = checked(20000, ge=1)
     # ...or after this many minutes of training (0: no limit); the run can be resumed later.
-    time_limit_min: float = 0.0
+    time_limit_min: float = checked(0.0, ge=0)
     # Peak learning rate of Adam; linear ramp over lr_ramp_steps, cosine decay to lr * lr_final.
-    lr: float = 1e-3
-    lr_ramp_steps: int = 200
-    lr_final: float = 0.1
+    lr: float = checked(1e-3, gt=0)
+    lr_ramp_steps: int = checked(200, ge=0)
+    lr_final: float = checked(0.1, gt=0, le=1, say='in (0, 1]')
     # Gradient norm clip (0: none).
-    grad_clip: float = 1.0
+    grad_clip: float = checked(1.0, ge=0)
     # Validate every this many steps (and at the end).
-    eval_every: int = 500
+    eval_every: int = checked(500, ge=1)
     # Write checkpoints/last.pt every this many steps (and at the end).
-    checkpoint_every: int = 250
+    checkpoint_every: int = checked(250, ge=1)
     # Log training metrics (averaged over the steps since the last log) every this many steps.
-    log_every: int = 25
+    log_every: int = checked(25, ge=1)
     # Seed of the model init and the batch sampling (and of the DLP's posterior noise).
     seed: int = 0
     # CPU threads for torch (0: torch's default).
-    threads: int = 2
-
-    POSITIVE: ClassVar[tuple[str, ...]] = ('batch_size', 'max_steps', 'eval_every',
-                                           'checkpoint_every', 'log_every')  # fmt: skip
-    NONNEGATIVE: ClassVar[tuple[str, ...]] = ('time_limit_min', 'grad_clip', 'lr_ramp_steps',
-                                              'threads')  # fmt: skip
+    threads: int = checked(2, ge=0)
 
     def __post_init__(self) -> None:
-        check_train_config(self, self.POSITIVE, self.NONNEGATIVE)
+        check_fields(self)
 
 
 class Task(Protocol):

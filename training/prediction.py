@@ -217,8 +217,8 @@ class TorchPredictor:
 
     def __init__(self, dlp: Dlp, dynamics: ParticleDynamics, batch: int = 64) -> None:
         self.dlp, self.dynamics, self.batch = dlp.eval(), dynamics.eval(), batch
-        self.image_size = dlp.config.image_size
-        self.n_particles = dlp.config.n_particles
+        self.image_size = dlp.config.S
+        self.n_particles = dlp.config.K
         self.history = dynamics.config.history
         self.action_dim = dynamics.config.action_dim
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,9 +18,10 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from dlp_ros.config_schema import from_args, renamed_keys
 from dlp_ros.errors import ConfigError, DlpError
 from training.checkpoint import load_checkpoint, run_checkpoint
-from training.config import apply_overrides, from_dict, load_config
+from training.config import apply_overrides, from_dict, read_config
 from training.distributed import rank_and_size, ranks_where
 
 C = TypeVar('C')
@@ -27,9 +29,10 @@ M = TypeVar('M', bound=nn.Module)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, data_flag: str, data_help: str) -> None:
-    """``--config --<data_flag> --out --set --resume --no-progress``."""
+    """``--config --<data_flag> --out --set --resume --no-progress`` (the data path goes to
+    :attr:`RunOptions.data` whatever its flag)."""
     parser.add_argument('--config', type=Path, help='YAML config (model: ..., train: ...)')
-    parser.add_argument(f'--{data_flag}', type=Path, help=data_help)
+    parser.add_argument(f'--{data_flag}', dest='data', type=Path, help=data_help)
     parser.add_argument('--out', type=Path, required=True, help='run directory')
     parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                         help='override a config value, e.g. --set train.lr=1e-3')  # fmt: skip
@@ -37,57 +40,99 @@ def add_run_arguments(parser: argparse.ArgumentParser, data_flag: str, data_help
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """The command line of a training command (:func:`add_run_arguments`), validated."""
+
+    out: Path
+    config: Path | None = None
+    # The --data (train-dlp) or --latents (train-dynamics) path.
+    data: Path | None = None
+    set: tuple[str, ...] = ()
+    resume: bool = False
+    no_progress: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> RunOptions:
+        return from_args(cls, args)
+
+
 def resolve_run(
-    args: argparse.Namespace,
+    opts: RunOptions,
     config_cls: type[C],
     data_flag: str,
     command: str,
     resumable: tuple[str, ...],
     saved_data: Callable[[dict[str, Any]], str],
+    sizes: Callable[[Path, dict[str, Any]], dict[str, Any]],
 ) -> tuple[C, Path, dict[str, Any] | None]:
     """Config, data path and (on ``--resume``) the last checkpoint of a training command.
 
     A new run needs an empty ``--out`` and ``--<data_flag>``; ``--resume`` takes the config from
     ``run.yaml`` (``saved_data`` reads the data path from it) and lets only ``resumable`` keys
-    change.
+    change. ``sizes(data_path, model_mapping)`` gives the ``model:`` mapping the sizes of the
+    data (:func:`take_sizes`), on a new run and on a resumed one alike.
     """
-    out: Path = args.out
-    data = getattr(args, data_flag)
-    if not args.resume:
+    out, data = opts.out, opts.data
+    if not opts.resume:
         if out.exists() and any(out.iterdir()):
             raise DlpError(
                 f'{out} is not empty; pass --resume to continue it or choose a new --out'
             )
         if data is None:
             raise ConfigError(f'--{data_flag} is required for a new run')
-        return load_config(config_cls, args.config, args.set), data, None
-    if args.config is not None:
+        mapping = read_config(opts.config, list(opts.set))
+        return from_dict(config_cls, _with_sizes(mapping, data, sizes)), data, None
+    if opts.config is not None:
         raise ConfigError('--resume takes the config from the run directory; drop --config')
-    bad = [s for s in args.set if s.partition('=')[0] not in resumable]
+    bad = [s for s in opts.set if s.partition('=')[0] not in resumable]
     if bad:
         raise ConfigError(f'on --resume only {", ".join(resumable)} may change; got {bad}')
     if not (out / 'run.yaml').is_file():
         raise DlpError(f'{out} has no run.yaml: not a {command} run directory')
     saved = yaml.safe_load((out / 'run.yaml').read_text())
-    config = from_dict(config_cls, apply_overrides(saved['config'], args.set))
+    data = Path(data or saved_data(saved))
+    mapping = _with_sizes(apply_overrides(saved['config'], list(opts.set)), data, sizes)
+    config = from_dict(config_cls, mapping)
     last = out / 'checkpoints' / 'last.pt'
     state = load_checkpoint(last) if last.is_file() else None
-    return config, Path(data or saved_data(saved)), state
+    return config, data, state
 
 
-def check_train_config(c: Any, positive: tuple[str, ...], nonnegative: tuple[str, ...]) -> None:
-    """Validate a ``train:`` section: ``positive`` fields >= 1, ``nonnegative`` fields >= 0, and
-    the learning-rate schedule (lr > 0, lr_final in (0, 1]); errors name ``train.<field>``."""
-    for name in positive:
-        if getattr(c, name) < 1:
-            raise ValueError(f'train.{name} must be >= 1, got {getattr(c, name)}')
-    if c.lr <= 0:
-        raise ValueError(f'train.lr must be > 0, got {c.lr}')
-    if not 0 < c.lr_final <= 1:
-        raise ValueError(f'train.lr_final must be in (0, 1], got {c.lr_final}')
-    for name in nonnegative:
-        if getattr(c, name) < 0:
-            raise ValueError(f'train.{name} must be >= 0, got {getattr(c, name)}')
+def _with_sizes(
+    mapping: dict[str, Any], data: Path, sizes: Callable[[Path, dict[str, Any]], dict[str, Any]]
+) -> dict[str, Any]:
+    model = mapping.get('model', {})
+    if not isinstance(model, dict):
+        return mapping  # from_dict refuses it by name
+    return {**mapping, 'model': sizes(data, model)}
+
+
+def take_sizes(
+    model: dict[str, Any],
+    renamed: dict[str, str],
+    sizes: dict[str, int],
+    source: str,
+    hint: Callable[[str, Any, int], str] | None = None,
+) -> dict[str, Any]:
+    """The ``model:`` mapping with ``sizes`` (``{'K': 4, ...}``) of the data at ``source`` (e.g.
+    ``latents runs/lat``): a size the config leaves out is the data's, one it gives must agree,
+    else a ConfigError naming both (``hint(key, given, value)`` may say more). ``renamed``: the
+    model config's old key names (:data:`dlp_ros.config_schema.RENAMED`)."""
+    model = dict(renamed_keys(model, renamed, 'model.'))
+    for key, value in sizes.items():
+        given = model.setdefault(key, value)
+        if given != value:
+            more = hint(key, given, value) if hint else ''
+            raise ConfigError(f'model.{key} is {given!r} in the config but {source} {has(source)} '
+                              f'{key} = {value}{more}; leave model.{key} out: it is taken from '
+                              'the data')  # fmt: skip
+    return model
+
+
+def has(source: str) -> str:
+    """'have' for plural sources (latents), else 'has'."""
+    return 'have' if source.startswith('latents') else 'has'
 
 
 def lr_at(step: int, c: Any) -> float:

@@ -27,8 +27,8 @@ from training.data.dataset import Dataset
 from training.dlp_config import DlpRunConfig
 from training.frames import FrameSource
 from training.loop import train
-from training.models.dlp import Dlp
-from training.runs import add_run_arguments, resolve_run
+from training.models.dlp import Dlp, DlpConfig
+from training.runs import RunOptions, add_run_arguments, resolve_run, take_sizes
 from training.visualize import dlp_grid
 
 logger = logging.getLogger(__name__)
@@ -39,25 +39,40 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser, 'data', 'dataset directory (build-dataset)')
 
 
-def resolve(args: argparse.Namespace) -> tuple[DlpRunConfig, Path, dict[str, Any] | None]:
+def resolve(opts: RunOptions) -> tuple[DlpRunConfig, Path, dict[str, Any] | None]:
     """Config, dataset path and (on --resume) the last checkpoint."""
-    return resolve_run(args, DlpRunConfig, 'data', 'train-dlp', RESUMABLE, lambda r: r['data'])
+    return resolve_run(opts, DlpRunConfig, 'data', 'train-dlp', RESUMABLE, lambda r: r['data'],
+                       dataset_sizes)  # fmt: skip
+
+
+def dataset_sizes(data_dir: Path, model: dict[str, Any]) -> dict[str, Any]:
+    """The ``model:`` mapping with S, the side of the dataset's frames (a model.S given must
+    agree)."""
+    data = Dataset.open(data_dir)
+    s = int(data.frame_shape[0])
+
+    def hint(_key: str, given: Any, value: int) -> str:
+        return (f' ({value}x{value} frames; the model takes {given}x{given} images: build the '
+                f'dataset with --size {given} for it)')  # fmt: skip
+
+    return take_sizes(model, DlpConfig.RENAMED, {'S': s}, f'dataset {data.root}', hint)
 
 
 def run(args: argparse.Namespace) -> int:
     """Train on this process, in the process group when started by torchrun: an error leaves the
     group without a barrier, so that no rank waits for one that stopped."""
+    opts = RunOptions.from_args(args)
     with dist.process_group() as ctx:
-        return train_on(args, ctx)
+        return train_on(opts, ctx)
 
 
-def train_on(args: argparse.Namespace, ctx: dist.Context) -> int:
+def train_on(opts: RunOptions, ctx: dist.Context) -> int:
     """The DLP training of this process (rank ``ctx.rank``); 0 when done."""
-    config, data_dir, state = resolve(args)
+    config, data_dir, state = resolve(opts)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    task = DlpTask(config, data_dir, args.out, ctx)
-    train(task, config.train, args.out, ctx, state, progress=not args.no_progress)
+    task = DlpTask(config, data_dir, opts.out, ctx)
+    train(task, config.train, opts.out, ctx, state, progress=not opts.no_progress)
     return 0
 
 
@@ -72,7 +87,7 @@ class DlpTask:
     def __init__(self, config: DlpRunConfig, data_dir: Path, out: Path, ctx: dist.Context):
         self.config, self.out, self.ctx = config, out, ctx
         data = Dataset.open(data_dir)
-        data.require_frame_size(config.model.image_size, 'the configured model (model.image_size)')
+        data.require_frame_size(config.model.S, 'the configured model (model.S)')
         self.frames, val = FrameSource(data, 'train'), FrameSource(data, 'val')
         torch.manual_seed(config.train.seed)
         self.model = Dlp(config.model).to(ctx.device)
@@ -129,7 +144,7 @@ def evaluate(
 
 def write_eval_grid(model: Dlp, images: torch.Tensor, path: Path) -> None:
     """PNG grid: input, reconstruction, particles with 2-sigma ellipses, decoded background."""
-    size = model.config.image_size
+    size = model.config.S
     particles = model.encode(images)
     recon = model.decode(particles)
     background = model.bg_decoder(particles.bg_features)  # (N, 3, S, S)

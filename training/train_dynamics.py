@@ -36,13 +36,14 @@ from training.latents import LatentDataset
 from training.loop import train
 from training.models.dlp import Dlp, Particles
 from training.models.dynamics import (
+    DynamicsConfig,
     ParticleDynamics,
     RolloutLossWeights,
     curriculum_horizon,
     frames,
     rollout_loss,
 )
-from training.runs import add_run_arguments, resolve_run
+from training.runs import RunOptions, add_run_arguments, resolve_run, take_sizes
 
 logger = logging.getLogger(__name__)
 RESUMABLE = ('train.max_steps', 'train.time_limit_min', 'train.eval_every', 'train.log_every',
@@ -53,21 +54,23 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser, 'latents', 'latents cache (encode-dataset)')
 
 
-def resolve(args: argparse.Namespace) -> tuple[DynamicsRunConfig, Path, dict[str, Any] | None]:
+def resolve(opts: RunOptions) -> tuple[DynamicsRunConfig, Path, dict[str, Any] | None]:
     """Config, latents path and (on --resume) the last checkpoint."""
-    return resolve_run(args, DynamicsRunConfig, 'latents', 'train-dynamics', RESUMABLE,
-                       lambda r: r['latents']['path'])  # fmt: skip
+    return resolve_run(opts, DynamicsRunConfig, 'latents', 'train-dynamics', RESUMABLE,
+                       lambda r: r['latents']['path'], latents_sizes)  # fmt: skip
+
+
+def latents_sizes(root: Path, model: dict[str, Any]) -> dict[str, Any]:
+    """The ``model:`` mapping with K, F and Fb of the latents (a value given must agree)."""
+    latents = LatentDataset.open(root)
+    sizes = {k: latents.sizes[k] for k in ('K', 'F', 'Fb')}
+    return take_sizes(model, DynamicsConfig.RENAMED, sizes, f'latents {latents.root}')
 
 
 def check_latents(latents: LatentDataset, config: DynamicsRunConfig) -> list[int] | None:
-    """Refuse latents whose sizes or actions do not fit the model; the action columns to use."""
-    m, names = config.model, {'K': 'n_particles', 'F': 'feature_dim', 'Fb': 'bg_feature_dim'}
-    for sym, name in names.items():
-        if latents.sizes[sym] != getattr(m, name):
-            raise ConfigError(
-                f'latents {latents.root} have {name} {sym} = {latents.sizes[sym]} but '
-                f'model.{name} is {getattr(m, name)}'
-            )
+    """Refuse latents whose actions do not fit the model (their sizes are the model's:
+    :func:`latents_sizes`); the action columns to use."""
+    m = config.model
     action = latents.manifest.get('action')
     if not m.action_dim:
         if action:
@@ -97,7 +100,7 @@ def load_decoder(latents: LatentDataset, config: DynamicsRunConfig) -> Dlp:
         )
     dlp, dlp_config, _ = load_dlp(Path(run_dir), which)
     d = dlp_config.model
-    got = (d.n_particles, d.feature_dim, d.bg_feature_dim)
+    got = (d.K, d.F, d.Fb)
     if got != (latents.sizes['K'], latents.sizes['F'], latents.sizes['Fb']):
         raise ConfigError(f'DLP {run_dir} has (K, F, Fb) = {got}, unlike latents {latents.root}')
     logger.info('pixel loss through the frozen decoder of %s (%s)', run_dir, which)
@@ -159,17 +162,18 @@ def pixel_pick(
 def run(args: argparse.Namespace) -> int:
     """Train on this process, in the process group when started by torchrun: an error leaves the
     group without a barrier, so that no rank waits for one that stopped."""
+    opts = RunOptions.from_args(args)
     with dist.process_group() as ctx:
-        return train_on(args, ctx)
+        return train_on(opts, ctx)
 
 
-def train_on(args: argparse.Namespace, ctx: dist.Context) -> int:
+def train_on(opts: RunOptions, ctx: dist.Context) -> int:
     """The dynamics training of this process (rank ``ctx.rank``); 0 when done."""
-    config, latents_dir, state = resolve(args)
+    config, latents_dir, state = resolve(opts)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     task = DynamicsTask(config, latents_dir, ctx)
-    train(task, config.train, args.out, ctx, state, progress=not args.no_progress)
+    train(task, config.train, opts.out, ctx, state, progress=not opts.no_progress)
     return 0
 
 
@@ -250,7 +254,7 @@ def latents_source(latents: LatentDataset, columns: list[int] | None) -> dict[st
     """Where the training latents came from (``run.yaml`` and every checkpoint)."""
     action = latents.manifest.get('action') or {}
     return {'path': str(latents.root.resolve()), 'fps': latents.fps,
-            'image_size': latents.image_size, 'dlp_run': latents.manifest['source'].get('dlp_run'),
+            'image_size': latents.sizes['S'], 'dlp_run': latents.manifest['source'].get('dlp_run'),
             'action_names': [action['names'][c] for c in columns] if columns else []}  # fmt: skip
 
 

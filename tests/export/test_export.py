@@ -179,7 +179,7 @@ def _digest(folder: Path) -> dict[str, str]:
 
 def test_export_mismatched_models_is_refused(bundles: dict[int, Any], tmp_path: Path) -> None:
     with pytest.raises(export.ExportError, match='K = 4 but the dynamics model K = 5'):
-        dyn_cfg = dataclasses.replace(bundles[64].dynamics.config, n_particles=5)
+        dyn_cfg = dataclasses.replace(bundles[64].dynamics.config, K=5)
         _, dyn = export.random_models(bundles[64].dlp.config, dyn_cfg)
         export.export_bundle(bundles[64].dlp, dyn, tmp_path / 'x')
     assert not (tmp_path / 'x').exists()

@@ -49,7 +49,9 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dyn = yaml.safe_load((ROOT / 'config/train/dynamics_tiny.yaml').read_text())['model']
     path = tmp_path_factory.mktemp('demo') / 'bundle'
     export_random_bundle(
-        DlpConfig.from_dict(dlp), DynamicsConfig.from_dict({**dyn, 'action_dim': 2}), path
+        DlpConfig.from_dict(dlp),
+        DynamicsConfig.from_dlp(DlpConfig.from_dict(dlp), **{**dyn, 'action_dim': 2}),
+        path,
     )
     return path
 

@@ -11,22 +11,22 @@ from pathlib import Path
 
 # Sizes of config/train/dlp_tiny.yaml and dynamics_tiny.yaml (K = 4, F = 4, Fb = 4, S = 64).
 DLP_TINY = {
-    'image_size': 64,
-    'n_particles': 4,
+    'S': 64,
+    'K': 4,
     'n_proposals': 6,
     'prior_channels': (8, 8),
     'glimpse_channels': (8, 16),
     'hidden_dim': 32,
-    'feature_dim': 4,
-    'bg_feature_dim': 4,
+    'F': 4,
+    'Fb': 4,
     'decoder_channels': (16, 8),
     'bg_encoder_channels': (8, 8, 16, 16),
     'bg_decoder_channels': (16, 8, 8, 8),
 }
 DYNAMICS_TINY = {
-    'n_particles': 4,
-    'feature_dim': 4,
-    'bg_feature_dim': 4,
+    'K': 4,
+    'F': 4,
+    'Fb': 4,
     'history': 2,
     'hidden_dim': 16,
     'n_layers': 1,

@@ -10,7 +10,7 @@ import torch
 
 from dlp_ros.image_codec import resize_rgb, to_model_input
 from dlp_ros.runtime import DlpRuntime
-from training import encode_dataset, evaluate_dlp
+from training import dlp_sources, encode_dataset
 from training.frames import FrameSource
 
 
@@ -41,4 +41,4 @@ def test_a_frame_gives_the_same_tensor_in_training_and_at_run_time(
         assert torch.equal(torch.from_numpy(rt.preprocess(frame)[0]), batch[i])
     # the other training readers use the same conversion
     assert encode_dataset.to_model_input is to_model_input
-    assert evaluate_dlp.to_model_input is to_model_input
+    assert dlp_sources.to_model_input is to_model_input

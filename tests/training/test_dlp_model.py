@@ -16,16 +16,16 @@ from training.models.dlp import DLP_PRESETS, Dlp, DlpConfig, DlpDecoder, DlpEnco
 from training.models.dlp_parts import PatchPrior, crop_glimpses, paste_glimpses, pixel_centres
 
 TINY = {
-    'image_size': 32,
-    'n_particles': 4,
+    'S': 32,
+    'K': 4,
     'n_proposals': 6,
     'patch_size': 8,
     'prior_channels': (8, 8),
     'glimpse_size': 8,
     'glimpse_channels': (8, 16),
     'hidden_dim': 32,
-    'feature_dim': 4,
-    'bg_feature_dim': 4,
+    'F': 4,
+    'Fb': 4,
     'decoder_glimpse_size': 8,
     'decoder_channels': (16,),
     'bg_encoder_channels': (8, 16, 16),
@@ -53,8 +53,8 @@ def test_defaults_and_presets_are_valid_and_round_trip() -> None:
         cfg = DlpConfig.preset(name)
         assert DlpConfig.from_dict(cfg.to_dict()) == cfg
     cfg = DlpConfig()
-    assert (cfg.image_size, cfg.n_particles, cfg.n_proposals) == (64, 8, 12)
-    assert DlpConfig.preset('scene128').image_size == 128
+    assert (cfg.S, cfg.K, cfg.n_proposals) == (64, 8, 12)
+    assert DlpConfig.preset('scene128').S == 128
 
 
 def test_from_dict_rejects_unknown_keys_by_name_and_accepts_lists() -> None:
@@ -70,15 +70,15 @@ def test_from_dict_rejects_unknown_keys_by_name_and_accepts_lists() -> None:
     ('override', 'field'),
     [
         ({'patch_size': 12}, 'patch_size'),  # 64 not divisible by 12
-        ({'n_particles': 0}, 'n_particles'),
-        ({'n_particles': 65}, 'n_particles'),  # more than (64 / 8)^2 patches
+        ({'K': 0}, 'K'),
+        ({'K': 65}, 'K'),  # more than (64 / 8)^2 patches
         ({'n_proposals': 0}, 'n_proposals'),
-        ({'image_size': 8}, 'image_size'),
+        ({'S': 8}, 'S'),
         ({'prior_sigma': 0.0}, 'prior_sigma'),
         ({'anchor_scale': 1.5}, 'anchor_scale'),
         ({'beta': -1.0}, 'beta'),
-        ({'feature_dim': 2.5}, 'feature_dim'),
-        ({'n_particles': True}, 'n_particles'),
+        ({'F': 2.5}, 'F'),
+        ({'K': True}, 'K'),
         ({'glimpse_channels': ()}, 'glimpse_channels'),
         ({'glimpse_channels': (16, 0)}, 'glimpse_channels'),
         ({'decoder_channels': (8, 8, 8, 8, 8)}, 'decoder_channels'),  # 16 px / 2^5
@@ -144,9 +144,9 @@ def test_prior_proposals_are_ordered_and_in_xy() -> None:
 )  # fmt: skip
 def test_encode_decode_forward_shapes(preset: str, k: int, n: int) -> None:
     torch.manual_seed(0)
-    cfg = DlpConfig.preset(preset, n_particles=k, n_proposals=n)
+    cfg = DlpConfig.preset(preset, K=k, n_proposals=n)
     model = Dlp(cfg)
-    s, f, fb, b = cfg.image_size, cfg.feature_dim, cfg.bg_feature_dim, 2
+    s, f, fb, b = cfg.S, cfg.F, cfg.Fb, 2
     image = torch.rand(b, 3, s, s)
     with torch.no_grad():
         p = model.encode(image)
@@ -276,7 +276,7 @@ def test_a_negative_transparency_prior_mean_charges_particles_that_stay_on() -> 
     "off" (mean < 0) and its particles are not off (posterior logits about 0 at init)."""
     torch.manual_seed(0)
     model = Dlp(DlpConfig(**TINY))
-    images = _squares(4, TINY['image_size'])
+    images = _squares(4, TINY['S'])
     kl = {}
     for mean in (0.0, -3.0):
         model.config = DlpConfig(**TINY, transparency_prior_mean=mean)

@@ -31,7 +31,7 @@ from training.models.pyg_layers import InteractionLayer
 
 torch.set_num_threads(1)
 
-TINY = {'n_particles': 3, 'feature_dim': 2, 'bg_feature_dim': 3, 'history': 2, 'hidden_dim': 16}
+TINY = {'K': 3, 'F': 2, 'Fb': 3, 'history': 2, 'hidden_dim': 16}
 
 
 def _config(**overrides: object) -> DynamicsConfig:
@@ -62,7 +62,7 @@ def _particles(b: int, t: int, k: int, f: int, fb: int, seed: int = 0) -> Partic
 
 def _history(c: DynamicsConfig, b: int = 2, t: int | None = None, seed: int = 0) -> Particles:
     t = c.history if t is None else t
-    return _particles(b, t, c.n_particles, c.feature_dim, c.bg_feature_dim, seed)
+    return _particles(b, t, c.K, c.F, c.Fb, seed)
 
 
 def _assert_particles_close(a: Particles, b: Particles, atol: float) -> None:
@@ -77,7 +77,7 @@ def test_config_defaults_round_trip_and_from_dlp() -> None:
     c = DynamicsConfig()
     assert DynamicsConfig.from_dict(c.to_dict()) == c
     d = DynamicsConfig.from_dlp(DlpConfig(), history=3)
-    assert (d.n_particles, d.feature_dim, d.bg_feature_dim, d.history) == (8, 6, 8, 3)
+    assert (d.K, d.F, d.Fb, d.history) == (8, 6, 8, 3)
     assert d.state_dim == 14 and d.n_nodes == 27
     with pytest.raises(ConfigError, match='hiden_dim'):
         DynamicsConfig.from_dict({'hiden_dim': 3})
@@ -88,7 +88,7 @@ def test_config_defaults_round_trip_and_from_dlp() -> None:
 @pytest.mark.parametrize(
     ('override', 'field'),
     [
-        ({'n_particles': 0}, 'n_particles'),
+        ({'K': 0}, 'K'),
         ({'history': 0}, 'history'),
         ({'action_dim': -1}, 'action_dim'),
         ({'n_layers': 0}, 'n_layers'),
@@ -177,13 +177,13 @@ def test_permutation_equivariance_over_particles(use_pyg: bool) -> None:
 
 @pytest.mark.parametrize(('k', 'h', 'n', 'a'), [(1, 1, 3, 0), (3, 2, 4, 0), (4, 3, 2, 2)])
 def test_rollout_shapes(k: int, h: int, n: int, a: int) -> None:
-    model = _model(n_particles=k, history=h, action_dim=a)
+    model = _model(K=k, history=h, action_dim=a)
     c, b, t = model.config, 2, h + 1  # one more observed frame than the window
     hist = _history(c, b=b, t=t)
     actions = torch.randn(b, t + n - 1, a) if a else None
     with torch.no_grad():
         out = rollout(model, hist, n, actions)
-    fb, f = c.bg_feature_dim, c.feature_dim
+    fb, f = c.Fb, c.F
     shapes = [(2,), (2,), (2,), (1,), (1,), (f,)]
     for x, tail in zip(out[:-1], shapes, strict=True):
         assert tuple(x.shape) == (b, n, k, *tail)
@@ -267,8 +267,8 @@ def test_rollout_loss_trains_and_reports_metrics() -> None:
 def test_slot_mask_drops_a_slot_from_the_loss() -> None:
     c = _config()
     model = _model()
-    seq = _particles(2, c.history + 3, c.n_particles, c.feature_dim, c.bg_feature_dim, seed=1)
-    mask = torch.ones(2, c.n_particles)
+    seq = _particles(2, c.history + 3, c.K, c.F, c.Fb, seed=1)
+    mask = torch.ones(2, c.K)
     mask[1, 2] = 0.0
     loss, _ = rollout_loss(model, seq, c.history, 3, slot_mask=mask)
     # a jump of the masked slot in the targets changes nothing; the same jump elsewhere does
@@ -280,7 +280,7 @@ def test_slot_mask_drops_a_slot_from_the_loss() -> None:
     unmasked, _ = rollout_loss(model, jumped, c.history, 3)
     assert not torch.allclose(unmasked, rollout_loss(model, seq, c.history, 3)[0])
     with pytest.raises(ValueError, match='slot_mask'):
-        rollout_loss(model, seq, c.history, 3, slot_mask=torch.ones(2, c.n_particles + 1))
+        rollout_loss(model, seq, c.history, 3, slot_mask=torch.ones(2, c.K + 1))
 
 
 def test_onnx_step_and_numpy_rollout_parity() -> None:

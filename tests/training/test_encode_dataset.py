@@ -20,8 +20,8 @@ from training.models.dlp import Dlp, DlpConfig
 from training.models.tracking import METHOD, track_sequence
 
 torch.set_num_threads(1)
-TINY = DlpConfig(image_size=64, n_particles=4, n_proposals=6, prior_channels=(8, 8),
-                 glimpse_channels=(8, 16), hidden_dim=32, feature_dim=4, bg_feature_dim=4,
+TINY = DlpConfig(S=64, K=4, n_proposals=6, prior_channels=(8, 8),
+                 glimpse_channels=(8, 16), hidden_dim=32, F=4, Fb=4,
                  decoder_channels=(16, 8), bg_encoder_channels=(8, 8, 16, 16),
                  bg_decoder_channels=(16, 8, 8, 8))  # fmt: skip
 
@@ -59,7 +59,7 @@ def test_latents_shapes_manifest_and_tracking(setup: dict[str, Path], tmp_path: 
     assert m['format'] == 'dlp_ros.latents' and m['version'] == 1
     assert m['source']['dataset'] == str(setup['data'].resolve())
     assert m['source']['dlp_run'] == str(setup['run'].resolve()) and m['source']['step'] == 7
-    assert (m['image_size'], m['n_particles'], m['feature_dim'], m['bg_feature_dim']) == (
+    assert (m['S'], m['K'], m['F'], m['Fb']) == (
         64, 4, 4, 4)  # fmt: skip
     assert m['fps'] == 10.0 and m['tracking']['method'] == METHOD and m['ground_truth'] is True
     assert [(e.name, e.split, e.frames) for e in latents.episodes()] == [

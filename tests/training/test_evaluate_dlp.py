@@ -25,7 +25,7 @@ from training.models.dynamics import DynamicsConfig
 ROOT = Path(__file__).resolve().parents[2]
 
 SMALL = {
-    'n_particles': 4,
+    'K': 4,
     'n_proposals': 6,
     'prior_channels': (8, 8),
     'glimpse_channels': (8, 8),
@@ -52,7 +52,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def make_run(path: Path, image_size: int = 64) -> Path:
     """A run directory holding an untrained small DLP as checkpoints/last.pt."""
     torch.manual_seed(0)
-    config = DlpRunConfig(model=DlpConfig(image_size=image_size, **SMALL))
+    config = DlpRunConfig(model=DlpConfig(S=image_size, **SMALL))
     model = Dlp(config.model)
     state = {'model': model.state_dict(), 'step': 0, 'config': to_dict(config)}
     save_checkpoint(path / 'checkpoints' / 'last.pt', state)
@@ -180,8 +180,9 @@ def test_bundle_gives_the_run_metrics(dataset: Path, tmp_path: Path) -> None:
     dlp_cfg = yaml.safe_load((ROOT / 'config/train/dlp_tiny.yaml').read_text())['model']
     dyn_cfg = yaml.safe_load((ROOT / 'config/train/dynamics_tiny.yaml').read_text())['model']
     bundle = tmp_path / 'bundle'
+    dlp_config = DlpConfig.from_dict({**dlp_cfg, 'S': 64})
     _, dlp, _ = export_random_bundle(
-        DlpConfig.from_dict(dlp_cfg), DynamicsConfig.from_dict(dyn_cfg), bundle
+        dlp_config, DynamicsConfig.from_dlp(dlp_config, **dyn_cfg), bundle
     )
     run = tmp_path / 'run'
     state = {'model': dlp.state_dict(), 'step': 0,
@@ -195,7 +196,7 @@ def test_bundle_gives_the_run_metrics(dataset: Path, tmp_path: Path) -> None:
         reports[name] = json.loads((tmp_path / name / 'report.json').read_text())
     torch_report, onnx_report = reports['run'], reports['bundle']
     assert onnx_report['bundle'] == str(bundle.resolve())
-    assert torch_report['bundle'] is None and onnx_report['n_particles'] == dlp.config.n_particles
+    assert torch_report['bundle'] is None and onnx_report['n_particles'] == dlp.config.K
     for section, key in (('reconstruction', 'psnr_db'), ('reconstruction', 'ssim'),
                          ('localisation', 'mean_error_px')):  # fmt: skip
         assert onnx_report[section][key] == pytest.approx(torch_report[section][key], abs=1e-3)
@@ -205,7 +206,7 @@ def test_bundle_gives_the_run_metrics(dataset: Path, tmp_path: Path) -> None:
         assert got['particles_on'] == want['particles_on'], key
         assert want['particles_on'] > 0, key  # something to count
         assert got['duplicates'] == want['duplicates'], key
-    assert torch_report['identity']['tracker_ids'] >= dlp.config.n_particles
+    assert torch_report['identity']['tracker_ids'] >= dlp.config.K
     for key in ('idtp', 'detections', 'id_switches', 'tracker_ids'):
         assert onnx_report['identity'][key] == torch_report['identity'][key], key
 

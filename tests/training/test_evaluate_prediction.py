@@ -300,7 +300,7 @@ def test_bad_input_is_refused_without_a_report(runs: dict[str, Path], tmp_path: 
     fails('--context 3 is shorter than the dynamics history H = 4',
           dyn=derived_dynamics(runs, 'dyn_h4', history=4))  # fmt: skip
     fails('shorter than context + horizon = 3 + 18 = 21 frames', 'longest has 20', horizon=18)
-    k5 = derived_dynamics(runs, 'dyn_k5', n_particles=5)
+    k5 = derived_dynamics(runs, 'dyn_k5', K=5)
     fails('(K, F, Fb) = (5, 4, 4)', 'has (4, 4, 4)', dyn=k5)
     fails('takes actions but episode', dyn=derived_dynamics(runs, 'dyn_act', action_dim=2))
     fails('no checkpoint', dyn=tmp_path)

@@ -42,7 +42,7 @@ def test_normalised_composite_equals_softmax_composite() -> None:
 
 def test_decode_inference_flag_gives_the_same_image() -> None:
     torch.manual_seed(0)
-    config = DlpConfig(image_size=32, patch_size=8, glimpse_size=8, glimpse_channels=(8, 16),
+    config = DlpConfig(S=32, patch_size=8, glimpse_size=8, glimpse_channels=(8, 16),
                        decoder_glimpse_size=8, decoder_channels=(16,),
                        bg_encoder_channels=(8, 16, 16), bg_decoder_channels=(16, 8))  # fmt: skip
     model = Dlp(config).eval()

@@ -36,7 +36,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dlp = yaml.safe_load((ROOT / 'config/train/dlp_tiny.yaml').read_text())['model']
     dyn = yaml.safe_load((ROOT / 'config/train/dynamics_tiny.yaml').read_text())['model']
     path = tmp_path_factory.mktemp('manipulate') / 'bundle'
-    export_random_bundle(DlpConfig.from_dict(dlp), DynamicsConfig.from_dict(dyn), path, seed=3)
+    dlp_cfg = DlpConfig.from_dict(dlp)
+    export_random_bundle(dlp_cfg, DynamicsConfig.from_dlp(dlp_cfg, **dyn), path, seed=3)
     return path
 
 

@@ -40,7 +40,10 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dyn = yaml.safe_load((ROOT / 'config/train/dynamics_tiny.yaml').read_text())['model']
     path = tmp_path_factory.mktemp('replay') / 'bundle'
     export_random_bundle(
-        DlpConfig.from_dict(dlp), DynamicsConfig.from_dict({**dyn, 'action_dim': 2}), path, dt=DT
+        DlpConfig.from_dict(dlp),
+        DynamicsConfig.from_dlp(DlpConfig.from_dict(dlp), **{**dyn, 'action_dim': 2}),
+        path,
+        dt=DT,
     )
     return path
 

@@ -25,8 +25,8 @@ from training.models.tracking import (
 )
 
 torch.set_num_threads(1)
-TINY = DlpConfig(image_size=64, n_particles=4, n_proposals=6, prior_channels=(8, 8),
-                 glimpse_channels=(8, 16), hidden_dim=32, feature_dim=4, bg_feature_dim=4,
+TINY = DlpConfig(S=64, K=4, n_proposals=6, prior_channels=(8, 8),
+                 glimpse_channels=(8, 16), hidden_dim=32, F=4, Fb=4,
                  decoder_channels=(16, 8), bg_encoder_channels=(8, 8, 16, 16),
                  bg_decoder_channels=(16, 8, 8, 8))  # fmt: skip
 ON, OFF = np.ones(4), np.zeros(4)
@@ -95,7 +95,7 @@ def test_posterior_at_the_top_proposals_is_dlp_posterior() -> None:
     model, x = _tiny(), torch.rand(3, 3, 64, 64)
     with torch.no_grad():
         a = model.posterior(x)
-        b = posterior_at(model, x, model.proposals(x)[:, : TINY.n_particles])
+        b = posterior_at(model, x, model.proposals(x)[:, : TINY.K])
     for name, u, v in zip(a._fields, a, b, strict=True):
         assert torch.allclose(u, v, atol=1e-6), name
 
@@ -157,7 +157,7 @@ def _oracle() -> Dlp:
     model = _tiny()
     model.prior = MassPrior(64, TINY.patch_size)
     model.offset_encoder = CentroidOffset(TINY.glimpse_size)
-    model.particle_encoder = Presence(8 + 2 * TINY.feature_dim)
+    model.particle_encoder = Presence(8 + 2 * TINY.F)
     return model
 
 
@@ -210,7 +210,7 @@ def test_runtime_path_reproduces_track_sequence() -> None:
     model, (frames, _) = _oracle(), _blobs(10, appear=6)
     track = track_sequence(model, frames)
     assert track.reseeded[1:].sum() == 1  # the new blob re-seeds one slot
-    enc, bg, k = DlpTrackingEncoder(model), DlpBackgroundEncoder(model), TINY.n_particles
+    enc, bg, k = DlpTrackingEncoder(model), DlpBackgroundEncoder(model), TINY.K
     names = DlpTrackingEncoder.OUTPUT_NAMES
     prev = np.zeros((k, 2), np.float32)
     for t in range(len(frames)):
@@ -242,10 +242,10 @@ def test_runtime_path_reproduces_track_sequence() -> None:
 def test_export_views_run_in_onnxruntime() -> None:
     ort = pytest.importorskip('onnxruntime')
     model = _tiny()
-    image, anchors = torch.rand(1, 3, 64, 64), torch.rand(1, TINY.n_particles, 2) * 2 - 1
+    image, anchors = torch.rand(1, 3, 64, 64), torch.rand(1, TINY.K, 2) * 2 - 1
     views = {
         DlpTrackingEncoder: (image, anchors),
-        DlpBackgroundEncoder: (image, anchors, torch.rand(1, TINY.n_particles, 1)),
+        DlpBackgroundEncoder: (image, anchors, torch.rand(1, TINY.K, 1)),
     }
     for cls, args in views.items():
         module, buf = cls(model).eval(), io.BytesIO()

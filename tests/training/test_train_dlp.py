@@ -51,7 +51,7 @@ def test_tiny_run_writes_checkpoints_metrics_and_grids(balls_data: Path, tmp_pat
     assert sorted(p.name for p in (out / 'eval').iterdir()) == ['step_000020.png']
     model, config, info = load_dlp(out)
     assert info['step'] == 20 and config.train.max_steps == 20
-    assert config.model.n_particles == 4
+    assert config.model.K == 4
     # a new run refuses a non-empty directory
     assert main([*argv, '--no-progress']) == 2
 

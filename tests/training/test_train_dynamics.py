@@ -80,8 +80,8 @@ def write_latents(root: Path, actions: bool = False, dlp_run: Path | None = None
               'names': ['linear.x', 'linear.y', 'linear.z', 'angular.x', 'angular.y',
                         'angular.z']}  # fmt: skip
     write_manifest(root, {
-        'format': FORMAT, 'version': VERSION, 'image_size': 64, 'n_particles': K,
-        'feature_dim': F, 'bg_feature_dim': FB, 'fps': 10.0, 'ground_truth': False,
+        'format': FORMAT, 'version': VERSION, 'S': 64, 'K': K,
+        'F': F, 'Fb': FB, 'fps': 10.0, 'ground_truth': False,
         'source': {'dataset': 'none', 'dlp_run': str(dlp_run or ''), 'checkpoint': 'last'},
         'tracking': {'method': 'test'}, 'action': action if actions else None,
         'stats': {'split': 'train', 'frames': stats.frames, 'mean': mean, 'std': std},
@@ -126,7 +126,7 @@ def test_tiny_run_writes_checkpoints_metrics_and_baselines(tiny_run: Path) -> No
         assert max(record['const_velocity_rmse']) < 1e-5  # straight motion: exact
         assert record['last_frame_rmse'][0] < record['last_frame_rmse'][-1]  # drift grows
     model, config, info = load_dynamics(tiny_run, 'last')
-    assert info['step'] == 40 and config.model.n_particles == K and not model.training
+    assert info['step'] == 40 and config.model.K == K and not model.training
     assert info['latents']['fps'] == 10.0 and info['latents']['action_names'] == []
     best = load_checkpoint(tiny_run / 'checkpoints' / 'best.pt')
     assert best['metrics']['position_rmse_mean'] == min(x['position_rmse_mean'] for x in val)
@@ -190,9 +190,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
 
 
 def test_actions_and_pixel_loss(tmp_path: Path) -> None:
-    tiny_dlp = DlpConfig(image_size=64, n_particles=K, n_proposals=6, prior_channels=(8, 8),
-                         glimpse_channels=(8, 16), hidden_dim=32, feature_dim=F,
-                         bg_feature_dim=FB, decoder_channels=(16, 8),
+    tiny_dlp = DlpConfig(S=64, K=K, n_proposals=6, prior_channels=(8, 8),
+                         glimpse_channels=(8, 16), hidden_dim=32, F=F,
+                         Fb=FB, decoder_channels=(16, 8),
                          bg_encoder_channels=(8, 8, 16, 16),
                          bg_decoder_channels=(16, 8, 8, 8))  # fmt: skip
     torch.manual_seed(0)
@@ -242,8 +242,9 @@ def test_bad_input_errors(
         err = capsys.readouterr().err
         assert all(n in err for n in needles), err
 
-    fails(['--set', 'model.n_particles=5'], 'n_particles', 'K = 4', 'model.n_particles is 5')
-    fails(['--set', 'model.feature_dim=3'], 'feature_dim', 'F = 4', 'is 3')
+    fails(['--set', 'model.K=5'], 'model.K is 5', 'have K = 4')
+    fails(['--set', 'model.n_particles=5'], 'model.K is 5', 'have K = 4')  # the old name
+    fails(['--set', 'model.F=3'], 'model.F is 3', 'have F = 4')
     fails(['--set', 'train.nope=1'], 'unknown config key(s) train.nope')
     fails(['--set', 'model.action_dim=2'], 'model.action_dim is 2', 'have no actions')
     fails(['--set', 'model.history=3'], 'train.burn_in (2)', 'model.history (3)')

@@ -13,11 +13,13 @@ CDR cannot be deserialised) fails the build, naming the bag file and the time ra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 import dlp_ros
+from dlp_ros.config_schema import checked, from_args
 from dlp_ros.errors import ConfigError, EpisodeError
 from dlp_ros.offline.bag_reader import (
     ACTION_TYPES,
@@ -85,24 +88,37 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add('--no-progress', action='store_true', help='no progress bar')
 
 
-def check_args(args: argparse.Namespace) -> tuple[float, float, float]:
-    """Validate the numeric arguments and the bag list; return the split fractions."""
-    if args.size <= 0:
-        raise ConfigError(f'--size must be positive, got {args.size}')
-    if not args.fps > 0:
-        raise ConfigError(f'--fps must be positive, got {args.fps}')
-    if args.split_gap is not None and not args.split_gap > 0:
-        raise ConfigError(f'--split-gap must be positive, got {args.split_gap}')
-    if args.min_frames < 1:
-        raise ConfigError(f'--min-frames must be at least 1, got {args.min_frames}')
-    resolved = [p.resolve() for p in args.bags]
+@dataclass(frozen=True)
+class BuildOptions:
+    """The build-dataset command line, validated (the fields are its options)."""
+
+    bags: tuple[Path, ...]
+    topic: str
+    fps: float = checked(gt=0, finite=True, say='positive')
+    out: Path
+    size: int = checked(64, gt=0, say='positive')
+    split_gap: float | None = checked(None, gt=0, say='positive')
+    marker_topic: str | None = None
+    action_topic: str | None = None
+    split: str = '0.8,0.1,0.1'
+    seed: int = 0
+    min_frames: int = checked(1, ge=1, say='at least 1')
+    backwards: str = checked('fail', choices=('fail', 'drop'))
+    skip_bad_frames: bool = False
+    overwrite: bool = False
+    no_progress: bool = False
+
+
+def check_args(opts: BuildOptions) -> tuple[float, float, float]:
+    """Check the bag list against --out; return the split fractions."""
+    resolved = [p.resolve() for p in opts.bags]
     if len(set(resolved)) != len(resolved):
         raise ConfigError('a bag is given twice in --bags')
-    out = args.out.resolve()
+    out = opts.out.resolve()
     for bag in resolved:
         if bag == out or out in bag.parents:
-            raise ConfigError(f'--out {args.out} would contain the bag {bag}')
-    return ep.parse_fractions(args.split)
+            raise ConfigError(f'--out {opts.out} would contain the bag {bag}')
+    return ep.parse_fractions(opts.split)
 
 
 def unique_names(bags: list[Path]) -> list[str]:
@@ -116,38 +132,38 @@ def unique_names(bags: list[Path]) -> list[str]:
     return names
 
 
-def plan_bag(path: Path, base: str, args: argparse.Namespace) -> ep.BagPlan:
+def plan_bag(path: Path, base: str, opts: BuildOptions) -> ep.BagPlan:
     """Pass 1 for one bag: stamps, checks, episodes and the frames to keep."""
     with Bag(path) as bag:
-        conn = bag.connection(args.topic, IMAGE_TYPES, 'camera')
+        conn = bag.connection(opts.topic, IMAGE_TYPES, 'camera')
         stamps = bag.read_stamps(conn)
         if stamps.first is None:
-            raise EpisodeError(f'bag {path} is empty: no messages on {args.topic}')
+            raise EpisodeError(f'bag {path} is empty: no messages on {opts.topic}')
         encoding = frame_encoding(conn.msgtype, stamps.first)
-        check_encoding(conn.msgtype, encoding, f'bag {path}, topic {args.topic}')
+        check_encoding(conn.msgtype, encoding, f'bag {path}, topic {opts.topic}')
         markers = np.zeros(0, dtype=np.int64)
-        if args.marker_topic:
-            markers = bag.event_times(bag.connection(args.marker_topic, None, 'marker'))
+        if opts.marker_topic:
+            markers = bag.event_times(bag.connection(opts.marker_topic, None, 'marker'))
         actions, action_type = None, None
-        if args.action_topic:
-            aconn = bag.connection(args.action_topic, ACTION_TYPES, 'action')
+        if opts.action_topic:
+            aconn = bag.connection(opts.action_topic, ACTION_TYPES, 'action')
             actions, action_type = bag.read_actions(aconn), aconn.msgtype
     keep = ep.check_monotonic(
-        stamps.stamps_ns, f'{args.topic} in bag {path}', args.backwards == 'drop'
+        stamps.stamps_ns, f'{opts.topic} in bag {path}', opts.backwards == 'drop'
     )
     index = np.flatnonzero(keep)  # (n,) bag-order indices of the usable frames
     kept = stamps.stamps_ns[index]
-    gap = None if args.split_gap is None else int(args.split_gap * ep.NS)
+    gap = None if opts.split_gap is None else int(opts.split_gap * ep.NS)
     starts = ep.split_points(kept, gap, markers)
     rate = ep.estimate_rate(kept, starts)
-    episodes = ep.plan_episodes(base, index, kept, starts, args.fps)
+    episodes = ep.plan_episodes(base, index, kept, starts, opts.fps)
     plan = ep.BagPlan(
         path, bag.storage, conn.msgtype, encoding, stamps.stamps_ns.size, rate, int((~keep).sum()),
-        [e for e in episodes if e.grid_ns.size >= args.min_frames],
-        [e.name for e in episodes if e.grid_ns.size < args.min_frames],
+        [e for e in episodes if e.grid_ns.size >= opts.min_frames],
+        [e.name for e in episodes if e.grid_ns.size < opts.min_frames],
         actions, action_type,
     )  # fmt: skip
-    report_bag(plan, args)
+    report_bag(plan, opts)
     if gt_path(path).is_file():
         gt = read_ground_truth(gt_path(path))
         for e in plan.episodes:
@@ -158,13 +174,13 @@ def plan_bag(path: Path, base: str, args: argparse.Namespace) -> ep.BagPlan:
     return plan
 
 
-def report_bag(plan: ep.BagPlan, args: argparse.Namespace) -> None:
+def report_bag(plan: ep.BagPlan, opts: BuildOptions) -> None:
     """Log the frame rate of a bag and what resampling does to it."""
     r = plan.rate
     logger.info(
         'bag %s (%s, %s %s): %d frames on %s, ~%.2f fps (median interval %.2f ms), %d episode(s)',
         plan.path, plan.storage, plan.msgtype.rsplit('/', 1)[-1], plan.encoding, plan.messages,
-        args.topic, r.fps, r.median_dt_ns / 1e6, len(plan.episodes),
+        opts.topic, r.fps, r.median_dt_ns / 1e6, len(plan.episodes),
     )  # fmt: skip
     if r.irregular:
         logger.warning(
@@ -178,23 +194,28 @@ def report_bag(plan: ep.BagPlan, args: argparse.Namespace) -> None:
             plan.path, r.drops, r.max_dt_ns / 1e6, r.median_dt_ns / 1e6,
         )  # fmt: skip
     for e in plan.episodes:
-        if e.repeated and e.rate.fps and e.rate.fps < args.fps:
+        if e.repeated and e.rate.fps and e.rate.fps < opts.fps:
             logger.warning(
                 'episode %s: source ~%.2f fps is slower than --fps %g: nearest-frame resampling '
                 'repeats a source frame in %d of %d output frames (no interpolation)',
-                e.name, e.rate.fps, args.fps, e.repeated, e.grid_ns.size,
+                e.name, e.rate.fps, opts.fps, e.repeated, e.grid_ns.size,
             )  # fmt: skip
     for name in plan.dropped:
-        logger.warning('episode %s: dropped, fewer than --min-frames %d', name, args.min_frames)
+        logger.warning('episode %s: dropped, fewer than --min-frames %d', name, opts.min_frames)
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the dataset; raise a DlpError on bad input, leaving nothing at --out."""
-    args = argparse.Namespace(**{**vars(args), 'bags': find_bags(args.bags)})
-    damage = Damage(skip=args.skip_bad_frames)
+    opts = from_args(BuildOptions, args)
+    return build(dataclasses.replace(opts, bags=tuple(find_bags(opts.bags))))
+
+
+def build(opts: BuildOptions) -> int:
+    """:func:`run` with its options (the bag folders expanded to the bags)."""
+    damage = Damage(skip=opts.skip_bad_frames)
     try:
         with damage.active():  # both passes (and every Bag they open) report damage here
-            return _build(args, damage)
+            return _build(opts, damage)
     except BagDamageError as exc:
         raise BagDamageError(
             f'{exc}; nothing was written. Pass --skip-bad-frames to skip the damaged part '
@@ -203,22 +224,22 @@ def run(args: argparse.Namespace) -> int:
         ) from exc
 
 
-def _build(args: argparse.Namespace, damage: Damage) -> int:
+def _build(opts: BuildOptions, damage: Damage) -> int:
     """:func:`run` with ``damage`` active."""
-    fractions = check_args(args)
-    out = Path(args.out)
-    check_out(out, args.overwrite, MANIFEST, 'dataset')
+    fractions = check_args(opts)
+    out = Path(opts.out)
+    check_out(out, opts.overwrite, MANIFEST, 'dataset')
     started = time.monotonic()
-    names = unique_names(args.bags)
-    plans = [plan_bag(p, n, args) for p, n in zip(args.bags, names, strict=True)]
+    names = unique_names(opts.bags)
+    plans = [plan_bag(p, n, opts) for p, n in zip(opts.bags, names, strict=True)]
     msgtypes = {p.msgtype for p in plans}
     if len(msgtypes) > 1:
-        raise EpisodeError(f'{args.topic} has different types in the bags: {sorted(msgtypes)}')
+        raise EpisodeError(f'{opts.topic} has different types in the bags: {sorted(msgtypes)}')
     episodes = [e for p in plans for e in p.episodes]
     if not episodes:
-        raise EpisodeError(f'no episode has at least --min-frames {args.min_frames} frames')
-    splits = ep.assign_splits([e.name for e in episodes], fractions, args.seed)
-    action = action_info(args, plans)
+        raise EpisodeError(f'no episode has at least --min-frames {opts.min_frames} frames')
+    splits = ep.assign_splits([e.name for e in episodes], fractions, opts.seed)
+    action = action_info(opts, plans)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f'.{out.name}.{os.getpid()}-{time.time_ns()}.partial'
     try:
@@ -226,12 +247,14 @@ def _build(args: argparse.Namespace, damage: Damage) -> int:
         stats = PixelStats()
         total = sum(e.grid_ns.size for e in episodes)
         with tqdm(
-            total=total, unit='frame', file=sys.stderr, disable=args.no_progress, desc='frames'
+            total=total, unit='frame', file=sys.stderr, disable=opts.no_progress, desc='frames'
         ) as bar:
             for plan in plans:
-                write_bag(plan, tmp, args, stats, bar.update)
-        write_manifest(tmp, manifest(args, plans, splits, stats, action, damage))
-        publish(tmp, out, args.overwrite, MANIFEST, 'dataset')
+                write_bag(
+                    plan, tmp, opts.topic, opts.size, opts.skip_bad_frames, stats, bar.update
+                )
+        write_manifest(tmp, manifest(opts, plans, splits, stats, action, damage))
+        publish(tmp, out, opts.overwrite, MANIFEST, 'dataset')
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -246,26 +269,26 @@ def _build(args: argparse.Namespace, damage: Damage) -> int:
     logger.info(
         'wrote %s: %d episodes (train %d, val %d, test %d), %d frames of %dx%d at %g fps from %d '
         'bag(s) in %.1f s',
-        out, len(episodes), counts['train'], counts['val'], counts['test'], total, args.size,
-        args.size, args.fps, len(plans), time.monotonic() - started,
+        out, len(episodes), counts['train'], counts['val'], counts['test'], total, opts.size,
+        opts.size, opts.fps, len(plans), time.monotonic() - started,
     )  # fmt: skip
     return 0
 
 
-def action_info(args: argparse.Namespace, plans: list[ep.BagPlan]) -> dict[str, Any] | None:
+def action_info(opts: BuildOptions, plans: list[ep.BagPlan]) -> dict[str, Any] | None:
     """The manifest's action entry (topic, type, names, dim), or None without --action-topic."""
-    if not args.action_topic:
+    if not opts.action_topic:
         return None
     kinds = {(p.action_type, len(p.actions.names)) for p in plans if p.actions is not None}
     if len(kinds) != 1:
-        raise EpisodeError(f'{args.action_topic} differs between the bags: {sorted(kinds)}')
+        raise EpisodeError(f'{opts.action_topic} differs between the bags: {sorted(kinds)}')
     names = next(p.actions.names for p in plans if p.actions is not None)
-    return {'topic': args.action_topic, 'type': plans[0].action_type, 'names': names,
+    return {'topic': opts.action_topic, 'type': plans[0].action_type, 'names': names,
             'dim': len(names)}  # fmt: skip
 
 
 def manifest(
-    args: argparse.Namespace,
+    opts: BuildOptions,
     plans: list[ep.BagPlan],
     splits: dict[str, str],
     stats: PixelStats,
@@ -309,16 +332,16 @@ def manifest(
         'format': FORMAT,
         'version': VERSION,
         'created_by': f'dlp_ros {dlp_ros.__version__}',
-        'fps': float(args.fps),
-        'frame_shape': [args.size, args.size, 3],
+        'fps': float(opts.fps),
+        'frame_shape': [opts.size, opts.size, 3],
         'dtype': 'uint8',
-        'topic': args.topic,
+        'topic': opts.topic,
         'message_type': plans[0].msgtype,
         'ground_truth': all(gt_path(p.path).is_file() for p in plans),
         'action': action,
         'stats': {'mean': mean, 'std': std, 'scale': 'uint8 / 255', 'frames': stats.frames},
-        'split': {'fractions': list(ep.parse_fractions(args.split)), 'seed': args.seed},
+        'split': {'fractions': list(ep.parse_fractions(opts.split)), 'seed': opts.seed},
         'episodes': episodes,
         'sources': sources,
-        'args': {k: plain(v) for k, v in vars(args).items() if not k.startswith('_')},
+        'args': plain(opts),
     }

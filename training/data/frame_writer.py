@@ -9,7 +9,6 @@ good source frame in a further (rare) pass. Labels are written last, for the fra
 
 from __future__ import annotations
 
-import argparse
 import logging
 import mmap
 from collections.abc import Callable
@@ -161,12 +160,15 @@ def _decode_pass(
 def write_bag(
     plan: BagPlan,
     root: Path,
-    args: argparse.Namespace,
+    topic: str,
+    size: int,
+    skip: bool,
     stats: PixelStats,
     progress: Callable[[int], object],
 ) -> None:
-    """Decode, resize and write the frames and labels of every episode of one bag under root."""
-    size = args.size
+    """Decode, resize (to ``size`` x ``size``) and write the frames and labels of every episode
+    of one bag under root, reading the camera ``topic``; ``skip``: replace undecodable frames
+    by neighbours instead of failing (``--skip-bad-frames``)."""
     frames = [
         FrameFile(root / frames_file(e.name), (e.grid_ns.size, size, size, 3))
         for e in plan.episodes
@@ -177,9 +179,8 @@ def write_bag(
         with Bag(plan.path) as bag:
             while todo:
                 routes = _routes(plan.episodes, todo)
-                skip = args.skip_bad_frames
                 newly_bad = _decode_pass(
-                    bag, plan, args.topic, routes, frames, size, skip, stats, progress
+                    bag, plan, topic, routes, frames, size, skip, stats, progress
                 )
                 if not newly_bad:
                     break

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from dlp_ros.config_schema import checked, from_args
 from training.data.dataset import Dataset
 
 logger = logging.getLogger(__name__)
@@ -58,12 +60,23 @@ def _cell(frame: np.ndarray, labels: object, t: int) -> np.ndarray:
     return cell
 
 
+@dataclass(frozen=True)
+class PreviewOptions:
+    """The preview-dataset command line, validated (the fields are its options)."""
+
+    data: Path
+    out: Path
+    episodes: int = checked(4, ge=1)
+    columns: int = checked(8, ge=1)
+
+
 def run(args: argparse.Namespace) -> int:
-    data = Dataset.open(args.data)
-    sheet = contact_sheet(data, args.episodes, args.columns)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f'.{args.out.name}.partial.png')
+    opts = from_args(PreviewOptions, args)
+    data = Dataset.open(opts.data)
+    sheet = contact_sheet(data, opts.episodes, opts.columns)
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = opts.out.with_name(f'.{opts.out.name}.partial.png')
     cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-    os.replace(tmp, args.out)
-    print(f'preview of {args.data} -> {args.out}')  # noqa: T201
+    os.replace(tmp, opts.out)
+    print(f'preview of {opts.data} -> {opts.out}')  # noqa: T201
     return 0

@@ -13,12 +13,14 @@ import argparse
 import logging
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 from tqdm import tqdm
 
+from dlp_ros.config_schema import checked, from_args
 from dlp_ros.errors import DlpError
 from dlp_ros.offline.bag_writer import STORAGES, BagWriter
 from training.data.ground_truth import ObjectState, gt_path, write_ground_truth
@@ -59,22 +61,38 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--overwrite', action='store_true', help='replace an existing --out')
 
 
+@dataclass(frozen=True)
+class RecordOptions:
+    """The record-synthetic command line, validated (the fields are its options)."""
+
+    scene: str = checked(choices=('balls', 'tabletop'))
+    episodes: int = checked(ge=1)
+    out: Path
+    storage: str = checked('mcap', choices=tuple(sorted(STORAGES)))
+    size: int = checked(64, choices=(64, 128))
+    seed: int = 0
+    # None: 100 for balls, 50 for tabletop (:attr:`frames_per_episode`).
+    frames: int | None = checked(None, ge=2)
+    fps: float = checked(10.0, gt=0, finite=True)
+    compressed: str | None = checked(None, choices=('jpeg', 'png', None))
+    overwrite: bool = False
+
+    @property
+    def frames_per_episode(self) -> int:
+        return self.frames or (100 if self.scene == 'balls' else 50)
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.episodes < 1:
-        raise DlpError(f'--episodes must be >= 1, got {args.episodes}')
-    frames = args.frames or (100 if args.scene == 'balls' else 50)
-    if frames < 2:
-        raise DlpError(f'--frames must be >= 2, got {frames}')
-    if args.fps <= 0:
-        raise DlpError(f'--fps must be > 0, got {args.fps}')
-    out: Path = args.out
-    if out.exists() and not args.overwrite:
+    opts = from_args(RecordOptions, args)
+    frames = opts.frames_per_episode
+    out = opts.out
+    if out.exists() and not opts.overwrite:
         raise DlpError(f'{out} already exists; choose a new --out or pass --overwrite')
     partial = out.with_name(f'.{out.name}.partial')
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        summary = record(args.scene, args.episodes, frames, partial, args)
+        summary = record(opts, partial)
         (partial / 'record.yaml').write_text(yaml.safe_dump(summary, sort_keys=False))
         if out.exists():
             shutil.rmtree(out)
@@ -82,36 +100,36 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    print(f'recorded {args.episodes} {args.scene} episode(s) x {frames} frames -> {out}')  # noqa: T201
+    print(f'recorded {opts.episodes} {opts.scene} episode(s) x {frames} frames -> {out}')  # noqa: T201
     return 0
 
 
-def record(
-    scene_name: str, episodes: int, frames: int, out: Path, args: argparse.Namespace
-) -> dict:
-    """Record ``episodes`` bags into ``out``; returns the summary written to record.yaml."""
-    scene = make_scene(scene_name, args.size, args.fps)
-    camera_topic = CAMERA_TOPIC + ('/compressed' if args.compressed else '')
-    camera_type = 'sensor_msgs/msg/' + ('CompressedImage' if args.compressed else 'Image')
+def record(opts: RecordOptions, out: Path) -> dict:
+    """Record ``opts.episodes`` bags into ``out``; returns the summary written to record.yaml."""
+    scene_name, episodes = opts.scene, opts.episodes
+    frames = opts.frames_per_episode
+    scene = make_scene(scene_name, opts.size, opts.fps)
+    camera_topic = CAMERA_TOPIC + ('/compressed' if opts.compressed else '')
+    camera_type = 'sensor_msgs/msg/' + ('CompressedImage' if opts.compressed else 'Image')
     topics = {camera_topic: camera_type}
     action_topic = f'/{scene_name}/command' if scene.action_names else None
     if action_topic:
         topics[action_topic] = 'geometry_msgs/msg/TwistStamped'
-    period_ns = round(1e9 / args.fps)
+    period_ns = round(1e9 / opts.fps)
     bar = tqdm(total=episodes * frames, unit='frame', desc=f'record {scene_name}',
                file=sys.stderr, disable=None)  # fmt: skip
     try:
         for ep in range(episodes):
-            scene.reset(np.random.default_rng(args.seed + ep))
+            scene.reset(np.random.default_rng(opts.seed + ep))
             bag = out / f'episode_{ep:04d}'
             truth: list[tuple[int, list[ObjectState]]] = []
-            with BagWriter(bag, args.storage, topics) as writer:
+            with BagWriter(bag, opts.storage, topics) as writer:
                 for t in range(frames):
                     stamp = EPOCH_NS + ep * 3600 * 10**9 + t * period_ns
                     frame = scene.step()
-                    if args.compressed:
+                    if opts.compressed:
                         msg = writer.compressed_image(
-                            stamp, CAMERA_FRAME, frame.rgb, args.compressed
+                            stamp, CAMERA_FRAME, frame.rgb, opts.compressed
                         )
                     else:
                         msg = writer.image(stamp, CAMERA_FRAME, frame.rgb)
@@ -128,10 +146,10 @@ def record(
         'scene': scene_name,
         'episodes': episodes,
         'frames_per_episode': frames,
-        'size': args.size,
-        'fps': args.fps,
-        'seed': args.seed,
-        'storage': args.storage,
+        'size': opts.size,
+        'fps': opts.fps,
+        'seed': opts.seed,
+        'storage': opts.storage,
         'topics': topics,
         'action_names': list(scene.action_names),
         'ground_truth': 'episode_NNNN.gt.csv: frame,stamp_ns,id,name,x,y,radius,visible (px)',

@@ -43,15 +43,15 @@ appearance before transparency and the background can explain objects away.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from dlp_ros.config_schema import Check, check_fields, checked, fail, from_mapping
 from dlp_ros.errors import ConfigError
 from training.losses import (
     chamfer_kl,
@@ -77,114 +77,97 @@ from training.models.dlp_parts import (
 
 logger = logging.getLogger(__name__)
 
+# CNN channel lists: at least one stage, every stage at least one channel.
+CHANNELS: dict[str, Any] = {'min_len': 1, 'items': Check(ge=1)}
+
 
 @dataclass
 class DlpConfig:
     """Hyper-parameters of :class:`Dlp`. Defaults: 64x64 Balls (see ``DLP_PRESETS`` for 128)."""
 
+    # Keys of runs written before the sizes took the model card's names (S, K, F, Fb).
+    RENAMED: ClassVar[dict[str, str]] = {
+        'image_size': 'S',
+        'n_particles': 'K',
+        'feature_dim': 'F',
+        'bg_feature_dim': 'Fb',
+    }
+
     # S: side of the square input image, pixels; images are (B, 3, S, S) floats in [0, 1].
-    image_size: int = 64
+    S: int = checked(64, ge=16)
     # K: foreground particles.
-    n_particles: int = 8
+    K: int = checked(8, ge=1)
     # L: prior keypoint proposals kept (targets of the Chamfer-KL); L != K is fine.
-    n_proposals: int = 12
+    n_proposals: int = checked(12, ge=1)
     # P: prior patch side, pixels; one proposal per patch, (S / P)^2 in all (>= K and >= L).
-    patch_size: int = 8
+    patch_size: int = checked(8, ge=4)
     # Prior CNN channels (first conv stride 2, the others stride 1; heatmap at S / 2).
-    prior_channels: tuple[int, ...] = (16, 16)
+    prior_channels: tuple[int, ...] = checked((16, 16), **CHANNELS)
     # Std of the prior proposals' Gaussians, normalised units (2 / S is one pixel).
-    prior_sigma: float = 0.1
+    prior_sigma: float = checked(0.1, gt=0)
     # Half-width of encoder glimpses, normalised units (= glimpse side / image side); also the
     # largest offset from the anchor and the box hidden from the background encoder.
-    anchor_scale: float = 0.25
+    anchor_scale: float = checked(0.25, gt=0, le=1, say='in (0, 1]')
     # Encoder glimpse resolution, pixels (native when = anchor_scale * S).
     glimpse_size: int = 16
     # Glimpse encoder CNN channels, one stride-2 conv each.
-    glimpse_channels: tuple[int, ...] = (16, 32, 64)
+    glimpse_channels: tuple[int, ...] = checked((16, 32, 64), **CHANNELS)
     # Width of the MLPs.
-    hidden_dim: int = 128
+    hidden_dim: int = checked(128, ge=1)
     # F: particle appearance features.
-    feature_dim: int = 6
+    F: int = checked(6, ge=1)
     # Fb: background features.
-    bg_feature_dim: int = 8
+    Fb: int = checked(8, ge=1)
     # Decoded RGBA glimpse resolution, pixels.
     decoder_glimpse_size: int = 16
     # Glimpse decoder channels: MLP to channels[0] maps, one x2 upsampling per entry (the last
     # one a transposed conv straight to RGBA).
-    decoder_channels: tuple[int, ...] = (32, 16)
+    decoder_channels: tuple[int, ...] = checked((32, 16), **CHANNELS)
     # Background encoder channels, one stride-2 conv each.
-    bg_encoder_channels: tuple[int, ...] = (16, 32, 64, 64)
+    bg_encoder_channels: tuple[int, ...] = checked((16, 32, 64, 64), **CHANNELS)
     # Background decoder channels, as decoder_channels (S / 2^n maps upsampled to S).
-    bg_decoder_channels: tuple[int, ...] = (64, 32, 16, 16)
+    bg_decoder_channels: tuple[int, ...] = checked((64, 32, 16, 16), **CHANNELS)
     # Scale prior N(logit(scale_prior_fraction * anchor_scale), scale_prior_std^2).
     scale_prior_fraction: float = 0.75
-    scale_prior_std: float = 0.3
+    scale_prior_std: float = checked(0.3, gt=0)
     # Transparency prior: logit ~ N(transparency_prior_mean, transparency_prior_std^2) (std > ~1.8
     # is U-shaped on [0, 1]). A negative mean prefers "off": a particle stays on only where it
     # pays for itself in reconstruction, so duplicates of an object switch off (sparsity).
     transparency_prior_mean: float = 0.0
-    transparency_prior_std: float = 2.0
+    transparency_prior_std: float = checked(2.0, gt=0)
     # Depth prior N(0, 1); compositing softmax temperature over depths.
-    depth_temperature: float = 0.25
+    depth_temperature: float = checked(0.25, gt=0)
     # beta: weight of all KL terms against the reconstruction SSE.
-    beta: float = 0.1
+    beta: float = checked(0.1, ge=0)
     # Extra weight of the feature, background and depth KL terms (DLP kl_balance).
-    kl_balance: float = 0.001
+    kl_balance: float = checked(0.001, ge=0)
     # Weight of the glimpse reconstruction term during warm-up.
-    glimpse_loss_weight: float = 1.0
+    glimpse_loss_weight: float = checked(1.0, ge=0)
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.type == 'int' and (not isinstance(value, int) or isinstance(value, bool)):
-                raise ConfigError(f'DlpConfig.{f.name} must be an int, got {value!r}')
-            if f.type == 'float':
-                if not isinstance(value, (int, float)) or isinstance(value, bool):
-                    raise ConfigError(f'DlpConfig.{f.name} must be a number, got {value!r}')
-                setattr(self, f.name, float(value))
-            if f.type.startswith('tuple'):
-                if isinstance(value, list):
-                    value = tuple(value)
-                    setattr(self, f.name, value)
-                if not (
-                    isinstance(value, tuple)
-                    and value
-                    and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-                    and min(value) >= 1
-                ):
-                    raise ConfigError(
-                        f'DlpConfig.{f.name} must be a non-empty tuple of positive ints, '
-                        f'got {value!r}'
-                    )
-        self._check_ranges()
+        check_fields(self)
+        self._check_sizes()
 
-    def _check_ranges(self) -> None:
+    def _check_sizes(self) -> None:
+        """The checks between fields (the per-field ranges are in the fields' metadata)."""
+
         def need(ok: bool, name: str, what: str) -> None:
             if not ok:
-                raise ConfigError(f'DlpConfig.{name} {what}, got {getattr(self, name)!r}')
+                raise fail(self, name, f'{what}, got {getattr(self, name)!r}')
 
-        s, p = self.image_size, self.patch_size
-        need(s >= 16, 'image_size', 'must be >= 16')
-        need(p >= 4 and p % 2 == 0, 'patch_size', 'must be even and >= 4')
-        need(s % p == 0, 'patch_size', f'must divide image_size={s}')
+        s, p = self.S, self.patch_size
+        need(p % 2 == 0, 'patch_size', 'must be even and >= 4')
+        need(s % p == 0, 'patch_size', f'must divide S={s}')
         n = (s // p) ** 2
-        need(1 <= self.n_particles <= n, 'n_particles', f'must be in [1, (S/P)^2 = {n}]')
-        need(1 <= self.n_proposals <= n, 'n_proposals', f'must be in [1, (S/P)^2 = {n}]')
-        for name in ('prior_sigma', 'scale_prior_std', 'transparency_prior_std'):
-            need(getattr(self, name) > 0, name, 'must be > 0')
-        need(self.depth_temperature > 0, 'depth_temperature', 'must be > 0')
-        need(0 < self.anchor_scale <= 1, 'anchor_scale', 'must be in (0, 1]')
+        need(n >= self.K, 'K', f'must be in [1, (S/P)^2 = {n}]')
+        need(self.n_proposals <= n, 'n_proposals', f'must be in [1, (S/P)^2 = {n}]')
         frac = self.scale_prior_fraction * self.anchor_scale
         need(0 < frac < 1, 'scale_prior_fraction', 'times anchor_scale must be in (0, 1)')
-        for name in ('hidden_dim', 'feature_dim', 'bg_feature_dim'):
-            need(getattr(self, name) >= 1, name, 'must be >= 1')
-        for name in ('beta', 'kl_balance', 'glimpse_loss_weight'):
-            need(getattr(self, name) >= 0, name, 'must be >= 0')
         divisible = (
             ('glimpse_size', 'glimpse_channels', 0),
             ('decoder_glimpse_size', 'decoder_channels', 0),
-            ('image_size', 'bg_encoder_channels', 0),
-            ('image_size', 'bg_decoder_channels', 0),
+            ('S', 'bg_encoder_channels', 0),
+            ('S', 'bg_decoder_channels', 0),
         )
         for size_name, channels_name, minus in divisible:
             factor = 2 ** (len(getattr(self, channels_name)) - minus)
@@ -194,11 +177,7 @@ class DlpConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DlpConfig:
         """Build from a mapping (e.g. YAML); unknown keys raise ``ConfigError`` naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f'unknown DlpConfig key(s) {unknown}; known keys: {sorted(known)}')
-        return cls(**d)
+        return from_mapping(cls, d)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> DlpConfig:
@@ -213,7 +192,7 @@ class DlpConfig:
 
     @property
     def n_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
+        return (self.S // self.patch_size) ** 2
 
     @property
     def scale_prior_mean(self) -> float:
@@ -227,13 +206,13 @@ DLP_PRESETS: dict[str, dict[str, Any]] = {
     'balls64': {},
     # 128x128 table-top scenes: 64 patches of 16 px, 32 px glimpses read at 16 px, decoded at 32.
     'scene128': {
-        'image_size': 128,
-        'n_particles': 12,
+        'S': 128,
+        'K': 12,
         'n_proposals': 16,
         'patch_size': 16,
         'prior_channels': (16, 32),
-        'feature_dim': 8,
-        'bg_feature_dim': 16,
+        'F': 8,
+        'Fb': 16,
         'decoder_glimpse_size': 32,
         'decoder_channels': (32, 32, 16),
         'bg_encoder_channels': (16, 32, 64, 64, 64),
@@ -294,23 +273,19 @@ class Dlp(nn.Module):
     def __init__(self, config: DlpConfig) -> None:
         super().__init__()
         self.config = c = config
-        self.prior = PatchPrior(c.image_size, c.patch_size, c.prior_channels)
+        self.prior = PatchPrior(c.S, c.patch_size, c.prior_channels)
         # pass 1: offset (2) + position logvar (2)
         self.offset_encoder = GlimpseEncoder(c.glimpse_size, c.glimpse_channels, c.hidden_dim, 4)
         # pass 2: scale (2+2), depth (1+1), transparency (1+1), features (F+F)
-        n_attr = 2 * (2 + 1 + 1 + c.feature_dim)
+        n_attr = 2 * (2 + 1 + 1 + c.F)
         self.particle_encoder = GlimpseEncoder(
             c.glimpse_size, c.glimpse_channels, c.hidden_dim, n_attr
         )
-        self.bg_encoder = BackgroundEncoder(
-            c.image_size, c.bg_encoder_channels, c.hidden_dim, 2 * c.bg_feature_dim
-        )
+        self.bg_encoder = BackgroundEncoder(c.S, c.bg_encoder_channels, c.hidden_dim, 2 * c.Fb)
         self.glimpse_decoder = GlimpseDecoder(
-            c.feature_dim, c.decoder_glimpse_size, c.decoder_channels, c.hidden_dim
+            c.F, c.decoder_glimpse_size, c.decoder_channels, c.hidden_dim
         )
-        self.bg_decoder = BackgroundDecoder(
-            c.bg_feature_dim, c.image_size, c.bg_decoder_channels, c.hidden_dim
-        )
+        self.bg_decoder = BackgroundDecoder(c.Fb, c.S, c.bg_decoder_channels, c.hidden_dim)
         self._init_head_biases()
         logger.debug('Dlp with %d parameters', sum(p.numel() for p in self.parameters()))
 
@@ -321,12 +296,12 @@ class Dlp(nn.Module):
             b1 = self.offset_encoder.head[-1].bias  # (4,)
             b1[2:] = 2 * math.log(0.5 * c.prior_sigma)  # position std = prior_sigma / 2
             b2 = self.particle_encoder.head[-1].bias
-            f = c.feature_dim
+            f = c.F
             b2[0:2] = c.scale_prior_mean  # scale mu
             b2[2:4] = -4.0  # scale logvar
             b2[5] = b2[7] = -4.0  # depth and transparency logvar
             b2[8 + f :] = -4.0  # features logvar
-            self.bg_encoder.head[-1].bias[c.bg_feature_dim :] = -4.0
+            self.bg_encoder.head[-1].bias[c.Fb :] = -4.0
 
     # --------------------------------------------------------------------------------- encoder
 
@@ -336,7 +311,7 @@ class Dlp(nn.Module):
         The K best prior proposals are the anchors; :meth:`glimpse_passes` refines them.
         """
         props = self.proposals(image)  # (B, M, 2)
-        anchors = props[:, : self.config.n_particles]  # (B, K, 2); the prior learns through them
+        anchors = props[:, : self.config.K]  # (B, K, 2); the prior learns through them
         mu, logvar, head = self.glimpse_passes(image, anchors)
         hb = self.background_head(image, mu, torch.sigmoid(head[..., 6:7]))
         return self.assemble(mu, logvar, head, hb, props)
@@ -345,7 +320,7 @@ class Dlp(nn.Module):
         """Image (B, 3, S, S) -> prior keypoints (B, M, 2), best first, M = max(K, L)."""
         c = self.config
         keypoints, score = self.prior(image)  # (B, N, 2), (B, N)
-        idx = torch.topk(score, max(c.n_particles, c.n_proposals), dim=1).indices  # (B, M)
+        idx = torch.topk(score, max(c.K, c.n_proposals), dim=1).indices  # (B, M)
         return torch.gather(keypoints, 1, idx.unsqueeze(-1).expand(-1, -1, 2))  # (B, M, 2)
 
     def glimpse_passes(self, image: Tensor, anchors: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -372,7 +347,7 @@ class Dlp(nn.Module):
         the particles (mu (B, K, 2)) are hidden in proportion to transparency (B, K, 1)."""
         c = self.config
         on = transparency.detach().unsqueeze(-1)  # (B, K, 1, 1)
-        boxes = box_masks(mu.detach(), c.anchor_scale, c.image_size) * on  # (B, K, S, S)
+        boxes = box_masks(mu.detach(), c.anchor_scale, c.S) * on  # (B, K, S, S)
         visible = torch.prod(1 - boxes, dim=1, keepdim=True)  # (B, 1, S, S)
         return self.bg_encoder(image * visible)  # (B, 2 Fb)
 
@@ -380,7 +355,7 @@ class Dlp(nn.Module):
         self, mu: Tensor, logvar: Tensor, head: Tensor, hb: Tensor, props: Tensor
     ) -> Posterior:
         """:class:`Posterior` from the pass outputs and the proposals (B, M, 2)."""
-        f, fb, n = self.config.feature_dim, self.config.bg_feature_dim, self.config.n_proposals
+        f, fb, n = self.config.F, self.config.Fb, self.config.n_proposals
         return Posterior(
             mu=mu,
             logvar=logvar,
@@ -436,7 +411,7 @@ class Dlp(nn.Module):
         if fixed_scale:
             scale = torch.full_like(scale, c.scale_prior_mean)
         paste = paste_glimpses_separable if inference else paste_glimpses
-        layers = paste(rgba, particles.mu, torch.sigmoid(scale), c.image_size)
+        layers = paste(rgba, particles.mu, torch.sigmoid(scale), c.S)
         background = self.bg_decoder(particles.bg_features)  # (B, 3, S, S)
         image = (composite_normalised if inference else composite)(
             layers, particles.depth, particles.transparency, background, c.depth_temperature

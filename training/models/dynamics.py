@@ -49,15 +49,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from dlp_ros.errors import ConfigError
+from dlp_ros.config_schema import check_fields, checked, from_mapping
 from training.models.dlp import DlpConfig, Particles
 from training.models.dynamics_layers import (
     AGGREGATIONS,
@@ -80,97 +79,64 @@ STATE_LAYOUT: tuple[tuple[str, int], ...] = (
 TRANSPARENCY_EPS = 1e-4  # clamp before the logit
 
 
-def _validate_fields(obj: Any) -> None:
-    """Type checks of a config dataclass (fields typed int, float, bool or str)."""
-    name = type(obj).__name__
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        is_bool = isinstance(value, bool)
-        if f.type == 'int' and (not isinstance(value, int) or is_bool):
-            raise ConfigError(f'{name}.{f.name} must be an int, got {value!r}')
-        if f.type == 'float':
-            if not isinstance(value, (int, float)) or is_bool:
-                raise ConfigError(f'{name}.{f.name} must be a number, got {value!r}')
-            setattr(obj, f.name, float(value))
-        if f.type == 'bool' and not is_bool:
-            raise ConfigError(f'{name}.{f.name} must be a bool, got {value!r}')
-        if f.type == 'str' and not isinstance(value, str):
-            raise ConfigError(f'{name}.{f.name} must be a string, got {value!r}')
-
-
-def _from_dict(cls: type, d: Mapping[str, Any]) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ConfigError(f'unknown {cls.__name__} key(s) {unknown}; known keys: {sorted(known)}')
-    return cls(**d)
-
-
 @dataclass
 class DynamicsConfig:
     """Hyper-parameters of :class:`ParticleDynamics`. Defaults match ``DlpConfig()``."""
 
+    # Keys of runs written before the sizes took the model card's names (K, F, Fb).
+    RENAMED: ClassVar[dict[str, str]] = {
+        'n_particles': 'K',
+        'feature_dim': 'F',
+        'bg_feature_dim': 'Fb',
+    }
+
     # K: foreground particles per frame.
-    n_particles: int = 8
+    K: int = checked(8, ge=1)
     # F: particle appearance features.
-    feature_dim: int = 6
+    F: int = checked(6, ge=1)
     # Fb: background features.
-    bg_feature_dim: int = 8
+    Fb: int = checked(8, ge=1)
     # H: history frames read per step (the sliding window of a rollout).
-    history: int = 4
+    history: int = checked(4, ge=1)
     # A: action (command) size per frame; 0 = no action input.
-    action_dim: int = 0
+    action_dim: int = checked(0, ge=0)
     # D: node embedding size and MLP width.
-    hidden_dim: int = 128
+    hidden_dim: int = checked(128, ge=1)
     # Interaction layers (message-passing rounds).
-    n_layers: int = 3
+    n_layers: int = checked(3, ge=1)
     # Message aggregation: 'sum' (interaction networks) or 'mean'.
-    aggregation: str = 'sum'
+    aggregation: str = checked('sum', choices=AGGREGATIONS)
     # LayerNorm inside every MLP.
     layer_norm: bool = True
     # Edge attribute flagging the same particle slot in another frame (see the module docstring).
     same_particle_edges: bool = True
     # Largest change per step of each attribute (tanh bound): positions in normalised units
     # ([-1, 1] = image edges), transparency in logit units, the others in their latent units.
-    max_delta_position: float = 0.25
-    max_delta_logvar: float = 1.0
-    max_delta_scale: float = 0.5
-    max_delta_depth: float = 0.5
-    max_delta_transparency: float = 2.0
-    max_delta_features: float = 1.0
-    max_delta_bg: float = 1.0
+    max_delta_position: float = checked(0.25, gt=0, finite=True)
+    max_delta_logvar: float = checked(1.0, gt=0, finite=True)
+    max_delta_scale: float = checked(0.5, gt=0, finite=True)
+    max_delta_depth: float = checked(0.5, gt=0, finite=True)
+    max_delta_transparency: float = checked(2.0, gt=0, finite=True)
+    max_delta_features: float = checked(1.0, gt=0, finite=True)
+    max_delta_bg: float = checked(1.0, gt=0, finite=True)
     # Zero the output layers at construction: the untrained model is the identity.
     identity_init: bool = True
 
     def __post_init__(self) -> None:
-        _validate_fields(self)
-
-        def need(ok: bool, name: str, what: str) -> None:
-            if not ok:
-                raise ConfigError(f'DynamicsConfig.{name} {what}, got {getattr(self, name)!r}')
-
-        for name in ('n_particles', 'feature_dim', 'bg_feature_dim', 'history', 'hidden_dim'):
-            need(getattr(self, name) >= 1, name, 'must be >= 1')
-        need(self.n_layers >= 1, 'n_layers', 'must be >= 1')
-        need(self.action_dim >= 0, 'action_dim', 'must be >= 0')
-        need(self.aggregation in AGGREGATIONS, 'aggregation', f'must be one of {AGGREGATIONS}')
-        for f in dataclasses.fields(self):
-            if f.name.startswith('max_delta_'):
-                need(math.isfinite(getattr(self, f.name)), f.name, 'must be finite')
-                need(getattr(self, f.name) > 0, f.name, 'must be > 0')
+        check_fields(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DynamicsConfig:
         """Build from a mapping (e.g. YAML); unknown keys raise ``ConfigError`` naming them."""
-        return _from_dict(cls, d)
+        return from_mapping(cls, d)
 
     @classmethod
     def from_dlp(cls, dlp: DlpConfig, **overrides: Any) -> DynamicsConfig:
         """K, F and Fb taken from the DLP model's config, the rest from defaults/overrides."""
         sizes = {
-            'n_particles': dlp.n_particles,
-            'feature_dim': dlp.feature_dim,
-            'bg_feature_dim': dlp.bg_feature_dim,
+            'K': dlp.K,
+            'F': dlp.F,
+            'Fb': dlp.Fb,
         }
         return cls.from_dict({**sizes, **overrides})
 
@@ -181,12 +147,12 @@ class DynamicsConfig:
     @property
     def state_dim(self) -> int:
         """S: size of a foreground node's state vector (module docstring)."""
-        return sum(n for _, n in STATE_LAYOUT) + self.feature_dim
+        return sum(n for _, n in STATE_LAYOUT) + self.F
 
     @property
     def n_nodes(self) -> int:
         """N = H (K + 1): graph nodes per sample."""
-        return self.history * (self.n_particles + 1)
+        return self.history * (self.K + 1)
 
 
 def as_particles(p: Particles | Mapping[str, Tensor]) -> Particles:
@@ -225,7 +191,7 @@ class ParticleDynamics(nn.Module):
         self.use_pyg = use_pyg
         d = c.hidden_dim
         self.node_encoder = MLP(c.state_dim, d, d, c.layer_norm)
-        self.bg_encoder = MLP(c.bg_feature_dim, d, d, c.layer_norm)
+        self.bg_encoder = MLP(c.Fb, d, d, c.layer_norm)
         self.type_embedding = nn.Parameter(0.1 * torch.randn(2, d))  # (2, D): fg, bg
         self.time_embedding = nn.Parameter(0.1 * torch.randn(c.history, d))  # (H, D)
         self.action_encoder = MLP(c.action_dim, d, d, c.layer_norm) if c.action_dim else None
@@ -236,11 +202,11 @@ class ParticleDynamics(nn.Module):
         )
         self._pyg: tuple[nn.Module, ...] | None = None  # message-passing views, made when asked
         self.head = MLP(d, d, c.state_dim, c.layer_norm)
-        self.bg_head = MLP(d, d, c.bg_feature_dim, c.layer_norm)
+        self.bg_head = MLP(d, d, c.Fb, c.layer_norm)
 
         bounds = [c.max_delta_position] * 2 + [c.max_delta_logvar] * 2
         bounds += [c.max_delta_scale] * 2 + [c.max_delta_depth, c.max_delta_transparency]
-        bounds += [c.max_delta_features] * c.feature_dim
+        bounds += [c.max_delta_features] * c.F
         self.register_buffer('delta_bound', torch.tensor(bounds), persistent=False)  # (S,)
         self._build_graph()
         if c.identity_init:
@@ -253,7 +219,7 @@ class ParticleDynamics(nn.Module):
         """Fully connected graph of one sample and its same-particle edge attribute."""
         c = self.config
         n = c.n_nodes
-        slot = torch.arange(n) % (c.n_particles + 1)  # (N,) particle slot of each node
+        slot = torch.arange(n) % (c.K + 1)  # (N,) particle slot of each node
         same = (slot.view(-1, 1) == slot.view(1, -1)) & ~torch.eye(n, dtype=torch.bool)
         edge_index = fully_connected_edge_index(n)  # (2, E0)
         self.register_buffer('edge_index', edge_index, persistent=False)
@@ -279,9 +245,9 @@ class ParticleDynamics(nn.Module):
     def check_inputs(self, history: Particles, actions: Tensor | None) -> None:
         """Raise ``ValueError`` naming the first input whose shape does not fit the config."""
         c = self.config
-        h, k = c.history, c.n_particles
+        h, k = c.history, c.K
         trailing = {name: (h, k, n) for name, n in STATE_LAYOUT}
-        trailing.update(features=(h, k, c.feature_dim), bg_features=(h, c.bg_feature_dim))
+        trailing.update(features=(h, k, c.F), bg_features=(h, c.Fb))
         batch = history.mu.shape[0]
         for name, want in trailing.items():
             got = tuple(getattr(history, name).shape)
@@ -349,7 +315,7 @@ class ParticleDynamics(nn.Module):
         self.check_inputs(hist, actions)
         x, pos = self.embed(hist, actions)  # (B, N, D), (B, N, 2)
         x = self.interact(x, pos, self.use_pyg if use_pyg is None else use_pyg)
-        k, d = c.n_particles, c.hidden_dim
+        k, d = c.K, c.hidden_dim
         last = x.reshape(-1, c.history, k + 1, d)[:, -1]  # (B, K+1, D) last frame's nodes
         delta = torch.tanh(self.head(last[:, :k])) * self.delta_bound  # (B, K, S)
         delta_bg = torch.tanh(self.bg_head(last[:, k])) * c.max_delta_bg  # (B, Fb)
@@ -460,28 +426,24 @@ class RolloutLossWeights:
     """Weights of :func:`rollout_loss`'s terms (starting points; tune per data set)."""
 
     # MSE of positions, normalised units (a pixel of a 64 px image is 0.03).
-    position: float = 1.0
-    logvar: float = 0.01
-    scale: float = 0.1
-    depth: float = 0.1
+    position: float = checked(1.0, ge=0, finite=True)
+    logvar: float = checked(0.01, ge=0, finite=True)
+    scale: float = checked(0.1, ge=0, finite=True)
+    depth: float = checked(0.1, ge=0, finite=True)
     # MSE of transparency values in [0, 1] (never presence-weighted).
-    transparency: float = 0.1
-    features: float = 0.01
-    bg_features: float = 0.01
+    transparency: float = checked(0.1, ge=0, finite=True)
+    features: float = checked(0.01, ge=0, finite=True)
+    bg_features: float = checked(0.01, ge=0, finite=True)
     # Weight every foreground term of a particle by its target transparency (detached):
     # a switched-off particle's position and appearance are arbitrary.
     presence_weighted: bool = True
 
     def __post_init__(self) -> None:
-        _validate_fields(self)
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.type == 'float' and not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f'RolloutLossWeights.{f.name} must be >= 0, got {value!r}')
+        check_fields(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RolloutLossWeights:
-        return _from_dict(cls, d)
+        return from_mapping(cls, d)
 
 
 def rollout_loss(

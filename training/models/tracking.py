@@ -102,12 +102,12 @@ def track_sequence(
         :class:`Track` with (T, K, ...) particles (bg_features (T, Fb)), deterministic.
     """
     c = model.config
-    s = c.image_size
+    s = c.S
     if frames.ndim != 4 or tuple(frames.shape[1:]) != (3, s, s) or not len(frames):
         raise ValueError(f'frames must be (T >= 1, 3, {s}, {s}), got {tuple(frames.shape)}')
     if batch < 1:
         raise ValueError(f'batch must be >= 1, got {batch}')
-    k, t_len = c.n_particles, frames.shape[0]
+    k, t_len = c.K, frames.shape[0]
     radius = c.anchor_scale if claim_radius is None else claim_radius
     chunks = [frames[i : i + batch] for i in range(0, t_len, batch)]
     props = torch.cat([model.proposals(x) for x in chunks])  # (T, M, 2)
@@ -178,10 +178,10 @@ class DlpTrackingEncoder(nn.Module):
         self.dlp = dlp
 
     def forward(self, image: Tensor, anchors: Tensor) -> tuple[Tensor, ...]:
-        k = self.dlp.config.n_particles
+        k = self.dlp.config.K
         both = torch.cat([anchors, self.dlp.proposals(image)[:, :k]], dim=1)  # (B, 2K, 2)
         mu, logvar, head = self.dlp.glimpse_passes(image, both)
-        f = self.dlp.config.feature_dim
+        f = self.dlp.config.F
         return (mu, logvar, head[..., 0:2], head[..., 4:5], torch.sigmoid(head[..., 6:7]),
                 head[..., 8 : 8 + f])  # fmt: skip
 
@@ -198,6 +198,4 @@ class DlpBackgroundEncoder(nn.Module):
         self.dlp = dlp
 
     def forward(self, image: Tensor, mu: Tensor, transparency: Tensor) -> Tensor:
-        return self.dlp.background_head(image, mu, transparency)[
-            :, : self.dlp.config.bg_feature_dim
-        ]
+        return self.dlp.background_head(image, mu, transparency)[:, : self.dlp.config.Fb]
