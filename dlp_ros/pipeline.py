@@ -122,6 +122,38 @@ def actions_from_request(
     return flat.reshape(rows, action_dim)
 
 
+MAX_CANDIDATES = 256  # candidates of one batched request (~/predict_batch)
+
+
+def batch_actions_from_request(
+    flat: np.ndarray, candidates: int, horizon: int, action_dim: int
+) -> np.ndarray:
+    """A ~/predict_batch request's flattened actions -> (B, N, A) float32 ((B, N, 0) for a model
+    without actions).
+
+    Raises:
+        ConfigError: candidates outside 1..MAX_CANDIDATES, a length other than B x N x A,
+            actions for a model that takes none, or non-finite values.
+    """
+    if not 1 <= candidates <= MAX_CANDIDATES:
+        raise ConfigError(f'candidates must be 1..{MAX_CANDIDATES}, got {candidates}')
+    flat = np.asarray(flat, dtype=np.float32).reshape(-1)
+    if action_dim == 0:
+        if flat.size:
+            raise ConfigError(f'the model takes no actions (model card dynamics.action_dim = 0), '
+                              f'the request has {flat.size} values')  # fmt: skip
+        return np.zeros((candidates, horizon, 0), np.float32)
+    want = candidates * horizon * action_dim
+    if flat.size != want:
+        raise ConfigError(
+            f'actions must hold candidates x horizon x A = {candidates} x {horizon} x '
+            f'{action_dim} = {want} values, got {flat.size}'
+        )
+    if not np.all(np.isfinite(flat)):
+        raise ConfigError('actions must be finite')
+    return flat.reshape(candidates, horizon, action_dim)
+
+
 @dataclass(frozen=True)
 class Observation:
     """What :meth:`PerceptionPipeline.step` made of one camera frame."""
