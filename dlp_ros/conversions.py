@@ -21,6 +21,7 @@ from dlp_ros.errors import ImageError
 from dlp_ros.image_codec import decode_compressed, decode_raw
 from dlp_ros.msg import Particle, ParticleArray, Prediction
 from dlp_ros.particles import ParticleFrame
+from dlp_ros.srv import PredictBatch
 
 NS = 1_000_000_000
 TWIST_NAMES = ('linear.x', 'linear.y', 'linear.z', 'angular.x', 'angular.y', 'angular.z')
@@ -138,6 +139,36 @@ def prediction(
     return Prediction(
         header=header, dt=float(dt), steps=arrays, frames=frames, predict_ms=float(predict_ms)
     )
+
+
+def batch_response(
+    response: PredictBatch.Response,
+    current: ParticleArray,
+    dt: float,
+    fields: dict[str, np.ndarray],
+) -> PredictBatch.Response:
+    """Fill a dlp_ros/PredictBatch answer from B candidate futures.
+
+    Args:
+        response: the service's response (filled in place and returned).
+        current: the observed frame's particles (its header and input image size are the
+            answer's).
+        dt: [s] between predicted steps.
+        fields: the rollout's particle fields (mu (B, N, K, 2), transparency (B, N, K, 1), ...).
+
+    u, v are pixels of the input image, exactly as :func:`particle_array` converts them;
+    presence is the transparency; all row-major B x N x K.
+    """
+    mu, presence = fields['mu'], fields['transparency'][..., 0]  # (B, N, K, 2), (B, N, K)
+    size = np.array([current.image_width, current.image_height], np.float32)
+    uv = ((mu + 1.0) / 2.0 * size).astype(np.float32)  # as ParticleFrame.pixels
+    response.header = current.header
+    response.current = current
+    response.dt = float(dt)
+    response.candidates, response.horizon, response.particles = (int(n) for n in mu.shape[:3])
+    response.u, response.v = _f32(uv[..., 0]), _f32(uv[..., 1])
+    response.presence = _f32(presence)
+    return response
 
 
 def particle_frame(

@@ -7,7 +7,8 @@ installed ``lib/dlp_ros/perception_node``:
   start-up, see :data:`dlp_ros.node_support.PARAMS`), loads the model bundle, and creates the
   entities: subscribes to ``action_topic`` (if any), then to ``image`` (sensor_msgs/Image or
   CompressedImage, sensor-data QoS, depth 1); lifecycle publishers of ``/dlp/particles``,
-  ``/dlp/prediction``, ``~/overlay`` and ``/diagnostics``; serves ``~/predict`` and ``~/render``.
+  ``/dlp/prediction``, ``~/overlay`` and ``/diagnostics``; serves ``~/predict``,
+  ``~/predict_batch`` (B candidate futures in one batched rollout) and ``~/render``.
   A bad bundle or parameter fails the transition with a logged reason; the process stays up.
 - activate: starts the worker threads and enables the publishers. While not active, the
   subscriptions ignore what arrives and the services refuse with a reason.
@@ -76,9 +77,14 @@ from dlp_ros.node_support import (
     ood_score,
 )
 from dlp_ros.overlay import draw_overlay
-from dlp_ros.pipeline import PerceptionPipeline, Snapshot, actions_from_request
+from dlp_ros.pipeline import (
+    PerceptionPipeline,
+    Snapshot,
+    actions_from_request,
+    batch_actions_from_request,
+)
 from dlp_ros.runtime import DlpRuntime
-from dlp_ros.srv import Predict, Render
+from dlp_ros.srv import Predict, PredictBatch, Render
 
 NODE_NAME = 'perception_node'
 PARTICLES_TOPIC = '/dlp/particles'
@@ -410,6 +416,7 @@ class PerceptionNode(LifecycleNode):
             self._entities.append(self._pubs[key])
         for srv_type, name, callback in (
             (Predict, '~/predict', self._on_predict),
+            (PredictBatch, '~/predict_batch', self._on_predict_batch),
             (Render, '~/render', self._on_render),
         ):
             srv = self.create_service(srv_type, name, callback, callback_group=self._service_group)
@@ -655,31 +662,38 @@ class PerceptionNode(LifecycleNode):
 
     # ------------------------------------------------------------------------- services
 
-    def _on_predict(self, request: Predict.Request, response: Predict.Response) -> Any:
-        """~/predict: ``horizon`` steps (0: the parameter) after the latest frame."""
+    def _request_snapshot(self, horizon: int, response: Any) -> Snapshot | None:
+        """The latest frame for a service request of ``horizon`` steps (0: the parameter), or
+        None with ``response.message`` saying why (``response.success`` set False)."""
         pipeline, config = self._pipeline, self.config
         response.success = False
         if pipeline is None or config is None:
             response.message = 'the node is not configured'
-            return response
+            return None
         if not self._active:
             response.message = 'the node is not active'
-            return response
-        horizon = int(request.horizon) or config.horizon
+            return None
+        horizon = int(horizon) or config.horizon
         if horizon > MAX_HORIZON:
             response.message = f'horizon must be <= {MAX_HORIZON}, got {horizon}'
-            return response
+            return None
         snap = pipeline.snapshot(horizon)
         if snap is None:
             response.message = 'no camera frame has been processed yet'
+        return snap
+
+    def _on_predict(self, request: Predict.Request, response: Predict.Response) -> Any:
+        """~/predict: ``horizon`` steps (0: the parameter) after the latest frame."""
+        snap = self._request_snapshot(request.horizon, response)
+        pipeline, config = self._pipeline, self.config
+        if snap is None or pipeline is None or config is None:
             return response
         dyn = pipeline.rt.card.dynamics
         try:
             actions = None
             if len(request.actions) or not dyn.action_dim:
-                actions = actions_from_request(
-                    np.asarray(request.actions, np.float32), horizon, dyn.history, dyn.action_dim
-                )
+                flat = np.asarray(request.actions, np.float32)
+                actions = actions_from_request(flat, snap.horizon, dyn.history, dyn.action_dim)
             response.prediction = self.prediction(pipeline, snap, config.publish_frames, actions)
         except (DlpError, ValueError) as exc:
             response.message = str(exc)
@@ -688,7 +702,36 @@ class PerceptionNode(LifecycleNode):
             response.message = f'prediction failed: {type(exc).__name__}: {exc}'
             return response
         response.success = True
-        response.message = f'{horizon} steps of dt {dyn.dt:g} s'
+        response.message = f'{snap.horizon} steps of dt {dyn.dt:g} s'
+        return response
+
+    def _on_predict_batch(
+        self, request: PredictBatch.Request, response: PredictBatch.Response
+    ) -> Any:
+        """~/predict_batch: the particles of B candidate futures of ``horizon`` steps (0: the
+        parameter) after the latest frame, one batched rollout."""
+        snap = self._request_snapshot(request.horizon, response)
+        pipeline = self._pipeline
+        if snap is None or pipeline is None:
+            return response
+        dyn = pipeline.rt.card.dynamics
+        try:
+            actions = batch_actions_from_request(np.asarray(request.actions, np.float32),
+                                                 int(request.candidates), snap.horizon,
+                                                 dyn.action_dim)  # fmt: skip
+            forecast = pipeline.predict_batch(snap, actions)
+            width, height = snap.size
+            current = conversions.particle_array(snap.history[-1], snap.header, width, height)
+            conversions.batch_response(response, current, forecast.dt, forecast.fields)
+        except (DlpError, ValueError) as exc:
+            response.message = str(exc)
+            return response
+        except Exception as exc:  # noqa: BLE001 - answer, never crash the service
+            response.message = f'prediction failed: {type(exc).__name__}: {exc}'
+            return response
+        response.success = True
+        response.message = (f'{forecast.candidates} candidates x {forecast.horizon} steps of dt '
+                            f'{dyn.dt:g} s in {forecast.predict_ms:.1f} ms')  # fmt: skip
         return response
 
     def _on_render(self, request: Render.Request, response: Render.Response) -> Any:

@@ -8,6 +8,7 @@ pipeline = PerceptionPipeline(rt)
 seen = pipeline.step(rgb, stamp_ns, action)  # Observation: tracked particles of the frame
 snap = pipeline.snapshot(horizon=10)        # what a prediction needs (any thread)
 forecast = pipeline.predict(snap, frames=True)  # Forecast: predicted particles and frames
+futures = pipeline.predict_batch(snap, actions)  # BatchForecast: (B, N, K, ...) per field
 ```
 
 Per frame (:meth:`PerceptionPipeline.step`): preprocess the decoded (H, W, 3) RGB frame; start
@@ -121,6 +122,38 @@ def actions_from_request(
     return flat.reshape(rows, action_dim)
 
 
+MAX_CANDIDATES = 256  # candidates of one batched request (~/predict_batch)
+
+
+def batch_actions_from_request(
+    flat: np.ndarray, candidates: int, horizon: int, action_dim: int
+) -> np.ndarray:
+    """A ~/predict_batch request's flattened actions -> (B, N, A) float32 ((B, N, 0) for a model
+    without actions).
+
+    Raises:
+        ConfigError: candidates outside 1..MAX_CANDIDATES, a length other than B x N x A,
+            actions for a model that takes none, or non-finite values.
+    """
+    if not 1 <= candidates <= MAX_CANDIDATES:
+        raise ConfigError(f'candidates must be 1..{MAX_CANDIDATES}, got {candidates}')
+    flat = np.asarray(flat, dtype=np.float32).reshape(-1)
+    if action_dim == 0:
+        if flat.size:
+            raise ConfigError(f'the model takes no actions (model card dynamics.action_dim = 0), '
+                              f'the request has {flat.size} values')  # fmt: skip
+        return np.zeros((candidates, horizon, 0), np.float32)
+    want = candidates * horizon * action_dim
+    if flat.size != want:
+        raise ConfigError(
+            f'actions must hold candidates x horizon x A = {candidates} x {horizon} x '
+            f'{action_dim} = {want} values, got {flat.size}'
+        )
+    if not np.all(np.isfinite(flat)):
+        raise ConfigError('actions must be finite')
+    return flat.reshape(candidates, horizon, action_dim)
+
+
 @dataclass(frozen=True)
 class Observation:
     """What :meth:`PerceptionPipeline.step` made of one camera frame."""
@@ -154,6 +187,25 @@ class Forecast:
     images: np.ndarray | None  # (horizon, S, S, 3) uint8 RGB decoded steps; None: not asked
     dt: float  # [s] between steps
     predict_ms: float  # rollout and rendering
+
+
+@dataclass(frozen=True)
+class BatchForecast:
+    """B candidate futures of :meth:`PerceptionPipeline.predict_batch`."""
+
+    fields: dict[str, np.ndarray]  # the seven particle fields, each (B, N, K, ...); step n + 1
+    dt: float  # [s] between steps
+    predict_ms: float  # the batched rollout
+
+    @property
+    def candidates(self) -> int:
+        """B."""
+        return int(self.fields['mu'].shape[0])
+
+    @property
+    def horizon(self) -> int:
+        """N."""
+        return int(self.fields['mu'].shape[1])
 
 
 class PerceptionPipeline:
@@ -245,6 +297,27 @@ class PerceptionPipeline:
         images = self.rt.render(steps) if frames else None  # (N, S, S, 3)
         dt = float(self.rt.card.dynamics.dt)
         return Forecast(steps, images, dt, (time.perf_counter() - t0) * 1e3)
+
+    def predict_batch(self, snap: Snapshot, actions: np.ndarray | None) -> BatchForecast:
+        """Roll B candidate futures out ``snap.horizon`` steps after ``snap``'s frame, in one
+        batched rollout (:meth:`DlpRuntime.predict_batch`).
+
+        Args:
+            snap: from :meth:`snapshot`; its history frames keep the stream's own commands
+                (the rows :meth:`predict` uses before the last observed frame).
+            actions: (B, N, A) candidate commands, ``actions[b, n]`` producing step n + 1 (it
+                replaces the command in force at the last observed frame for n = 0); a model
+                without actions takes (B, N, 0). None: one candidate holding the stream's
+                latest command, i.e. :meth:`predict`'s rollout.
+        """
+        t0 = time.perf_counter()
+        h = self.rt.card.dynamics.history
+        past = None if snap.actions is None else snap.actions[: h - 1]  # (H - 1, A)
+        if actions is None and snap.actions is not None:
+            actions = snap.actions[None, h - 1 :]  # (1, N, A)
+        fields = self.rt.predict_batch(snap.history, snap.horizon, actions, past)
+        dt = float(self.rt.card.dynamics.dt)
+        return BatchForecast(fields, dt, (time.perf_counter() - t0) * 1e3)
 
     def render(self, frames: Sequence[ParticleFrame]) -> np.ndarray:
         """Particle frames -> decoded (N, S, S, 3) uint8 RGB (model resolution)."""

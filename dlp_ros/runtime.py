@@ -5,13 +5,16 @@ rt = DlpRuntime.load(bundle_dir, providers='auto', threads=0)
 tracker = rt.tracker()                      # one per camera stream
 frame = tracker.update(rt.preprocess(rgb))  # ParticleFrame, index = identity over time
 preds = rt.predict(tracker.history, horizon=10, actions=None)  # list[ParticleFrame]
+futures = rt.predict_batch(tracker.history, 10, actions)  # actions (B, 10, A) -> (B, 10, K, ...)
 images = rt.render(preds)                   # (N, S, S, 3) uint8 RGB
 ```
 
 :class:`Tracker` runs, per frame, exactly the loop of ``training.models.tracking`` (its module
 docstring): the tracking encoder at the previous frame's means, the numpy slot assignment
-(:mod:`dlp_ros.tracking`), then the background encoder; :meth:`DlpRuntime.predict` slides the
-dynamics graph over an H-frame window like ``training.models.dynamics.rollout``.
+(:mod:`dlp_ros.tracking`), then the background encoder; :meth:`DlpRuntime.predict_batch` slides
+the dynamics graph over an H-frame window like ``training.models.dynamics.rollout``, for B
+candidate command sequences at once (the graph's batch axis); :meth:`DlpRuntime.predict` is its
+one-candidate case.
 """
 
 from __future__ import annotations
@@ -172,7 +175,8 @@ class DlpRuntime:
         horizon: int,
         actions: np.ndarray | None = None,
     ) -> list[ParticleFrame]:
-        """Roll the dynamics out ``horizon`` steps after the last frame of ``history``.
+        """Roll the dynamics out ``horizon`` steps after the last frame of ``history``: the one
+        candidate (B = 1) of :meth:`predict_batch`.
 
         Args:
             history: observed frames, oldest first; the last H are read, a shorter history is
@@ -187,24 +191,100 @@ class DlpRuntime:
             ``horizon`` ParticleFrames (``reseeded`` all False).
         """
         h, a = self.card.dynamics.history, self.card.dynamics.action_dim
-        if not history:
-            raise ValueError('predict needs at least one observed ParticleFrame')
-        if not isinstance(horizon, int | np.integer) or horizon < 1:
-            raise ValueError(f'horizon must be an int >= 1, got {horizon!r}')
+        self._check_rollout(history, horizon)
+        steps = self._actions(actions, h + horizon - 1, a)  # (H + horizon - 1, A) or None
+        future = None if steps is None else steps[None, h - 1 :]  # (1, horizon, A)
+        past = None if steps is None else steps[: h - 1]  # (H - 1, A)
+        fields = self.predict_batch(history, horizon, future, past)
+        return [ParticleFrame(*(fields[name][0, n] for name in FIELDS)) for n in range(horizon)]
+
+    def predict_batch(
+        self,
+        history: Sequence[ParticleFrame],
+        horizon: int,
+        actions: np.ndarray | None = None,
+        past_actions: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Roll B candidate futures out ``horizon`` steps after the last frame of ``history``,
+        one dynamics call per step for all of them.
+
+        Args:
+            history: observed frames, oldest first, shared by every candidate (read like
+                :meth:`predict`'s).
+            horizon: steps N to predict, >= 1.
+            actions: (B, N, A) float32, candidate b's future commands: ``actions[b, n]`` is the
+                command at window frame H - 1 + n (the last observed frame, then the predicted
+                ones), which produces predicted step n + 1. For a model without actions
+                (A = 0) a (B, N, 0) array gives B. None: one candidate (B = 1), zero commands
+                for a model with actions (logged once).
+            past_actions: (H - 1, A) the commands of the history frames before the last
+                (oldest first), the same for every candidate; None: zeros. Ignored when A = 0.
+
+        Returns:
+            The seven particle fields of :data:`~dlp_ros.particles.FIELDS`, each (B, N, K, ...)
+            (``bg_features`` (B, N, Fb)).
+
+        Raises:
+            ConfigError: actions of the wrong shape, or given to a model that takes none.
+            ValueError: no history, or a horizon < 1.
+        """
+        h = self.card.dynamics.history
+        self._check_rollout(history, horizon)
+        future, past = self._batch_actions(actions, past_actions, horizon)
+        b = 1 if future is None else future.shape[0]
         frames = list(history)[-h:]
         frames = [frames[0]] * (h - len(frames)) + frames  # pad with the first frame
-        steps = self._actions(actions, h + horizon - 1, a)  # (H + horizon - 1, A) or None
-        window = {n: np.stack([getattr(f, n) for f in frames])[None] for n in FIELDS}
-        out = []
+        window = {
+            n: np.ascontiguousarray(np.broadcast_to(np.stack([getattr(f, n) for f in frames]),
+                                                    (b, h, *getattr(frames[0], n).shape)))
+            for n in FIELDS
+        }  # fmt: skip
+        commands = None
+        if future is not None and past is not None:
+            commands = np.concatenate([np.broadcast_to(past, (b, *past.shape)), future], axis=1)
+        out: list[list[np.ndarray]] = []
         for n in range(horizon):
-            step_actions = None if steps is None else steps[None, n : n + h]  # (1, H, A)
-            nxt = self.step(window, step_actions)  # (1, K, ...) each
-            out.append(ParticleFrame(*(v[0] for v in nxt)))
+            step_actions = None if commands is None else commands[:, n : n + h]  # (B, H, A)
+            nxt = self.step(window, step_actions)  # (B, K, ...) each
+            out.append(nxt)
             window = {
                 name: np.concatenate([window[name][:, 1:], v[:, None]], axis=1)
                 for name, v in zip(FIELDS, nxt, strict=True)
             }
-        return out
+        return {name: np.stack([o[i] for o in out], axis=1) for i, name in enumerate(FIELDS)}
+
+    @staticmethod
+    def _check_rollout(history: Sequence[ParticleFrame], horizon: int) -> None:
+        if not history:
+            raise ValueError('predict needs at least one observed ParticleFrame')
+        if not isinstance(horizon, int | np.integer) or horizon < 1:
+            raise ValueError(f'horizon must be an int >= 1, got {horizon!r}')
+
+    def _batch_actions(
+        self, actions: np.ndarray | None, past: np.ndarray | None, horizon: int
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Checked (B, N, A) future and (H - 1, A) past commands; (B, N, 0), None for a model
+        without actions."""
+        h, a = self.card.dynamics.history, self.card.dynamics.action_dim
+        if actions is None:
+            if a == 0:
+                return None, None
+            actions = self._actions(None, horizon, a)[None]  # (1, N, A) zeros, warned once
+        actions = np.asarray(actions, dtype=np.float32)
+        if actions.ndim != 3 or actions.shape[1:] != (horizon, a) or actions.shape[0] < 1:
+            if a == 0 and actions.size:
+                raise ConfigError('actions given, but this model takes none '
+                                  '(model_card.yaml dynamics.action_dim = 0)')  # fmt: skip
+            raise ConfigError(f'actions must be (B, horizon, A) = (B, {horizon}, {a}) with B '
+                              f'>= 1, got {actions.shape}')  # fmt: skip
+        if a == 0:
+            return actions, None
+        past = np.zeros((h - 1, a), np.float32) if past is None else past
+        past = np.asarray(past, dtype=np.float32)
+        if past.shape != (h - 1, a):
+            raise ConfigError(f'past_actions must be (H - 1, A) = ({h - 1}, {a}), got '
+                              f'{past.shape}')  # fmt: skip
+        return actions, past
 
     def _actions(self, actions: np.ndarray | None, length: int, a: int) -> np.ndarray | None:
         if a == 0:

@@ -8,8 +8,10 @@ that must load without ROS, in fresh interpreters (nothing leaks in from other t
 2. ``dlp_ros.offline`` (torch-free offline ROS tooling) imports neither torch, ROS client libraries
    nor ``training``, nor the ROS face;
 3. ``training`` imports no ROS client library and no ROS-face module;
-4. the ROS face (``dlp_ros.node``, ``dlp_ros.conversions``, ``dlp_ros.demo``, ``dlp_ros.dds_shm``)
-   imports neither torch nor ``training``.
+4. the ROS face (``dlp_ros.node``, ``dlp_ros.planner_node``, ``dlp_ros.conversions``,
+   ``dlp_ros.demo``, ``dlp_ros.dds_shm``) imports neither torch nor ``training``.
+
+The planner's maths (``dlp_ros.mpc``) is part of the runtime core: rule 1 holds for it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ('dlp_ros', 'training')
-ROS_FACE = frozenset({'dlp_ros.node', 'dlp_ros.conversions', 'dlp_ros.demo', 'dlp_ros.dds_shm'})
+ROS_FACE = frozenset({
+    'dlp_ros.node', 'dlp_ros.planner_node', 'dlp_ros.conversions', 'dlp_ros.demo',
+    'dlp_ros.dds_shm',
+})  # fmt: skip
 OFFLINE = 'dlp_ros.offline'
 TORCH = frozenset({'torch', 'torch_geometric', 'torchvision'})
 ROS_CLIENT = frozenset({
@@ -290,3 +295,11 @@ def test_importing_the_ros_face_loads_no_torch_or_training() -> None:
         pytest.skip('needs rclpy and the built dlp_ros messages (source scripts/env.sh)')
     loaded = {m: h for m, h in _loads(_part(is_ros_face), ['torch', 'training']).items() if h}
     assert not loaded, f'importing the ROS face pulled in: {loaded}'
+
+
+def test_the_planner_is_cut_like_the_perception_node() -> None:
+    """Its maths is runtime core (no rclpy: testable and reusable without ROS), its node is ROS
+    face."""
+    modules = module_names(ROOT)
+    assert 'dlp_ros.mpc' in modules and is_core('dlp_ros.mpc')
+    assert 'dlp_ros.planner_node' in modules and is_ros_face('dlp_ros.planner_node')

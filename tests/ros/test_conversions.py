@@ -110,3 +110,26 @@ def test_twist_to_action_follows_the_card_names() -> None:
         conversions.twist_to_action(msg, ['angular.z', 'linear.x'], 2), [2.0, 0.5]
     )
     np.testing.assert_array_equal(conversions.twist_to_action(msg, [], 2), [0.5, -0.25])
+
+
+def test_batch_response_packs_pixels_as_particle_array_does(ros_msgs: object) -> None:
+    """u, v of each (candidate, step) are exactly the particles /dlp/particles would carry for
+    that frame; presence is the transparency; all B x N x K row-major."""
+    from dlp_ros.particles import FIELDS, stack
+    from dlp_ros.srv import PredictBatch
+
+    b, n, k, width, height = 2, 3, 5, 640, 480
+    frames = [[_frame(k, seed=10 * i + j) for j in range(n)] for i in range(b)]
+    fields = {name: np.stack([stack(row)[name] for row in frames]) for name in FIELDS}
+    header = ros_msgs.header(ros_msgs.T0_NS)
+    current = conversions.particle_array(_frame(k), header, width, height)
+    answer = conversions.batch_response(PredictBatch.Response(), current, 0.1, fields)
+    assert (answer.candidates, answer.horizon, answer.particles, answer.dt) == (b, n, k, 0.1)
+    assert answer.header == header and answer.current == current
+    u, v, p = (np.asarray(x).reshape(b, n, k) for x in (answer.u, answer.v, answer.presence))
+    for i in range(b):
+        for j in range(n):
+            msg = conversions.particle_array(frames[i][j], header, width, height)
+            assert u[i, j].tolist() == [q.u for q in msg.particles]
+            assert v[i, j].tolist() == [q.v for q in msg.particles]
+            assert p[i, j].tolist() == [q.transparency for q in msg.particles]

@@ -69,22 +69,27 @@ def test_install_share_has_message_definitions() -> None:
 
 
 def test_install_has_services_node_executable_launch_and_config() -> None:
-    """colcon installs srv/, lib/dlp_ros/perception_node (executable, this build's Python),
-    launch/perception.launch.py and config/perception.yaml."""
+    """colcon installs srv/, lib/dlp_ros/perception_node and push_planner (executables, this
+    build's Python), the launch files and config/perception.yaml."""
     prefix = ROOT / 'install' / 'dlp_ros'
     share = prefix / 'share' / 'dlp_ros'
-    for name in ('Predict', 'Render'):
+    for name in ('Predict', 'PredictBatch', 'Render'):
         assert (share / 'srv' / f'{name}.srv').read_text() == (
             ROOT / 'srv' / f'{name}.srv'
         ).read_text()
-    for rel in ('launch/perception.launch.py', 'config/perception.yaml'):
+    for rel in (
+        'launch/perception.launch.py',
+        'launch/planner.launch.py',
+        'config/perception.yaml',
+    ):
         assert (share / rel).read_text() == (ROOT / rel).read_text(), f'{rel}: rebuild'
-    node = prefix / 'lib' / 'dlp_ros' / 'perception_node'
-    assert os.access(node, os.X_OK), node
-    shebang = node.read_text().splitlines()[0]
-    assert shebang.startswith('#!') and Path(shebang[2:]).exists(), shebang
+    for executable in ('perception_node', 'push_planner'):
+        node = prefix / 'lib' / 'dlp_ros' / executable
+        assert os.access(node, os.X_OK), node
+        shebang = node.read_text().splitlines()[0]
+        assert shebang.startswith('#!') and Path(shebang[2:]).exists(), shebang
+    code = 'from dlp_ros.srv import Predict, Render; import dlp_ros.node, dlp_ros.planner_node'
     out = subprocess.run(
-        [sys.executable, '-c', 'from dlp_ros.srv import Predict, Render; import dlp_ros.node'],
-        cwd=ROOT / 'install', capture_output=True, text=True,
+        [sys.executable, '-c', code], cwd=ROOT / 'install', capture_output=True, text=True,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr

@@ -204,6 +204,31 @@ def test_predict_is_the_runtimes_rollout(rt64: DlpRuntime, frames: np.ndarray) -
     assert not np.array_equal(other.steps[-1].mu, forecast.steps[-1].mu), 'actions ignored'
 
 
+def test_predict_batch_keeps_the_streams_history_commands(
+    rt64: DlpRuntime, frames: np.ndarray
+) -> None:
+    """Candidates replace the commands from the last observed frame on; the history frames
+    keep the stream's; no actions = predict's rollout."""
+    pipeline = PerceptionPipeline(rt64)
+    commands = [np.array([0.1 * i, -0.2 * i], np.float32) for i in range(1, 4)]
+    for i, command in enumerate(commands):
+        pipeline.step(frames[i], NS + i, command)
+    snap = pipeline.snapshot(4)
+    assert snap is not None and snap.actions is not None
+    candidates = np.stack([np.full((4, 2), v, np.float32) for v in (-1.0, 0.0, 1.0)])
+    batch = pipeline.predict_batch(snap, candidates)
+    assert (batch.candidates, batch.horizon) == (3, 4)
+    assert batch.dt == pytest.approx(rt64.card.dynamics.dt) and batch.predict_ms > 0
+    for b in range(3):
+        own = np.concatenate([commands[-H:][:-1], candidates[b]])  # (H + 3, 2)
+        single = pipeline.predict(snap, actions=own)
+        got = np.stack([s.mu for s in single.steps])
+        np.testing.assert_allclose(batch.fields['mu'][b], got, rtol=1e-5, atol=1e-5)
+    default = pipeline.predict_batch(snap, None)
+    want = np.stack([s.mu for s in pipeline.predict(snap).steps])
+    np.testing.assert_array_equal(default.fields['mu'][0], want)
+
+
 def test_snapshot_while_stepping_is_consistent(rt64: DlpRuntime, frames: np.ndarray) -> None:
     """A prediction thread's snapshots never see a half-updated stream."""
     pipeline = PerceptionPipeline(rt64)

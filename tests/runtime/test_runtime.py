@@ -174,6 +174,56 @@ def test_predict_refuses_actions_for_a_model_without(
         rt.predict(history, 2, np.zeros((3, 1), np.float32))
 
 
+def test_predict_batch_equals_separate_single_rollouts(
+    rt64: DlpRuntime, blob_frames: Callable
+) -> None:
+    """One batched rollout of B candidates == B single rollouts with their commands; the
+    history's commands (past_actions) are shared; B = 1 of the batch is predict itself."""
+    history = _track(rt64, blob_frames(64, t_len=3, seed=9))
+    h, a, n, b = rt64.card.dynamics.history, rt64.card.dynamics.action_dim, 5, 6
+    rng = np.random.default_rng(3)
+    past = rng.uniform(-1, 1, (h - 1, a)).astype(np.float32)
+    future = rng.uniform(-1, 1, (b, n, a)).astype(np.float32)
+    batch = rt64.predict_batch(history, n, future, past)
+    assert set(batch) == set(FIELDS)
+    k, f = rt64.card.particles.K, rt64.card.particles.F
+    assert batch['mu'].shape == (b, n, k, 2) and batch['features'].shape == (b, n, k, f)
+    assert batch['bg_features'].shape == (b, n, rt64.card.particles.Fb)
+    for i in range(b):
+        single = stack(rt64.predict(history, n, np.concatenate([past, future[i]])))
+        for name in FIELDS:
+            np.testing.assert_allclose(batch[name][i], single[name], rtol=1e-5, atol=1e-5,
+                                       err_msg=f'candidate {i} {name}')  # fmt: skip
+    assert np.abs(batch['mu'][0] - batch['mu'][1]).max() > 1e-4, 'candidates do not differ'
+    one = rt64.predict_batch(history, n, future[:1], past)
+    want = stack(rt64.predict(history, n, np.concatenate([past, future[0]])))
+    for name in FIELDS:
+        np.testing.assert_array_equal(one[name][0], want[name])
+    zeros = rt64.predict_batch(history, n, np.zeros((2, n, a), np.float32))  # past: zeros
+    np.testing.assert_array_equal(zeros['mu'][0], stack(rt64.predict(history, n))['mu'])
+    with pytest.raises(ConfigError, match=r'\(B, horizon, A\) = \(B, 5, 2\)'):
+        rt64.predict_batch(history, n, future[0], past)
+    with pytest.raises(ConfigError, match=r'past_actions must be \(H - 1, A\)'):
+        rt64.predict_batch(history, n, future, np.zeros((h, a), np.float32))
+    with pytest.raises(ConfigError, match='B >= 1'):
+        rt64.predict_batch(history, n, np.zeros((0, n, a), np.float32))
+
+
+def test_predict_batch_of_a_model_without_actions(
+    bundles: dict[int, Any], blob_frames: Callable
+) -> None:
+    rt = DlpRuntime.load(bundles[128].path, providers='cpu', threads=1)
+    history = _track(rt, blob_frames(128, t_len=2))
+    batch = rt.predict_batch(history, 3, np.zeros((4, 3, 0), np.float32))
+    assert batch['mu'].shape == (4, 3, rt.card.particles.K, 2)
+    single = stack(rt.predict(history, 3))
+    for i in range(4):
+        np.testing.assert_allclose(batch['mu'][i], single['mu'], rtol=1e-5, atol=1e-5)
+    assert rt.predict_batch(history, 3)['mu'].shape[0] == 1
+    with pytest.raises(ConfigError, match='action_dim = 0'):
+        rt.predict_batch(history, 3, np.zeros((4, 3, 1), np.float32))
+
+
 def test_short_history_is_padded_with_its_first_frame(
     rt64: DlpRuntime, blob_frames: Callable
 ) -> None:
