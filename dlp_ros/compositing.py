@@ -63,7 +63,7 @@ def particle_flow(motion: Motion, size: int) -> np.ndarray:
     pixel p of step n reads the observed frame at p - d_n(p).
 
     d_n(p) = c(p) * sum_k w_nk(p) (end_nk - start_k) / sum_k w_nk(p), with the flat-topped kernel
-    w_nk(p) = weight_k exp(-(|p - end_nk| / radius_k)^4 / 2) around each particle's predicted
+    w_nk(p) = weight_k exp(-(|p - end_nk| / radius_k)^8 / 2) around each particle's predicted
     position and the coverage c(p) = max_k w_nk(p): whole objects move rigidly, far pixels stay.
     """
     centres = np.arange(size, dtype=np.float64) + 0.5  # pixel centres
@@ -71,7 +71,7 @@ def particle_flow(motion: Motion, size: int) -> np.ndarray:
     shift = motion.end - motion.start[None]  # (N, K, 2)
     rel = grid[None, None] - motion.end[:, :, None, None, :]  # (N, K, S, S, 2)
     r = np.maximum(motion.radius, 0.5)[None, :, None, None]  # (1, K, 1, 1)
-    w = motion.weight[None, :, None, None] * np.exp(-0.5 * (np.sum(rel**2, -1) / r**2) ** 2)
+    w = motion.weight[None, :, None, None] * np.exp(-0.5 * (np.sum(rel**2, -1) / r**2) ** 4)
     total = w.sum(axis=1)  # (N, S, S)
     mean = np.einsum('nkhw,nkc->nhwc', w, shift) / np.maximum(total, 1e-9)[..., None]
     return (mean * w.max(axis=1)[..., None]).astype(np.float32)
@@ -113,7 +113,7 @@ def compose(
     """
     if mode not in MODES:
         raise ValueError(f'compositing mode must be one of {", ".join(MODES)}, got {mode!r}')
-    if decoded.ndim != 4 or observed.shape != decoded.shape[1:] != decoded_observed.shape:
+    if decoded.ndim != 4 or not observed.shape == decoded.shape[1:] == decoded_observed.shape:
         raise ValueError(
             f'compose: observed {observed.shape} and decoded_observed {decoded_observed.shape} '
             f'must be (3, S, S) matching decoded {decoded.shape} (N, 3, S, S)'

@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from dlp_ros.compositing import MODES as COMPOSITING_MODES
 from dlp_ros.config_schema import checked, from_mapping
 from dlp_ros.errors import ConfigError, ModelCardError
 from dlp_ros.plain_values import plain
@@ -139,6 +140,15 @@ class ValidationSpec:
 
 
 @dataclass(frozen=True)
+class PredictionSpec:
+    """How predicted frames are drawn (``dlp_ros.compositing``): 'decoded' redraws them from the
+    particles alone; 'residual', 'gated' and 'warped' keep the observed frame where nothing
+    moves. Cards written before this field existed mean 'decoded'."""
+
+    compositing: str = checked('decoded', choices=COMPOSITING_MODES)
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """A parsed ``model_card.yaml``; ``directory`` is where it was read from (None if built)."""
 
@@ -151,6 +161,7 @@ class ModelCard:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     validation: ValidationSpec = field(default_factory=lambda: ValidationSpec(None))
+    prediction: PredictionSpec = field(default_factory=PredictionSpec)
     code_version: str = ''
     created: str = ''
     schema_version: int = SCHEMA_VERSION
@@ -200,6 +211,7 @@ class ModelCard:
                 **plain(self.validation.details),
             },
             'code_version': self.code_version,
+            'prediction': {'compositing': self.prediction.compositing},
             'created': self.created,
         }
 
@@ -274,7 +286,9 @@ def _schema_version(file: Path | str, data: Mapping) -> Any:
 
 # The card's top-level keys; all but ``created`` are required.
 TOP_KEYS = ('schema_version', 'image', 'particles', 'dynamics', 'tracking', 'files', 'opset',
-            'training', 'metrics', 'validation', 'code_version', 'created')  # fmt: skip
+            'training', 'metrics', 'validation', 'code_version', 'prediction',
+            'created')  # fmt: skip
+OPTIONAL_KEYS = ('prediction', 'created')  # a card without them: the defaults
 
 
 def _card_mapping(file: Path | str, data: Mapping) -> dict[str, Any]:
@@ -283,7 +297,7 @@ def _card_mapping(file: Path | str, data: Mapping) -> dict[str, Any]:
     unknown = sorted(set(data) - set(TOP_KEYS), key=str)
     if unknown:
         raise _fail(file, str(unknown[0]), f'unknown field (known: {sorted(TOP_KEYS)})')
-    for key in TOP_KEYS[:-1]:
+    for key in (k for k in TOP_KEYS if k not in OPTIONAL_KEYS):
         if key not in data:
             raise _fail(file, key, 'missing (a value is required)')
     out = dict(data)

@@ -177,6 +177,9 @@ class Snapshot:
     history: list[ParticleFrame]  # the tracker's last <= H frames, oldest first
     horizon: int
     actions: np.ndarray | None  # (H + horizon - 1, A) float32; None: the model takes none
+    x: np.ndarray | None = (
+        None  # (1, 3, S, S) the frame's model input (predicted frames start there)
+    )
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,7 @@ class PerceptionPipeline:
         self._size: tuple[int, int] | None = None  # None: no frame since the last reset
         self._stamp = 0
         self._history: list[ParticleFrame] = []
+        self._x: np.ndarray | None = None  # (1, 3, S, S) the latest frame's model input
 
     def reset(self) -> None:
         """Forget the stream: the next frame starts new identities (a new subscription)."""
@@ -234,6 +238,7 @@ class PerceptionPipeline:
             if self._actions is not None:
                 self._actions.reset()
             self._header, self._size, self._stamp, self._history = None, None, 0, []
+            self._x = None
 
     def step(
         self, rgb: np.ndarray, stamp: int, action: np.ndarray | None = None, header: Any = None
@@ -263,6 +268,7 @@ class PerceptionPipeline:
         with self._lock:
             self._header, self._size, self._stamp = header, (width, height), stamp
             self._history = self.tracker.history
+            self._x = x
             if self._actions is not None:
                 if why is not None:
                     self._actions.reset()
@@ -279,7 +285,8 @@ class PerceptionPipeline:
             actions = None
             if self._actions is not None:
                 actions = self._actions.rollout_actions(horizon, len(history))
-            return Snapshot(self._header, self._size, self._stamp, history, horizon, actions)
+            return Snapshot(self._header, self._size, self._stamp, history, horizon, actions,
+                            self._x)  # fmt: skip
 
     def predict(
         self, snap: Snapshot, frames: bool = False, actions: np.ndarray | None = None
@@ -294,7 +301,10 @@ class PerceptionPipeline:
         t0 = time.perf_counter()
         steps = self.rt.predict(snap.history, snap.horizon, snap.actions if actions is None
                                 else actions)  # fmt: skip
-        images = self.rt.render(steps) if frames else None  # (N, S, S, 3)
+        images = None
+        if frames:  # (N, S, S, 3) in the card's compositing form
+            images = (self.rt.render(steps) if snap.x is None
+                      else self.rt.render_prediction(snap.x, snap.history[-1], steps))  # fmt: skip
         dt = float(self.rt.card.dynamics.dt)
         return Forecast(steps, images, dt, (time.perf_counter() - t0) * 1e3)
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from dlp_ros.compositing import Motion, compose, to_uint8
 from dlp_ros.errors import ConfigError, ImageError, ModelCardError
 from dlp_ros.image_codec import resize_rgb, to_model_input
 from dlp_ros.model_card import (
@@ -161,6 +162,30 @@ class DlpRuntime:
         image = self.decode(frames)  # (N, 3, S, S)
         out = np.clip(image, 0.0, 1.0) * 255.0
         return np.ascontiguousarray(np.round(out).astype(np.uint8).transpose(0, 2, 3, 1))
+
+    def render_prediction(
+        self,
+        observed: np.ndarray,
+        last: ParticleFrame,
+        steps: Sequence[ParticleFrame],
+        mode: str | None = None,
+    ) -> np.ndarray:
+        """Predicted frames (N, S, S, 3) uint8 RGB in the card's compositing form
+        (``card.prediction.compositing``, or ``mode``; see :mod:`dlp_ros.compositing`).
+
+        Args:
+            observed: (1, 3, S, S) the model input of the last observed frame.
+            last: that frame's particles.
+            steps: the N predicted particle frames after it.
+        """
+        mode = mode or self.card.prediction.compositing
+        if mode == 'decoded' or not steps:
+            return self.render(steps)
+        decoded = self.decode([last, *steps])  # (N + 1, 3, S, S)
+        predicted_mu = np.stack([f.mu for f in steps])  # (N, K, 2)
+        motion = Motion.from_particles(last.mu, predicted_mu, last.scale, last.transparency,
+                                       self.card.image.size)  # fmt: skip
+        return to_uint8(compose(mode, observed[0], decoded[1:], decoded[0], motion))
 
     def recon_mse(self, x: np.ndarray, frame: ParticleFrame) -> float:
         """Mean per-pixel squared error of decode(frame) against the input x (1, 3, S, S), in

@@ -50,7 +50,8 @@ import torch
 from tqdm import tqdm
 
 import dlp_ros
-from dlp_ros.compositing import compose, from_uint8, to_uint8
+from dlp_ros.compositing import MODES as COMPOSITING_MODES
+from dlp_ros.compositing import Motion, compose, from_uint8, to_uint8
 from dlp_ros.config_schema import checked, from_args
 from dlp_ros.offline.output_dir import check_out, publish
 from dlp_ros.offline.plots import encode_gif, gif_writer, line_plot
@@ -79,10 +80,11 @@ logger = logging.getLogger(__name__)
 FORMAT = 'dlp_ros.prediction_evaluation'
 VERSION = 1
 REPORT = 'report.json'
+# 'model' is the served form (the bundle card's compositing, or --compositing); every form is
+# also reported as model_<form> (dlp_ros.compositing).
 IMAGE_SERIES = (
     'model',
-    'model_residual',
-    'model_gated',
+    *(f'model_{mode}' for mode in COMPOSITING_MODES),
     'last_frame',
     'const_velocity',
     'const_flow',
@@ -116,6 +118,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add('--batch', type=int, default=64, help='frames per batched forward pass (torch)')
     add('--threads', type=int, default=0, help='torch / onnxruntime threads (0: default)')
     add('--providers', default='cpu', help="--bundle: 'auto', 'cpu', 'cuda' or 'tensorrt'")
+    add('--compositing', choices=['card', *COMPOSITING_MODES], default='card',
+        help="form of the 'model' frames: the bundle card's ('decoded' for runs) or the one "
+             'named; every form is also reported as model_<form>')  # fmt: skip
     add('--overwrite', action='store_true', help='replace --out once the new report is complete')
     add('--no-progress', action='store_true', help='no progress bar')
 
@@ -140,6 +145,7 @@ class PredictionOptions:
     batch: int = checked(64, ge=1)
     threads: int = checked(0, ge=0)
     providers: str = 'cpu'
+    compositing: str = checked('card', choices=('card', *COMPOSITING_MODES))
     overwrite: bool = False
     no_progress: bool = False
 
@@ -157,6 +163,7 @@ class Setup:
     source: dict[str, Any]  # what was evaluated (runs and checkpoints, or the bundle)
     action_columns: list[int] | None
     dt: float
+    compositing: str = 'decoded'  # the form of the 'model' series
 
 
 def _check_args(args: PredictionOptions) -> None:
@@ -269,7 +276,10 @@ def open_setup(args: PredictionOptions) -> Setup:
         )
     selection = select_clips(data, args.split, args.context, args.horizon, predictor.history,
                              args.clips, columns)  # fmt: skip
-    return Setup(predictor, data, selection, source, columns, 1.0 / data.fps)
+    mode = args.compositing
+    if mode == 'card':
+        mode = getattr(predictor, 'compositing', 'decoded')
+    return Setup(predictor, data, selection, source, columns, 1.0 / data.fps, mode)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -318,17 +328,22 @@ class Accumulator:
 
 
 def evaluate_clip(
-    predictor: Predictor, frames: np.ndarray, clip: PredictionClip, context: int, horizon: int
+    predictor: Predictor,
+    frames: np.ndarray,
+    clip: PredictionClip,
+    context: int,
+    horizon: int,
+    compositing: str = 'decoded',
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
     """One clip: the predicted frames of every image series (N, S, S, 3) uint8 and the particles
-    of every position series (mu (N, K, 2), transparency (N, K, 1))."""
+    of every position series (mu (N, K, 2), transparency (N, K, 1)); 'model' is the
+    ``compositing`` form."""
     observed = predictor.observe(frames[:context])  # the model never sees the future frames
     predicted = predictor.predict(observed, horizon, clip.actions)
     velocity = constant_velocity(observed, horizon)
     last = hold_last(observed, horizon)
     decoded = predictor.render(concat(predicted, velocity, hold_last(observed, 1)))
     images = {
-        'model': decoded[:horizon],
         'last_frame': np.repeat(frames[context - 1 : context], horizon, axis=0),
         'const_velocity': decoded[horizon : 2 * horizon],
         'const_flow': constant_flow(frames[context - 2], frames[context - 1], horizon),
@@ -336,10 +351,13 @@ def evaluate_clip(
     }
     observed_x = from_uint8(frames[context - 1])  # (3, S, S)
     decoded_x = from_uint8(decoded)  # (2N + 1, 3, S, S)
-    for mode in ('residual', 'gated'):
+    motion = Motion.from_particles(observed['mu'][-1], predicted['mu'], observed['scale'][-1],
+                                   observed['transparency'][-1], frames.shape[1])  # fmt: skip
+    for mode in COMPOSITING_MODES:
         images[f'model_{mode}'] = to_uint8(
-            compose(mode, observed_x, decoded_x[:horizon], decoded_x[2 * horizon])
+            compose(mode, observed_x, decoded_x[:horizon], decoded_x[2 * horizon], motion)
         )
+    images['model'] = images[f'model_{compositing}']
     particles = {'model': predicted, 'last_frame': last, 'const_velocity': velocity}
     return images, particles
 
@@ -354,7 +372,8 @@ def evaluate(setup: Setup, context: int, horizon: int, gif_clips: int, bar: tqdm
     for i, clip in enumerate(clips):
         frames = np.array(setup.data.frames(clip.episode)[clip.start : clip.start + context
                                                           + horizon])  # fmt: skip
-        images, particles = evaluate_clip(setup.predictor, frames, clip, context, horizon)
+        images, particles = evaluate_clip(setup.predictor, frames, clip, context, horizon,
+                                          setup.compositing)  # fmt: skip
         truth = frames[context:]
         for series in IMAGE_SERIES:
             acc.add_images(series, images[series], truth)
@@ -403,7 +422,7 @@ def _comparison(per_step: dict, mean: dict, horizon: int) -> dict[str, Any]:
                 if horizon >= COMPARE_STEP else None,
                 'mean': entry(mean[metric]['model'], mean[metric][name], higher),
             }
-            for name, values in series.items() if name != 'model'
+            for name, values in series.items() if not name.startswith('model')
         }  # fmt: skip
     return out
 
@@ -459,6 +478,7 @@ def build_report(args: PredictionOptions, setup: Setup, acc: Accumulator, with_t
         'left_out': sel.left_out,
         'clip_list': [{'episode': x.episode, 'start': x.start} for x in sel.clips],
         'series': {'image': list(IMAGE_SERIES), 'position': list(POSITION_SERIES)},
+        'compositing': setup.compositing,
         'per_step': per_step, 'mean': mean,
         f'step_{COMPARE_STEP}': at,
         'comparison': _comparison(per_step, mean, n),
@@ -490,6 +510,9 @@ def headline(report: dict[str, Any]) -> list[str]:
                 text += f' ({_fmt(step[metric].get(name), spec)} @{COMPARE_STEP})'
             parts.append(f'{name} {text}')
         lines.append(f'{metric}: ' + ', '.join(parts))
+    forms = report['mean'].get('psnr_db', {})
+    by_form = ', '.join(f'{m} {_fmt(forms.get(f"model_{m}"), ".2f")}' for m in COMPOSITING_MODES)
+    lines.append(f'psnr_db by compositing form (model = {report.get("compositing")}): {by_form}')
     best = (report.get('best_baseline') or {}).get('psnr_db')
     if best is not None:
         lines.append(f'psnr_db best baseline {best["series"]}: model - best = '

@@ -43,6 +43,7 @@ import yaml
 from torch import nn
 
 import dlp_ros
+from dlp_ros.compositing import MODES as COMPOSITING_MODES
 from dlp_ros.config_schema import checked, from_args
 from dlp_ros.errors import DlpError
 from dlp_ros.model_card import (
@@ -57,6 +58,7 @@ from dlp_ros.model_card import (
     ImageSpec,
     ModelCard,
     ParticleSpec,
+    PredictionSpec,
     TrackingSpec,
     ValidationSpec,
     expected_graphs,
@@ -73,6 +75,9 @@ from training.models.tracking import METHOD, DlpBackgroundEncoder, DlpTrackingEn
 
 logger = logging.getLogger(__name__)
 KIND = 'model bundle'
+# Predicted frames: the observed frame moved along the particles' motion (docs/results.md,
+# issue 12: the best form on the tabletop and balls test seeds, by validation first).
+DEFAULT_COMPOSITING = 'warped'
 PARITY_LIMIT = 1e-3  # largest |onnxruntime - torch| accepted at export time
 
 
@@ -100,6 +105,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add('--opset', type=int, default=17, help='ONNX opset (legacy exporter)')
     add('--val-frames', type=int, default=200,
         help='validation frames for validation.recon_mse (0: skip)')  # fmt: skip
+    add(
+        '--compositing',
+        choices=COMPOSITING_MODES,
+        default=DEFAULT_COMPOSITING,
+        help='how the runtime draws predicted frames (the model card records it)',
+    )
     add('--overwrite', action='store_true', help='replace an existing bundle at --out')
 
 
@@ -113,6 +124,7 @@ class ExportOptions:
     checkpoint: str = checked('best', choices=('best', 'last'))
     opset: int = checked(17, ge=1)
     val_frames: int = checked(200, ge=0)
+    compositing: str = checked(DEFAULT_COMPOSITING, choices=COMPOSITING_MODES)
     overwrite: bool = False
 
 
@@ -132,7 +144,8 @@ def export(opts: ExportOptions) -> int:
         print(line)  # noqa: T201
     frames, note = validation_frames(opts.dlp, dlp.config.S, opts.val_frames)
     card = export_bundle(dlp, dyn, opts.out, info, opset=opts.opset, overwrite=opts.overwrite,
-                         val_frames=frames, val_note=note)  # fmt: skip
+                         val_frames=frames, val_note=note,
+                         compositing=opts.compositing)  # fmt: skip
     v = card.validation
     recon = 'omitted' if v.recon_mse is None else f'{v.recon_mse:.3g}'
     parity = v.details.get('export_parity')
@@ -155,6 +168,7 @@ def export_bundle(
     overwrite: bool = False,
     val_frames: list[np.ndarray] | None = None,
     val_note: dict[str, Any] | None = None,
+    compositing: str = DEFAULT_COMPOSITING,
 ) -> ModelCard:
     """Export the four graphs and the card into ``out``, atomically.
 
@@ -165,6 +179,7 @@ def export_bundle(
         val_frames: episodes of (T, S, S, 3) uint8 consecutive frames for
             ``validation.recon_mse`` (None: omitted, ``val_note`` says why).
         val_note: extra entries of the card's ``validation`` section (data set, split).
+        compositing: how the runtime draws predicted frames (``dlp_ros.compositing.MODES``).
 
     Returns:
         The written card (``directory`` = ``out``).
@@ -203,6 +218,7 @@ def export_bundle(
             training=info.training,
             metrics=info.metrics,
             validation=ValidationSpec(None, {**(val_note or {}), 'export_parity': parity}),
+            prediction=PredictionSpec(compositing),
             code_version=code_version(),
             created=time.strftime('%Y-%m-%dT%H:%M:%S%z'),
             schema_version=SCHEMA_VERSION,

@@ -263,6 +263,7 @@ class BundlePredictor:
         self.action_names = list(card.dynamics.action_names or [])
         self.dt = float(card.dynamics.dt)
         self.provider = self.rt.provider
+        self.compositing = card.prediction.compositing  # how the runtime draws predicted frames
 
     def observe(self, frames: np.ndarray) -> ParticleArrays:
         tracker = self.rt.tracker()

@@ -106,8 +106,9 @@ def derived_dynamics(runs: dict[str, Path], name: str, zero: bool = False,
     return out
 
 
-IMAGE_SERIES_EXPECTED = ('model', 'model_residual', 'model_gated', 'last_frame', 'const_velocity',
-                         'const_flow', 'last_frame_decoded')  # fmt: skip
+IMAGE_SERIES_EXPECTED = ('model', 'model_decoded', 'model_residual', 'model_gated', 'model_warped',
+                         'last_frame', 'const_velocity', 'const_flow',
+                         'last_frame_decoded')  # fmt: skip
 
 
 def test_report_charts_and_gif(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
@@ -322,7 +323,7 @@ def test_bundle_gives_the_torch_metrics(runs: dict[str, Path], tmp_path: Path,
         out = tmp_path / name
         argv = ['evaluate-prediction', *source, '--data', str(data), '--context', str(C),
                 '--horizon', str(N), '--out', str(out), '--checkpoint', 'last', '--threads', '1',
-                '--gif-clips', '0', '--no-progress']  # fmt: skip
+                '--gif-clips', '0', '--no-progress', '--compositing', 'warped']  # fmt: skip
         assert main(argv) == 0
         reports[name] = json.loads((out / 'report.json').read_text())
     torch_report, onnx_report = reports['torch'], reports['onnx']
