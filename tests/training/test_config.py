@@ -10,6 +10,8 @@ import pytest
 from dlp_ros.errors import ConfigError
 from training.config import load_config, to_dict
 
+ROOT_DIR = Path(__file__).resolve().parents[2]
+
 
 @dataclass
 class Inner:
@@ -52,3 +54,16 @@ def test_yaml_and_overrides(tmp_path: Path) -> None:
 def test_bad_values_are_named(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(Outer, None, overrides)
+
+
+@pytest.mark.parametrize('path', sorted((ROOT_DIR / 'config' / 'train').glob('*.yaml')),
+                         ids=lambda p: p.name)  # fmt: skip
+def test_every_committed_training_config_loads(path: Path) -> None:
+    """The configs the docs tell users to run are valid (a typo is caught here, not after data
+    was built); S comes from the dataset, K/F/Fb of dynamics from the latents."""
+    from training.train_dlp import DlpRunConfig
+    from training.train_dynamics import DynamicsRunConfig
+
+    cls = DynamicsRunConfig if path.name.startswith('dynamics') else DlpRunConfig
+    config = load_config(cls, path, [])
+    assert config.train.max_steps >= 1
