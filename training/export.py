@@ -75,9 +75,9 @@ from training.models.tracking import METHOD, DlpBackgroundEncoder, DlpTrackingEn
 
 logger = logging.getLogger(__name__)
 KIND = 'model bundle'
-# Predicted frames: the observed frame moved along the particles' motion (docs/results.md,
-# issue 12: the best form on the tabletop and balls test seeds, by validation first).
-DEFAULT_COMPOSITING = 'warped'
+# Predicted frames: the last observed frame plus the decoder's change (docs/results.md, issue 12:
+# the best form on held-out validation seeds of the tabletop scene).
+DEFAULT_COMPOSITING = 'residual'
 PARITY_LIMIT = 1e-3  # largest |onnxruntime - torch| accepted at export time
 
 
