@@ -158,16 +158,16 @@ class CommandGate:
     """Where the frame loop waits for the command of its frame (thread-safe).
 
     ``offer`` (the command subscription) keeps the latest command per stamp, only for stamps not
-    older than the frame waited for; ``wait`` takes the one of the given stamp. ``interrupt``
-    (a reset, shutdown) starts a new epoch: it wakes a waiter of an older epoch and drops the
-    kept commands (sim time restarts with a new episode).
+    older than the frame waited for; ``wait`` takes the one of the given stamp, or returns early
+    when ``poke``d (work for the frame thread, shutdown). ``restart`` drops everything kept: a
+    new episode restarts sim time.
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._commands: dict[int, tuple[float, float]] = {}
         self._floor = 0  # stamps below this are stale
-        self.epoch = 0
+        self._poked = False
 
     def offer(self, stamp_ns: int, command: tuple[float, float]) -> bool:
         """Keep a command for frame ``stamp_ns``; False when it is for an older frame."""
@@ -178,23 +178,24 @@ class CommandGate:
             self._cond.notify_all()
             return True
 
-    def wait(self, stamp_ns: int, timeout: float, epoch: int) -> tuple[float, float] | None:
-        """The command for frame ``stamp_ns``; None after ``timeout`` s or once the epoch is no
-        longer ``epoch`` (at once if it already is not)."""
+    def wait(self, stamp_ns: int, timeout: float) -> tuple[float, float] | None:
+        """The command for frame ``stamp_ns``; None after ``timeout`` s or a poke (a poke that
+        came before the call counts)."""
         with self._cond:
-            if epoch != self.epoch:
-                return None
             self._floor = stamp_ns
             self._commands = {s: c for s, c in self._commands.items() if s >= stamp_ns}
-            self._cond.wait_for(lambda: stamp_ns in self._commands or epoch != self.epoch,
-                                timeout)  # fmt: skip
-            return self._commands.pop(stamp_ns, None) if epoch == self.epoch else None
+            self._cond.wait_for(lambda: stamp_ns in self._commands or self._poked, timeout)
+            self._poked = False
+            return self._commands.pop(stamp_ns, None)
 
-    def interrupt(self) -> int:
-        """Start a new epoch (returns it): kept commands go, a waiter wakes up."""
+    def poke(self) -> None:
+        """Wake the waiter (or make the next wait return at once)."""
         with self._cond:
-            self.epoch += 1
+            self._poked = True
+            self._cond.notify_all()
+
+    def restart(self) -> None:
+        """A new episode: the kept commands and the floor go."""
+        with self._cond:
             self._commands.clear()
             self._floor = 0
-            self._cond.notify_all()
-            return self.epoch

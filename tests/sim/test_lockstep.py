@@ -165,28 +165,32 @@ def test_predict_zero_candidate_is_the_next_frame(sim: LockstepSim) -> None:
 def test_gate_hands_over_the_command_of_the_frame() -> None:
     gate = CommandGate()
     assert gate.offer(200, (0.1, 0.0)) and gate.offer(100, (0.2, 0.0))
-    assert gate.wait(100, 0.01, gate.epoch) == (0.2, 0.0)
-    assert gate.wait(200, 0.01, gate.epoch) == (0.1, 0.0)
+    assert gate.wait(100, 0.01) == (0.2, 0.0)
+    assert gate.wait(200, 0.01) == (0.1, 0.0)
     assert not gate.offer(150, (0.3, 0.0)), 'a command for an older frame is stale'
     t0 = time.monotonic()
-    assert gate.wait(300, 0.05, gate.epoch) is None
+    assert gate.wait(300, 0.05) is None
     assert time.monotonic() - t0 >= 0.05
     late = threading.Timer(0.05, gate.offer, args=(400, (0.0, 0.1)))
     late.start()
-    assert gate.wait(400, 5.0, gate.epoch) == (0.0, 0.1)
+    assert gate.wait(400, 5.0) == (0.0, 0.1)
 
 
-def test_gate_interrupt_wakes_the_waiter_and_restarts_time() -> None:
+def test_gate_poke_wakes_the_waiter_and_restart_forgets() -> None:
     gate = CommandGate()
-    epoch = gate.epoch
-    gate.offer(500, (0.1, 0.1))
-    timer = threading.Timer(0.05, gate.interrupt)
+    gate.offer(600, (0.1, 0.1))
+    timer = threading.Timer(0.05, gate.poke)
     timer.start()
     t0 = time.monotonic()
-    assert gate.wait(600, 5.0, epoch) is None
+    assert gate.wait(700, 5.0) is None
     assert time.monotonic() - t0 < 2.0
-    assert gate.epoch == epoch + 1
+    gate.poke()
+    t0 = time.monotonic()
+    assert gate.wait(700, 5.0) is None, 'a poke before the wait counts'
+    assert time.monotonic() - t0 < 1.0
+    assert not gate.offer(100, (0.2, 0.2))
+    gate.offer(800, (0.3, 0.3))
+    gate.restart()
     assert gate.offer(100, (0.2, 0.2)), 'time restarted: an early stamp is not stale'
-    assert gate.wait(100, 0.01, epoch) is None, 'a waiter of an old epoch returns at once'
-    assert gate.wait(100, 0.01, gate.epoch) == (0.2, 0.2)
-    assert gate.wait(500, 0.01, gate.epoch) is None, 'commands of the old epoch are gone'
+    assert gate.wait(100, 0.01) == (0.2, 0.2)
+    assert gate.wait(800, 0.01) is None, 'commands of the old episode are gone'

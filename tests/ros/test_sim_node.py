@@ -1,0 +1,178 @@
+"""The simulated robot end to end: the installed ``lib/dlp_ros/tabletop_sim`` in a process of its
+own, driven over real rclpy + Fast DDS (this run's domain, loopback only) by
+:class:`dlp_ros.sim.client.LoopClient` in lockstep: one frame per command with matching stamps,
+the pusher moving as commanded, ground truth, the task and the clock published, missed steps
+counted, /sim/predict_batch of the right shapes whose zero-command candidate is the real future.
+
+The simulator's topics are absolute (/camera/image_raw, ...): this module runs one simulator at
+a time, under the ROS test lock.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip('rclpy')
+pytest.importorskip('dlp_ros.srv')
+pytest.importorskip('mujoco')
+
+from rosgraph_msgs.msg import Clock  # noqa: E402
+
+from dlp_ros import demo  # noqa: E402
+from dlp_ros.conversions import stamp_ns  # noqa: E402
+from dlp_ros.errors import DlpError  # noqa: E402
+from dlp_ros.sim.client import LoopClient  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+START_NS = 50 * 10**9  # the node's start_time
+PERIOD_NS = 100_000_000  # 10 Hz
+STEP_TIMEOUT_S = 1.5
+TIMEOUT_S = 30.0
+Loop = tuple[LoopClient, demo.NodeProcess, list[int]]  # client, simulator, /clock stamps
+
+
+def executable() -> Path:
+    from ament_index_python.packages import get_package_prefix
+
+    path = Path(get_package_prefix('dlp_ros')) / 'lib' / 'dlp_ros' / 'tabletop_sim'
+    assert os.access(path, os.X_OK), f'{path} is missing or not executable: rebuild with colcon'
+    return path
+
+
+def clock_ns(msg: Clock) -> int:
+    return msg.clock.sec * 10**9 + msg.clock.nanosec
+
+
+@pytest.fixture(scope='module')
+def loop(tmp_path_factory: pytest.TempPathFactory, ros_domain_id: int) -> Iterator[Loop]:
+    """The simulator (no episode until a reset) and a client; the client's /clock stamps."""
+    log = tmp_path_factory.mktemp('sim') / 'tabletop_sim.log'
+    params = {'autostart': False, 'start_time': START_NS / 1e9, 'step_timeout': STEP_TIMEOUT_S,
+              'first_step_timeout': STEP_TIMEOUT_S, 'frame_id': 'test_camera'}  # fmt: skip
+    env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+    node = demo.NodeProcess(params, {}, env, log, command=[str(executable())])
+    client = LoopClient(env, 'sim_test_client')
+    clock: list[int] = []
+    client.session.node.create_subscription(Clock, '/clock',
+                                            lambda m: clock.append(clock_ns(m)), 50)  # fmt: skip
+    try:
+        yield client, node, clock
+    finally:
+        client.close()
+        code = node.stop()
+        assert code == 0, f'tabletop_sim exited with {code}:\n{node.log_tail(40)}'
+
+
+def stamp(index: int) -> int:
+    return START_NS + index * PERIOD_NS
+
+
+def frames_after(client: LoopClient, index: int) -> list[int]:
+    with client.lock:
+        return sorted(s for s in client.seen.frame_times if s > stamp(index))
+
+
+def truth(client: LoopClient, index: int) -> np.ndarray:
+    with client.lock:
+        return client.seen.truth[stamp(index)].copy()  # (K, 2)
+
+
+def test_reset_publishes_the_task_and_the_first_frame(loop: Loop) -> None:
+    client, node, _ = loop
+    goal = client.reset(seed=5, timeout=TIMEOUT_S)
+    assert goal.object_id >= 1 and stamp_ns(goal.header) == START_NS
+    assert goal.header.frame_id == 'test_camera' and goal.tolerance == pytest.approx(3.0)
+    client.wait_frame(0, START_NS, PERIOD_NS, TIMEOUT_S)
+    client.session.wait_for('the latched task', lambda: client.seen.goal is not None, TIMEOUT_S)
+    assert (client.seen.goal.goal_u, client.seen.goal.goal_v) == (goal.goal_u, goal.goal_v)
+    xy = truth(client, 0)
+    assert len(xy) >= 4, 'pusher and 3..5 objects'
+    assert np.allclose(xy[goal.object_id], (goal.start_u, goal.start_v), atol=1e-4)
+    assert 6.0 < np.hypot(goal.goal_u - goal.start_u, goal.goal_v - goal.start_v) < 25.0
+    with client.lock:
+        assert client.seen.frames[START_NS].shape == (64, 64, 3)
+    with pytest.raises(DlpError, match='refused'):
+        client.reset(seed=5, object_id=1, goal_uv=(10.0, 99.0), timeout=TIMEOUT_S)
+    client.reset(seed=5, timeout=TIMEOUT_S)  # the refused reset left no episode behind
+
+
+def test_lockstep_frames_follow_commands(loop: Loop) -> None:
+    """Each frame waits for the command of the one before; stamps, clock and ground truth
+    match; zero commands keep the pusher still, +x moves it right, +y moves it up."""
+    client, node, clock = loop
+    client.reset(seed=11, timeout=TIMEOUT_S)
+    client.wait_frame(0, START_NS, PERIOD_NS, TIMEOUT_S)
+    commands = [(0.0, 0.0), (0.3, 0.0), (0.3, 0.0), (0.3, 0.0), (0.0, 0.3), (0.0, 0.3)]
+    for t, (vx, vy) in enumerate(commands):
+        time.sleep(0.3)
+        assert frames_after(client, t) == [], f'frame {t + 1} came without its command'
+        client.command(stamp(t) - PERIOD_NS // 2, vx, vy)  # another frame's stamp: ignored
+        time.sleep(0.2)
+        assert frames_after(client, t) == []
+        client.command(stamp(t), vx, vy)
+        client.wait_frame(t + 1, START_NS, PERIOD_NS, TIMEOUT_S)
+    pusher = np.array([truth(client, t)[0] for t in range(len(commands) + 1)])  # (T, 2)
+    step = np.diff(pusher, axis=0)  # (T - 1, 2) px per command
+    assert np.abs(step[0]).max() < 0.05, f'zero command moved the pusher {step[0]}'
+    assert np.all(step[1:4, 0] > 1.0), f'+x: {step[1:4]}'
+    assert np.all(step[5:, 1] < -1.0), f'+y (image up): {step[4:]}'
+    assert {stamp(t) for t in range(len(commands) + 1)} <= set(clock)
+    node.check_alive()
+
+
+def test_a_missing_command_is_a_missed_step(loop: Loop) -> None:
+    client, node, _ = loop
+    client.reset(seed=12, timeout=TIMEOUT_S)
+    client.wait_frame(0, START_NS, PERIOD_NS, TIMEOUT_S)
+    t0 = time.monotonic()
+    client.wait_frame(1, START_NS, PERIOD_NS, TIMEOUT_S)
+    assert time.monotonic() - t0 >= STEP_TIMEOUT_S - 0.3
+    assert np.allclose(truth(client, 1)[0], truth(client, 0)[0], atol=0.05), 'zero command'
+
+    def missed() -> bool:
+        with client.lock:
+            status = client.seen.sim_status
+        return status.get('step') == '1' and status.get('missed_steps') == '1'
+
+    client.session.wait_for('diagnostics with the missed step', missed, TIMEOUT_S)
+
+
+def test_predict_batch_is_the_simulated_future(loop: Loop) -> None:
+    client, node, _ = loop
+    client.reset(seed=13, timeout=TIMEOUT_S)
+    client.wait_frame(0, START_NS, PERIOD_NS, TIMEOUT_S)
+    n_b, n_steps = 3, 4
+    actions = np.zeros((n_b, n_steps, 2), np.float32)
+    actions[1, :, 0], actions[2, :, 1] = 0.3, -0.3
+    response = client.predict_batch(actions, timeout=TIMEOUT_S)
+    assert response.success, response.message
+    k = len(truth(client, 0))
+    assert (response.candidates, response.horizon, response.particles) == (n_b, n_steps, k)
+    assert stamp_ns(response.header) == START_NS and response.dt == pytest.approx(0.1)
+    u = np.asarray(response.u).reshape(n_b, n_steps, k)
+    v = np.asarray(response.v).reshape(n_b, n_steps, k)
+    assert np.all(np.asarray(response.presence) == 1.0) and len(response.presence) == u.size
+    current = response.current.particles
+    assert [p.id for p in current] == list(range(k))
+    assert np.allclose([(p.u, p.v) for p in current], truth(client, 0), atol=1e-4)
+    assert np.all(u[1, -1, 0] > u[0, -1, 0] + 2) and np.all(v[2, -1, 0] > v[0, -1, 0] + 2)
+    for t in range(n_steps):  # the zero-command candidate is what really happens
+        client.command(stamp(t), 0.0, 0.0)
+        client.wait_frame(t + 1, START_NS, PERIOD_NS, TIMEOUT_S)
+        real = truth(client, t + 1)
+        assert np.allclose(np.stack([u[0, t], v[0, t]], -1), real, atol=1e-3), t
+    bad = client.predict_batch(np.zeros((2, 3, 2)), timeout=TIMEOUT_S)
+    assert bad.success  # a valid request
+    from dlp_ros.srv import PredictBatch
+
+    request = PredictBatch.Request(horizon=3, candidates=2, actions=[0.0] * 5)
+    future = client.predict_client.call_async(request)
+    client.session.wait_for('the refused request', future.done, TIMEOUT_S)
+    assert not future.result().success and 'actions' in future.result().message
