@@ -30,7 +30,7 @@ def test_one_episode_moves_the_object_toward_the_goal(tmp_path: Path) -> None:
     if not (BUNDLE / 'model_card.yaml').is_file():
         pytest.skip('the shipped tabletop64 bundle is not in this checkout')
     out = tmp_path / 'loop'
-    args = ['--bundle', str(BUNDLE), '--episodes', '1', '--seed', '5000', '--steps', '30',
+    args = ['--bundle', str(BUNDLE), '--episodes', '1', '--seed', '10000', '--steps', '30',
             '--planner-model', 'service', '--no-video', '--out', str(out)]  # fmt: skip
     code = evaluate.main(args)
     logs = '\n'.join(p.read_text()[-3000:] for p in sorted((out / 'logs').rglob('*.log')))
