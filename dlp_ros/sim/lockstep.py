@@ -66,7 +66,9 @@ class LockstepSim:
         size: image side [px].
         fps: frames per second of sim time (1/fps s per command).
         start_time_ns: sim time of every episode's first frame: time restarts at each reset, so
-            a perception pipeline starts new particle identities (it sees time go back).
+            a perception pipeline starts new particle identities (it sees time go back). After
+            an episode that never stepped, one period earlier than that episode's only frame,
+            so that time still goes back.
         goal_distance: (min, max) distance [m] of a drawn goal from the object's start.
     """
 
@@ -101,7 +103,11 @@ class LockstepSim:
             task = self._given_task(objects, object_id, goal_uv)
         start = object_uv(objects, task.object_id)
         goal = (float(task.goal_uv[0]), float(task.goal_uv[1]))
-        frame = Frame(0, self.start_time_ns, self.scene.render(), objects)
+        last = self.episode.frame.stamp_ns if self.episode is not None else None
+        t0 = self.start_time_ns
+        if last is not None and t0 >= last:
+            t0 = last - self.period_ns
+        frame = Frame(0, t0, self.scene.render(), objects)
         self.episode = Episode(int(seed), Task(task.object_id, start, goal, float(tolerance)),
                                frame)  # fmt: skip
         logger.info('episode seed %d: push object %d from (%.1f, %.1f) to (%.1f, %.1f) px',
@@ -134,7 +140,7 @@ class LockstepSim:
         applied = self.scene.apply(np.zeros(2) if command is None else np.asarray(command))
         ep.commands.append((float(applied[0]), float(applied[1])))
         index = ep.frame.index + 1
-        stamp = self.start_time_ns + index * self.period_ns
+        stamp = ep.frame.stamp_ns + self.period_ns
         ep.frame = Frame(index, stamp, self.scene.render(), self.scene.objects())
         return ep.frame
 

@@ -18,7 +18,7 @@ Serves:
     /sim/predict_batch  dlp_ros/PredictBatch: the simulator as the planner's model (each
                         candidate simulated from a copy of the current state, without rendering;
                         particles = the true objects, id = scene id, presence 1)
-    /sim/reset          dlp_ros/ResetEpisode: a new episode (sim time restarts at start_time)
+    /sim/reset          dlp_ros/ResetEpisode: a new episode (sim time goes back to start_time)
 
 Lockstep: after publishing frame t the node waits for a command whose header.stamp equals frame
 t's stamp, applies it for 1/fps s of sim time and publishes frame t + 1. After ``step_timeout``

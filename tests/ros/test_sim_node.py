@@ -28,6 +28,7 @@ from dlp_ros import demo  # noqa: E402
 from dlp_ros.conversions import stamp_ns  # noqa: E402
 from dlp_ros.errors import DlpError  # noqa: E402
 from dlp_ros.sim.client import LoopClient  # noqa: E402
+from dlp_ros.srv import PredictBatch  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -70,29 +71,46 @@ def loop(tmp_path_factory: pytest.TempPathFactory, ros_domain_id: int) -> Iterat
         assert code == 0, f'tabletop_sim exited with {code}:\n{node.log_tail(40)}'
 
 
-def stamp(index: int) -> int:
-    return START_NS + index * PERIOD_NS
+class Episode:
+    """An episode's frames by index (its first frame's stamp is the task's)."""
+
+    def __init__(self, client: LoopClient, goal: object) -> None:
+        self.client, self.goal = client, goal
+        self.start = stamp_ns(goal.header)  # type: ignore[attr-defined]
+
+    def stamp(self, index: int) -> int:
+        return self.start + index * PERIOD_NS
+
+    def wait(self, index: int) -> int:
+        return self.client.wait_frame(index, self.start, PERIOD_NS, TIMEOUT_S)
+
+    def frames_after(self, index: int) -> list[int]:
+        with self.client.lock:
+            return sorted(s for s in self.client.seen.frame_times if s > self.stamp(index))
+
+    def truth(self, index: int) -> np.ndarray:
+        with self.client.lock:
+            return self.client.seen.truth[self.stamp(index)].copy()  # (K, 2)
 
 
-def frames_after(client: LoopClient, index: int) -> list[int]:
-    with client.lock:
-        return sorted(s for s in client.seen.frame_times if s > stamp(index))
-
-
-def truth(client: LoopClient, index: int) -> np.ndarray:
-    with client.lock:
-        return client.seen.truth[stamp(index)].copy()  # (K, 2)
+def start(client: LoopClient, seed: int) -> Episode:
+    """A new episode: sim time restarts at start_time (or a period before the previous
+    episode's only frame, when that one never stepped)."""
+    ep = Episode(client, client.reset(seed=seed, timeout=TIMEOUT_S))
+    assert ep.start in (START_NS, START_NS - PERIOD_NS, START_NS - 2 * PERIOD_NS), ep.start
+    ep.wait(0)
+    return ep
 
 
 def test_reset_publishes_the_task_and_the_first_frame(loop: Loop) -> None:
     client, node, _ = loop
-    goal = client.reset(seed=5, timeout=TIMEOUT_S)
-    assert goal.object_id >= 1 and stamp_ns(goal.header) == START_NS
+    ep = start(client, seed=5)
+    goal = ep.goal
+    assert goal.object_id >= 1 and ep.start == START_NS, 'the first episode starts at start_time'
     assert goal.header.frame_id == 'test_camera' and goal.tolerance == pytest.approx(3.0)
-    client.wait_frame(0, START_NS, PERIOD_NS, TIMEOUT_S)
     client.session.wait_for('the latched task', lambda: client.seen.goal is not None, TIMEOUT_S)
     assert (client.seen.goal.goal_u, client.seen.goal.goal_v) == (goal.goal_u, goal.goal_v)
-    xy = truth(client, 0)
+    xy = ep.truth(0)
     assert len(xy) >= 4, 'pusher and 3..5 objects'
     assert np.allclose(xy[goal.object_id], (goal.start_u, goal.start_v), atol=1e-4)
     assert 6.0 < np.hypot(goal.goal_u - goal.start_u, goal.goal_v - goal.start_v) < 25.0
@@ -107,34 +125,32 @@ def test_lockstep_frames_follow_commands(loop: Loop) -> None:
     """Each frame waits for the command of the one before; stamps, clock and ground truth
     match; zero commands keep the pusher still, +x moves it right, +y moves it up."""
     client, node, clock = loop
-    client.reset(seed=11, timeout=TIMEOUT_S)
-    client.wait_frame(0, START_NS, PERIOD_NS, TIMEOUT_S)
+    ep = start(client, seed=11)
     commands = [(0.0, 0.0), (0.3, 0.0), (0.3, 0.0), (0.3, 0.0), (0.0, 0.3), (0.0, 0.3)]
     for t, (vx, vy) in enumerate(commands):
         time.sleep(0.3)
-        assert frames_after(client, t) == [], f'frame {t + 1} came without its command'
-        client.command(stamp(t) - PERIOD_NS // 2, vx, vy)  # another frame's stamp: ignored
+        assert ep.frames_after(t) == [], f'frame {t + 1} came without its command'
+        client.command(ep.stamp(t) - PERIOD_NS // 2, vx, vy)  # another frame's stamp: ignored
         time.sleep(0.2)
-        assert frames_after(client, t) == []
-        client.command(stamp(t), vx, vy)
-        client.wait_frame(t + 1, START_NS, PERIOD_NS, TIMEOUT_S)
-    pusher = np.array([truth(client, t)[0] for t in range(len(commands) + 1)])  # (T, 2)
+        assert ep.frames_after(t) == []
+        client.command(ep.stamp(t), vx, vy)
+        ep.wait(t + 1)
+    pusher = np.array([ep.truth(t)[0] for t in range(len(commands) + 1)])  # (T, 2)
     step = np.diff(pusher, axis=0)  # (T - 1, 2) px per command
     assert np.abs(step[0]).max() < 0.05, f'zero command moved the pusher {step[0]}'
     assert np.all(step[1:4, 0] > 1.0), f'+x: {step[1:4]}'
     assert np.all(step[5:, 1] < -1.0), f'+y (image up): {step[4:]}'
-    assert {stamp(t) for t in range(len(commands) + 1)} <= set(clock)
+    assert {ep.stamp(t) for t in range(len(commands) + 1)} <= set(clock)
     node.check_alive()
 
 
 def test_a_missing_command_is_a_missed_step(loop: Loop) -> None:
     client, node, _ = loop
-    client.reset(seed=12, timeout=TIMEOUT_S)
-    client.wait_frame(0, START_NS, PERIOD_NS, TIMEOUT_S)
+    ep = start(client, seed=12)
     t0 = time.monotonic()
-    client.wait_frame(1, START_NS, PERIOD_NS, TIMEOUT_S)
+    ep.wait(1)
     assert time.monotonic() - t0 >= STEP_TIMEOUT_S - 0.3
-    assert np.allclose(truth(client, 1)[0], truth(client, 0)[0], atol=0.05), 'zero command'
+    assert np.allclose(ep.truth(1)[0], ep.truth(0)[0], atol=0.05), 'a zero command'
 
     def missed() -> bool:
         with client.lock:
@@ -146,32 +162,27 @@ def test_a_missing_command_is_a_missed_step(loop: Loop) -> None:
 
 def test_predict_batch_is_the_simulated_future(loop: Loop) -> None:
     client, node, _ = loop
-    client.reset(seed=13, timeout=TIMEOUT_S)
-    client.wait_frame(0, START_NS, PERIOD_NS, TIMEOUT_S)
+    ep = start(client, seed=13)
     n_b, n_steps = 3, 4
     actions = np.zeros((n_b, n_steps, 2), np.float32)
     actions[1, :, 0], actions[2, :, 1] = 0.3, -0.3
     response = client.predict_batch(actions, timeout=TIMEOUT_S)
     assert response.success, response.message
-    k = len(truth(client, 0))
+    k = len(ep.truth(0))
     assert (response.candidates, response.horizon, response.particles) == (n_b, n_steps, k)
-    assert stamp_ns(response.header) == START_NS and response.dt == pytest.approx(0.1)
+    assert stamp_ns(response.header) == ep.start and response.dt == pytest.approx(0.1)
     u = np.asarray(response.u).reshape(n_b, n_steps, k)
     v = np.asarray(response.v).reshape(n_b, n_steps, k)
     assert np.all(np.asarray(response.presence) == 1.0) and len(response.presence) == u.size
     current = response.current.particles
     assert [p.id for p in current] == list(range(k))
-    assert np.allclose([(p.u, p.v) for p in current], truth(client, 0), atol=1e-4)
+    assert np.allclose([(p.u, p.v) for p in current], ep.truth(0), atol=1e-4)
     assert np.all(u[1, -1, 0] > u[0, -1, 0] + 2) and np.all(v[2, -1, 0] > v[0, -1, 0] + 2)
     for t in range(n_steps):  # the zero-command candidate is what really happens
-        client.command(stamp(t), 0.0, 0.0)
-        client.wait_frame(t + 1, START_NS, PERIOD_NS, TIMEOUT_S)
-        real = truth(client, t + 1)
+        client.command(ep.stamp(t), 0.0, 0.0)
+        ep.wait(t + 1)
+        real = ep.truth(t + 1)
         assert np.allclose(np.stack([u[0, t], v[0, t]], -1), real, atol=1e-3), t
-    bad = client.predict_batch(np.zeros((2, 3, 2)), timeout=TIMEOUT_S)
-    assert bad.success  # a valid request
-    from dlp_ros.srv import PredictBatch
-
     request = PredictBatch.Request(horizon=3, candidates=2, actions=[0.0] * 5)
     future = client.predict_client.call_async(request)
     client.session.wait_for('the refused request', future.done, TIMEOUT_S)

@@ -137,7 +137,16 @@ def test_episode_steps_and_time(sim: LockstepSim) -> None:
     again = sim.reset(seed=7)
     assert again.frame.stamp_ns == 5 * NS, 'time restarts with an episode'
     assert again.task == ep.task
-    assert np.array_equal(again.frame.rgb, sim.reset(seed=7).frame.rgb)
+    rgb = again.frame.rgb.copy()
+    # that episode never stepped: the next one starts a period earlier (time still goes back)
+    third = sim.reset(seed=7)
+    assert third.frame.stamp_ns == 5 * NS - 100_000_000
+    assert np.array_equal(third.frame.rgb, rgb)
+    sim.step((0.0, 0.0))
+    assert sim.reset(seed=8).frame.stamp_ns == 5 * NS - 100_000_000, 'last frame was at 5 s'
+    sim.step((0.0, 0.0))
+    sim.step((0.0, 0.0))
+    assert sim.reset(seed=8).frame.stamp_ns == 5 * NS
 
 
 def test_episode_with_a_given_goal(sim: LockstepSim) -> None:
