@@ -16,7 +16,7 @@ from rosbags.typesys.store import Typestore
 from dlp_ros.errors import DlpError
 
 PACKAGE = 'dlp_ros'
-MESSAGES = ('Particle', 'ParticleArray', 'Prediction')
+MESSAGES = ('Particle', 'ParticleArray', 'Prediction', 'PushGoal')
 
 
 def msg_dir() -> Path:
@@ -36,7 +36,7 @@ def msg_dir() -> Path:
 
 @functools.lru_cache(maxsize=1)
 def typestore() -> Typestore:
-    """Jazzy type store with ``dlp_ros/msg/{Particle,ParticleArray,Prediction}`` registered."""
+    """Jazzy type store with the dlp_ros messages of :data:`MESSAGES` registered."""
     store = get_typestore(Stores.ROS2_JAZZY)
     folder = msg_dir()
     types = {}
