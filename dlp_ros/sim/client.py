@@ -44,6 +44,7 @@ class Observed:
     command_times: dict[int, float] = field(default_factory=dict)  # receive time, monotonic s
     sim_status: dict[str, str] = field(default_factory=dict)  # the latest of tabletop_sim
     planner: dict[int, dict[str, str]] = field(default_factory=dict)  # by 'stamp_ns' value
+    planner_latest: dict[str, str] = field(default_factory=dict)  # the planner's latest status
     goal: Any = None  # the latest dlp_ros/PushGoal
 
 
@@ -110,8 +111,10 @@ class LoopClient:
             with self.lock:
                 if status.name == NODE_NAME:
                     self.seen.sim_status = values
-                elif PLANNER_STATUS in status.name and 'stamp_ns' in values:
-                    self.seen.planner[int(values['stamp_ns'])] = values
+                elif PLANNER_STATUS in status.name:
+                    self.seen.planner_latest = values
+                    if values.get('stamp_ns', '').isdigit():
+                        self.seen.planner[int(values['stamp_ns'])] = values
 
     # ------------------------------------------------------------------------- actions
     def clear(self) -> None:

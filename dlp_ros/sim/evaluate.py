@@ -27,9 +27,10 @@ command), counted from the simulator's diagnostics.
 Writes OUT/report.json (after each mode, so an interrupted run keeps the finished rows): per mode
 success rate, final distance, steps to success, planning time per step (the planner's
 ``planning_ms`` diagnostics value) and the loop time (a frame's arrival here to its command's),
-missed steps, and every episode; OUT/videos/<mode>_seed<S>.mp4 (or .gif): the camera with the
-goal, the object's true centre, the followed particle with its trail and the planner's predicted
-path (its ``path_uv`` diagnostics value, JSON [[u, v], ...]); OUT/logs/<mode>/*.log.
+missed steps, the planner's last diagnostics values, and every episode;
+OUT/videos/<mode>_seed<S>.mp4 (or .gif): the camera with the goal, the object's true centre, the
+followed particle with its trail and the planner's predicted path (its ``path_uv`` diagnostics
+value, JSON [[u, v], ...]); OUT/logs/<mode>/*.log.
 
 A planner reports on /diagnostics with a status whose name contains 'planner' and the values
 ``stamp_ns`` (the frame it planned for), ``planning_ms`` and optionally ``path_uv``.
@@ -41,6 +42,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import shlex
 import shutil
 import sys
 import time
@@ -93,6 +95,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help='wall-clock s the simulator waits for a command before a missed step')  # fmt: skip
     add('--providers', default='cpu', help='perception node providers (cpu, auto, cuda, ...)')
     add('--threads', type=int, default=1, help='perception node onnxruntime threads')
+    add(
+        '--planner-command',
+        default=None,
+        metavar='CMD',
+        help=f'the planner program, split like a shell (default: this Python -m {PLANNER_MODULE})',
+    )
     add('--planner-arg', action='append', default=[], metavar='NAME:=VALUE',
         help='more planner parameters (repeatable)')  # fmt: skip
     add('--node-arg', action='append', default=[], metavar='NAME:=VALUE',
@@ -152,7 +160,9 @@ def start_processes(mode: str, args: argparse.Namespace, env: dict[str, str],
         params = {'model': 'no_action' if mode == 'no_action' else 'service',
                   'predict_service': SIM_SERVICE if mode == 'sim' else PERCEPTION_SERVICE,
                   **_name_values(args.planner_arg, '--planner-arg')}  # fmt: skip
-        planner = NodeProcess(params, {}, env, logs / 'planner.log', [py, '-m', PLANNER_MODULE])
+        command = (shlex.split(args.planner_command) if args.planner_command
+                   else [py, '-m', PLANNER_MODULE])  # fmt: skip
+        planner = NodeProcess(params, {}, env, logs / 'planner.log', command)
     return Processes(sim, perception, planner)
 
 
@@ -285,13 +295,18 @@ def write_video(path_stem: Path, mode: str, result: EpisodeResult, trace: Trace,
 
 
 def run_mode(mode: str, args: argparse.Namespace, env: dict[str, str],
-             out: Path) -> list[EpisodeResult]:  # fmt: skip
-    """Start the processes of one mode, warm up, run the episodes, stop."""
-    if mode != 'random' and importlib.util.find_spec(PLANNER_MODULE) is None:
+             out: Path) -> tuple[list[EpisodeResult], dict[str, str]]:  # fmt: skip
+    """Start the processes of one mode, warm up, run the episodes, stop; the results and the
+    planner's last diagnostics values (whatever it reports, for the report)."""
+    if (
+        mode != 'random'
+        and not args.planner_command
+        and not importlib.util.find_spec(PLANNER_MODULE)
+    ):
         raise ConfigError(f'mode {mode} needs the planner ({PLANNER_MODULE}), not installed')
     logs = out / 'logs' / mode
     procs = start_processes(mode, args, env, logs)
-    client, results = None, []
+    client, results, planner_status = None, [], {}
     try:
         client = LoopClient(env, f'evaluate_{mode}', keep_frames=not args.no_video)
         wait_ready(client, procs)
@@ -306,11 +321,13 @@ def run_mode(mode: str, args: argparse.Namespace, env: dict[str, str],
                         result.seed, 'success' if result.success else 'failure', result.steps,
                         result.final_distance, result.missed_steps)  # fmt: skip
             results.append(result)
+            with client.lock:
+                planner_status = dict(client.seen.planner_latest)
     finally:
         if client is not None:
             client.close()
         procs.stop()
-    return results
+    return results, planner_status
 
 
 def run(args: argparse.Namespace) -> int:
@@ -335,8 +352,8 @@ def run(args: argparse.Namespace) -> int:
     }  # fmt: skip
     for mode in args.planner_model:
         t0 = time.monotonic()
-        results = run_mode(mode, args, env, out)
-        report['modes'][mode] = {**summarise(results),
+        results, planner_status = run_mode(mode, args, env, out)
+        report['modes'][mode] = {**summarise(results), 'planner_status': planner_status,
                                  'wall_s': round(time.monotonic() - t0, 1)}  # fmt: skip
         (out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
     print(format_report(report))  # noqa: T201

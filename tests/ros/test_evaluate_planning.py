@@ -43,7 +43,7 @@ def test_random_mode_two_episodes(tmp_path: Path, bundle_actions: Path) -> None:
     assert list(report['modes']) == ['random'] and report['seeds'] == [40, 41]
     row = report['modes']['random']
     assert row['episodes'] == 2 and row['missed_steps'] == 0, logs
-    assert row['planning_ms']['n'] == 0, 'no planner, no planning times'
+    assert row['planning_ms']['n'] == 0 and row['planner_status'] == {}, 'no planner'
     sim = LockstepSim(size=64)
     try:
         for episode in row['per_episode']:
