@@ -125,7 +125,9 @@ def draw_frame(rgb: np.ndarray, goal: Sequence[float], tolerance: float,
     if truth is not None:
         cv2.circle(img, _px(truth, zoom), zoom + 3, TRUTH_RGB, 1, cv2.LINE_AA)
     if particle is not None:
-        cv2.circle(img, _px(particle, zoom), max(2, zoom // 2 + 1), PARTICLE_RGB, -1, cv2.LINE_AA)
+        radius = max(2, zoom // 2 + 1)
+        cv2.circle(img, _px(particle, zoom), radius + 1, (0, 0, 0), -1, cv2.LINE_AA)
+        cv2.circle(img, _px(particle, zoom), radius, PARTICLE_RGB, -1, cv2.LINE_AA)
     bar = np.full((18, img.shape[1], 3), 255, np.uint8)
     cv2.putText(bar, caption, (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
     return np.concatenate([bar, img], axis=0)

@@ -6,8 +6,9 @@ PredictBatch service for a few constant-velocity candidates, scores each by the 
 distance of the object to the goal (and of the pusher to the point behind the object), publishes
 the best first command stamped like the frame on /tabletop/command, and reports on /diagnostics
 (status 'stand_in_planner': stamp_ns, planning_ms, path_uv). The object is the service's
-particle nearest the task's start pixel, followed by id; with /sim/predict_batch id 0 is the
-pusher. Not the project's planner: a test fixture with no tuning.
+particle nearest the task's start pixel at the task's first frame (the frame stamped like the
+task), followed by id; with /sim/predict_batch id 0 is the pusher. Not the project's planner: a
+test fixture with no tuning.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class StandIn:
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)  # fmt: skip
         self.goal: Any = None
-        self.followed: int | None = None
+        self.followed: tuple[Any, int] | None = None  # (the task, the object's particle id)
         self.frames: queue.Queue[Any] = queue.Queue()
         self.node.create_subscription(PushGoal, '/planning/goal', self._on_goal, latched)
         self.node.create_subscription(ParticleArray, '/dlp/particles', self.frames.put, reliable)
@@ -53,7 +54,7 @@ class StandIn:
         self.client = self.node.create_client(PredictBatch, self.service)
 
     def _on_goal(self, msg: Any) -> None:
-        self.goal, self.followed = msg, None
+        self.goal = msg
 
     def plan(self, frame: Any) -> None:
         goal = self.goal
@@ -73,15 +74,17 @@ class StandIn:
         if not response.success:
             return
         ids = [p.id for p in response.current.particles]
-        if self.followed is None:
+        first = response.header.stamp == goal.header.stamp
+        if first or self.followed is None or self.followed[0] is not goal:
             start = np.array([goal.start_u, goal.start_v])
             uv0 = np.array([(p.u, p.v) for p in response.current.particles])
-            self.followed = ids[int(np.argmin(np.hypot(*(uv0 - start).T)))]
+            self.followed = (goal, ids[int(np.argmin(np.hypot(*(uv0 - start).T)))])
+        followed = self.followed[1]
         k = len(ids)
         uv = np.stack([np.asarray(response.u), np.asarray(response.v)], -1).reshape(
             len(actions), HORIZON, k, 2)  # fmt: skip
         target = np.array([goal.goal_u, goal.goal_v])
-        obj = uv[:, :, ids.index(self.followed)]  # (B, N, 2)
+        obj = uv[:, :, ids.index(followed)]  # (B, N, 2)
         to_goal = target - obj[:, -1]
         behind = obj[:, -1] - 4.0 * to_goal / np.maximum(np.hypot(*to_goal.T), 1e-6)[:, None]
         pusher = uv[:, -1, ids.index(0)] if 0 in ids else obj[:, -1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from dlp_ros.sim import evaluate  # noqa: E402
 from dlp_ros.sim.lockstep import LockstepSim  # noqa: E402
 
 pytestmark = pytest.mark.ros
+HERE = Path(__file__).resolve().parent
 
 
 def frame_count(path: Path) -> int:
@@ -61,6 +63,29 @@ def test_random_mode_two_episodes(tmp_path: Path, bundle_actions: Path) -> None:
             assert frame_count(video) == steps + 1
     finally:
         sim.close()
+
+
+def test_sim_mode_with_a_stand_in_planner(tmp_path: Path, bundle_actions: Path) -> None:
+    """Planner mode over the simulator's /sim/predict_batch, with the protocol-only stand-in
+    planner (tests/ros/stand_in_planner.py): its commands close the loop in lockstep, its
+    diagnostics give the planning times and the drawn path, and it pushes the object of seed
+    10001 to the goal (lockstep and a deterministic simulator: the same every run)."""
+    out = tmp_path / 'eval'
+    planner = f'{sys.executable} {HERE / "stand_in_planner.py"}'
+    args = ['--bundle', str(bundle_actions), '--episodes', '1', '--seed', '10001',
+            '--steps', '20', '--planner-model', 'sim', '--planner-command', planner,
+            '--out', str(out)]  # fmt: skip
+    code = evaluate.main(args)
+    logs = '\n'.join(p.read_text()[-2000:] for p in sorted((out / 'logs').rglob('*.log')))
+    assert code == 0, logs
+    row = json.loads((out / 'report.json').read_text())['modes']['sim']
+    (episode,) = row['per_episode']
+    assert episode['success'] and row['success_rate'] == 1.0, (episode, logs)
+    assert episode['final_distance'] <= 3.0 < episode['initial_distance']
+    assert episode['missed_steps'] == 0
+    assert len(episode['planning_ms']) == episode['steps'] > 0, 'one plan per command'
+    assert len(json.loads(row['planner_status']['path_uv'])) == 5
+    assert frame_count(out / 'videos' / episode['video']) == episode['steps'] + 1
 
 
 @pytest.mark.skipif(importlib.util.find_spec(evaluate.PLANNER_MODULE) is not None,
