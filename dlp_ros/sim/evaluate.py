@@ -14,7 +14,8 @@ commands as its action topic) and, except for ``random``, the planner
 (``python -m dlp_ros.planner_node``):
 
 - ``service``: the planner's model is the perception node's ``/perception_node/predict_batch``;
-- ``sim``: the planner's model is ``/sim/predict_batch``, the simulator itself (the ceiling);
+- ``sim``: the planner's model is ``/sim/predict_batch``, the simulator itself (the ceiling):
+  the perception node's particles, each carried by the simulated object under it;
 - ``no_action``: the planner's ``no_action`` model (what the learned dynamics buys);
 - ``random``: no planner; this program sends uniformly random commands (the lower bound).
 
@@ -145,7 +146,8 @@ def start_processes(mode: str, args: argparse.Namespace, env: dict[str, str],
     py = sys.executable
     sim_params = {'autostart': False, 'size': args.size, 'fps': float(args.fps),
                   'tolerance': float(args.tolerance), 'step_timeout': float(args.step_timeout),
-                  'first_step_timeout': 120.0}  # fmt: skip
+                  'first_step_timeout': 120.0,
+                  'particles_topic': '/dlp/particles'}  # fmt: skip
     perception_params: dict[str, Any] = {
         'model_bundle': str(Path(args.bundle).resolve()), 'action_topic': '/tabletop/command',
         'input_reliability': 'reliable', 'prediction_rate': 0.0, 'overlay': False,

@@ -160,6 +160,34 @@ class LockstepSim:
         self.scene.close()
 
 
+def carried_by_objects(particles_uv: np.ndarray, objects: list[ObjectState],
+                       predicted: np.ndarray, margin: float = 1.0) -> np.ndarray:  # fmt: skip
+    """Predicted particle positions when each particle moves with the object it lies on: the
+    simulator as the dynamics of a perception's particles.
+
+    Args:
+        particles_uv: (P, 2) particle positions now [px].
+        objects: the objects now (id order as in ``predicted``), with apparent radii [px].
+        predicted: (B, N, K, 2) predicted object centres [px].
+        margin: [px] beyond an object's apparent radius that still counts as on it.
+
+    Returns:
+        (B, N, P, 2): a particle within (radius + margin) of object centres moves by the predicted
+        displacement of the nearest such object; a particle on no object stays where it is.
+    """
+    uv = np.asarray(particles_uv, dtype=np.float64).reshape(-1, 2)
+    centres = np.array([(o.x, o.y) for o in objects], dtype=np.float64).reshape(-1, 2)  # (K, 2)
+    radii = np.array([o.radius for o in objects], dtype=np.float64)  # (K,)
+    dist = np.hypot(*(uv[:, None] - centres[None]).transpose(2, 0, 1))  # (P, K)
+    dist = np.where(dist <= radii + margin, dist, np.inf)
+    owner = np.argmin(dist, axis=1) if len(centres) else np.zeros(len(uv), np.int64)  # (P,)
+    on = np.isfinite(dist.min(axis=1)) if len(centres) else np.zeros(len(uv), bool)
+    out = np.broadcast_to(uv, (*predicted.shape[:2], *uv.shape)).copy()  # (B, N, P, 2)
+    moved = predicted - centres  # (B, N, K, 2) displacement of each object
+    out[:, :, on] += moved[:, :, owner[on]]
+    return out
+
+
 class CommandGate:
     """Where the frame loop waits for the command of its frame (thread-safe).
 

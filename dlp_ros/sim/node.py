@@ -16,8 +16,10 @@ Subscribes:
                         velocity (vx, vy) [m/s, world frame], norm clipped to 0.3 m/s.
 Serves:
     /sim/predict_batch  dlp_ros/PredictBatch: the simulator as the planner's model (each
-                        candidate simulated from a copy of the current state, without rendering;
-                        particles = the true objects, id = scene id, presence 1)
+                        candidate simulated from a copy of the current state, without rendering).
+                        Particles: the true objects (id = scene id, presence 1), or with
+                        ``particles_topic`` the perception's particles of the current frame (its
+                        ids and presence), each carried by the object it lies on
     /sim/reset          dlp_ros/ResetEpisode: a new episode (sim time goes back to start_time)
 
 Lockstep: after publishing frame t the node waits for a command whose header.stamp equals frame
@@ -44,7 +46,8 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Pose, PoseArray, TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
@@ -56,7 +59,7 @@ from dlp_ros.conversions import rgb_to_image, stamp_ns
 from dlp_ros.errors import ConfigError
 from dlp_ros.msg import Particle, ParticleArray, PushGoal
 from dlp_ros.node_support import ParamSpec
-from dlp_ros.sim.lockstep import NS, CommandGate, Episode, Frame, LockstepSim
+from dlp_ros.sim.lockstep import NS, CommandGate, Episode, Frame, LockstepSim, carried_by_objects
 from dlp_ros.srv import PredictBatch, ResetEpisode
 
 logger = logging.getLogger(__name__)
@@ -127,6 +130,21 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
         'max_candidates', 256, 'Most candidates B of one /sim/predict_batch request.', 1, 4096
     ),
+    ParamSpec(
+        'particles_topic',
+        '',
+        'dlp_ros/ParticleArray topic (e.g. /dlp/particles) whose particles /sim/predict_batch '
+        'predicts, with their ids (PredictBatch: same ids as /dlp/particles): each moves with '
+        'the simulated object it lies on. Empty = the true objects as particles (id = scene id).',
+    ),
+    ParamSpec(
+        'particles_timeout',
+        2.0,
+        'Wall-clock time [s] /sim/predict_batch waits for the particles of the current frame '
+        '(particles_topic set) before it refuses.',
+        0.001,
+        60.0,
+    ),
 )
 
 
@@ -192,6 +210,27 @@ def read_params(node: Node) -> dict[str, Any]:
     return values
 
 
+class ParticleStore:
+    """The latest particle messages by stamp (thread-safe), for /sim/predict_batch."""
+
+    def __init__(self, keep: int = 32) -> None:
+        self._cond = threading.Condition()
+        self._msgs: dict[int, ParticleArray] = {}
+        self._keep = keep
+
+    def put(self, msg: ParticleArray) -> None:
+        with self._cond:
+            self._msgs[stamp_ns(msg.header)] = msg
+            while len(self._msgs) > self._keep:
+                self._msgs.pop(next(iter(self._msgs)))
+            self._cond.notify_all()
+
+    def wait(self, stamp: int, timeout: float) -> ParticleArray | None:
+        with self._cond:
+            self._cond.wait_for(lambda: stamp in self._msgs, timeout)
+            return self._msgs.get(stamp)
+
+
 @dataclass
 class Job:
     """Work for the frame thread (which owns the scene and its GL context), and its outcome."""
@@ -229,9 +268,18 @@ class TabletopSimNode(Node):
             'ground_truth': self.create_publisher(PoseArray, TOPICS['ground_truth'], reliable),
             'diagnostics': self.create_publisher(DiagnosticArray, TOPICS['diagnostics'], 10),
         }
-        self.create_subscription(TwistStamped, TOPICS['command'], self._on_command, reliable)
-        self.create_service(PredictBatch, TOPICS['predict_batch'], self._on_predict_batch)
-        self.create_service(ResetEpisode, TOPICS['reset'], self._on_reset)
+        # services wait for the frame thread; messages keep coming meanwhile (another group)
+        services, inputs = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
+        self.create_subscription(TwistStamped, TOPICS['command'], self._on_command, reliable,
+                                 callback_group=inputs)  # fmt: skip
+        self.particles = ParticleStore()
+        if p['particles_topic']:
+            self.create_subscription(ParticleArray, p['particles_topic'], self.particles.put,
+                                     reliable, callback_group=inputs)  # fmt: skip
+        self.create_service(PredictBatch, TOPICS['predict_batch'], self._on_predict_batch,
+                            callback_group=services)  # fmt: skip
+        self.create_service(ResetEpisode, TOPICS['reset'], self._on_reset,
+                            callback_group=services)  # fmt: skip
         if p['autostart']:
             self._jobs.put(Job(lambda: self._start(p['seed'], 0, None, p['tolerance'])))
         self._thread = threading.Thread(target=self._loop, name='sim_frames', daemon=True)
@@ -355,13 +403,37 @@ class TabletopSimNode(Node):
         return n_b, n_steps, actions, reason
 
     def _rollout(self, actions: np.ndarray) -> tuple[Frame, np.ndarray]:
-        """Frame thread: the current frame and (B, N, K, 2) predicted centres."""
+        """Frame thread: the current frame and (B, N, K, 2) predicted object centres."""
         if self.sim.episode is None:
             raise ValueError('no episode yet (call /sim/reset)')
         t0 = time.perf_counter()
         uv = self.sim.predict(actions)
         self._predict_ms = (time.perf_counter() - t0) * 1e3
         return self.sim.episode.frame, uv
+
+    def _fill_particles(self, response: Any, frame: Frame, head: Header, uv: np.ndarray) -> None:
+        """``current``, u, v, presence: the true objects, or the perception's particles of the
+        frame carried by the objects (``particles_topic``).
+
+        Raises:
+            ValueError: no particles of the frame came within ``particles_timeout``.
+        """
+        topic = self.params['particles_topic']
+        if not topic:
+            response.current = true_particles(frame, head, self.sim.size)
+            presence = np.ones(uv.shape[:3])
+        else:
+            msg = self.particles.wait(frame.stamp_ns, self.params['particles_timeout'])
+            if msg is None:
+                raise ValueError(f'no particles on {topic} for the frame stamped '
+                                 f'{frame.stamp_ns} ns')  # fmt: skip
+            here = np.array([(q.u, q.v) for q in msg.particles], np.float64).reshape(-1, 2)
+            uv = carried_by_objects(here, frame.objects, uv)  # (B, N, P, 2)
+            on = np.array([q.transparency for q in msg.particles], np.float64)
+            response.current, presence = msg, np.broadcast_to(on, uv.shape[:3])
+        response.particles = uv.shape[2]
+        response.u, response.v = _f32(uv[..., 0]), _f32(uv[..., 1])
+        response.presence = _f32(presence)
 
     def _on_predict_batch(self, request: Any, response: Any) -> Any:
         n_b, n_steps, actions, reason = self._check_batch(request)
@@ -374,13 +446,14 @@ class TabletopSimNode(Node):
             response.success, response.message = False, reason
             return response
         head = header(frame.stamp_ns, self.params['frame_id'])
+        try:
+            self._fill_particles(response, frame, head, uv)
+        except ValueError as exc:
+            response.success, response.message = False, str(exc)
+            return response
         response.success, response.message, response.header = True, '', head
         response.dt = 1.0 / self.sim.fps
-        response.candidates, response.horizon, response.particles = n_b, n_steps, uv.shape[2]
-        response.current = true_particles(frame, head, self.sim.size)
-        response.u = _f32(uv[..., 0])
-        response.v = _f32(uv[..., 1])
-        response.presence = _f32(np.ones(uv.shape[:3]))
+        response.candidates, response.horizon = n_b, n_steps
         return response
 
     # ------------------------------------------------------------------------- shutdown
@@ -401,7 +474,7 @@ def main(args: list[str] | None = None) -> int:
         sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
     }
     node: TabletopSimNode | None = None
-    executor = SingleThreadedExecutor()
+    executor = MultiThreadedExecutor(num_threads=2)
     spinner: threading.Thread | None = None
     try:
         node = TabletopSimNode()
@@ -427,7 +500,7 @@ def main(args: list[str] | None = None) -> int:
     return 0
 
 
-def _spin(executor: SingleThreadedExecutor, stop: threading.Event) -> None:
+def _spin(executor: MultiThreadedExecutor, stop: threading.Event) -> None:
     try:
         executor.spin()
     except ExternalShutdownException:

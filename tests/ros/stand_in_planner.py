@@ -7,8 +7,8 @@ distance of the object to the goal (and of the pusher to the point behind the ob
 the best first command stamped like the frame on /tabletop/command, and reports on /diagnostics
 (status 'stand_in_planner': stamp_ns, planning_ms, path_uv). The object is the service's
 particle nearest the task's start pixel at the task's first frame (the frame stamped like the
-task), followed by id; with /sim/predict_batch id 0 is the pusher. Not the project's planner: a
-test fixture with no tuning.
+task), followed by id; the pusher is the particle that moves most with the candidates. Not the
+project's planner: a test fixture with no tuning.
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ class StandIn:
         obj = uv[:, :, ids.index(followed)]  # (B, N, 2)
         to_goal = target - obj[:, -1]
         behind = obj[:, -1] - 4.0 * to_goal / np.maximum(np.hypot(*to_goal.T), 1e-6)[:, None]
-        pusher = uv[:, -1, ids.index(0)] if 0 in ids else obj[:, -1]
+        spread = np.ptp(uv[:, -1], axis=0)  # (K, 2): the pusher moves most with the command
+        pusher = uv[:, -1, int(np.argmax(np.hypot(*spread.T)))]
         cost = 10 * np.hypot(*to_goal.T) + np.hypot(*(pusher - behind).T)
         best = int(np.argmin(cost))
         msg = TwistStamped()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,21 +51,29 @@ def clock_ns(msg: Clock) -> int:
     return msg.clock.sec * 10**9 + msg.clock.nanosec
 
 
-@pytest.fixture(scope='module')
-def loop(tmp_path_factory: pytest.TempPathFactory, ros_domain_id: int) -> Iterator[Loop]:
-    """The simulator (no episode until a reset) and a client; the client's /clock stamps."""
-    log = tmp_path_factory.mktemp('sim') / 'tabletop_sim.log'
-    params = {'autostart': False, 'start_time': START_NS / 1e9, 'step_timeout': STEP_TIMEOUT_S,
-              'first_step_timeout': STEP_TIMEOUT_S, 'frame_id': 'test_camera'}  # fmt: skip
-    env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
-    node = demo.NodeProcess(params, {}, env, log, command=[str(executable())])
-    client = LoopClient(env, 'sim_test_client')
-    clock: list[int] = []
-    client.session.node.create_subscription(Clock, '/clock',
-                                            lambda m: clock.append(clock_ns(m)), 50)  # fmt: skip
-    try:
-        yield client, node, clock
-    finally:
+@pytest.fixture
+def make_loop(tmp_path: Path, ros_domain_id: int) -> Iterator[Callable[..., Loop]]:
+    """Starts the simulator (no episode until a reset; the defaults below, updated by the
+    keyword arguments) and a client that records /clock; both stop at the end of the test, so
+    one simulator runs at a time."""
+    started: list[tuple[LoopClient, demo.NodeProcess]] = []
+
+    def make(**overrides: object) -> Loop:
+        params = {'autostart': False, 'start_time': START_NS / 1e9, 'frame_id': 'test_camera',
+                  'step_timeout': STEP_TIMEOUT_S, 'first_step_timeout': STEP_TIMEOUT_S,
+                  **overrides}  # fmt: skip
+        env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
+        log = tmp_path / f'tabletop_sim_{len(started)}.log'
+        node = demo.NodeProcess(params, {}, env, log, command=[str(executable())])
+        client = LoopClient(env, f'sim_test_client_{len(started)}')
+        started.append((client, node))
+        clock: list[int] = []
+        client.session.node.create_subscription(
+            Clock, '/clock', lambda m: clock.append(clock_ns(m)), 50)  # fmt: skip
+        return client, node, clock
+
+    yield make
+    for client, node in started:
         client.close()
         code = node.stop()
         assert code == 0, f'tabletop_sim exited with {code}:\n{node.log_tail(40)}'
@@ -102,8 +110,8 @@ def start(client: LoopClient, seed: int) -> Episode:
     return ep
 
 
-def test_reset_publishes_the_task_and_the_first_frame(loop: Loop) -> None:
-    client, node, _ = loop
+def test_reset_publishes_the_task_and_the_first_frame(make_loop: Callable[..., Loop]) -> None:
+    client, node, _ = make_loop()
     ep = start(client, seed=5)
     goal = ep.goal
     assert goal.object_id >= 1 and ep.start == START_NS, 'the first episode starts at start_time'
@@ -121,10 +129,10 @@ def test_reset_publishes_the_task_and_the_first_frame(loop: Loop) -> None:
     client.reset(seed=5, timeout=TIMEOUT_S)  # the refused reset left no episode behind
 
 
-def test_lockstep_frames_follow_commands(loop: Loop) -> None:
+def test_lockstep_frames_follow_commands(make_loop: Callable[..., Loop]) -> None:
     """Each frame waits for the command of the one before; stamps, clock and ground truth
     match; zero commands keep the pusher still, +x moves it right, +y moves it up."""
-    client, node, clock = loop
+    client, node, clock = make_loop()
     ep = start(client, seed=11)
     commands = [(0.0, 0.0), (0.3, 0.0), (0.3, 0.0), (0.3, 0.0), (0.0, 0.3), (0.0, 0.3)]
     for t, (vx, vy) in enumerate(commands):
@@ -144,8 +152,8 @@ def test_lockstep_frames_follow_commands(loop: Loop) -> None:
     node.check_alive()
 
 
-def test_a_missing_command_is_a_missed_step(loop: Loop) -> None:
-    client, node, _ = loop
+def test_a_missing_command_is_a_missed_step(make_loop: Callable[..., Loop]) -> None:
+    client, node, _ = make_loop()
     ep = start(client, seed=12)
     t0 = time.monotonic()
     ep.wait(1)
@@ -160,8 +168,8 @@ def test_a_missing_command_is_a_missed_step(loop: Loop) -> None:
     client.session.wait_for('diagnostics with the missed step', missed, TIMEOUT_S)
 
 
-def test_predict_batch_is_the_simulated_future(loop: Loop) -> None:
-    client, node, _ = loop
+def test_predict_batch_is_the_simulated_future(make_loop: Callable[..., Loop]) -> None:
+    client, node, _ = make_loop()
     ep = start(client, seed=13)
     n_b, n_steps = 3, 4
     actions = np.zeros((n_b, n_steps, 2), np.float32)
@@ -187,3 +195,43 @@ def test_predict_batch_is_the_simulated_future(loop: Loop) -> None:
     future = client.predict_client.call_async(request)
     client.session.wait_for('the refused request', future.done, TIMEOUT_S)
     assert not future.result().success and 'actions' in future.result().message
+
+
+def test_predict_batch_carries_the_perceptions_particles(make_loop: Callable[..., Loop]) -> None:
+    """With particles_topic, /sim/predict_batch predicts the particles published for the current
+    frame, with their ids and presence: one on the pusher moves with it, one on the empty table
+    stays; without particles for the frame it refuses."""
+    from dlp_ros.msg import Particle, ParticleArray
+
+    topic = '/sim_test_particles'
+    client, node, _ = make_loop(step_timeout=30.0, first_step_timeout=30.0,
+                                particles_topic=topic, particles_timeout=1.0)  # fmt: skip
+    ep = start(client, seed=21)
+    xy = ep.truth(0)  # (K, 2)
+    grid = [(u, v) for u in range(4, 61, 2) for v in range(4, 61, 2)]
+    empty = max(grid, key=lambda g: np.hypot(*(xy - g).T).min())
+    assert np.hypot(*(xy - empty).T).min() > 10.0
+    refused = client.predict_batch(np.zeros((1, 2, 2)), timeout=TIMEOUT_S)
+    assert not refused.success and topic in refused.message
+    publisher = client.session.node.create_publisher(ParticleArray, topic, 10)
+    particles = [
+        Particle(id=7, u=float(xy[0, 0]) + 1.0, v=float(xy[0, 1]), transparency=0.9),
+        Particle(id=9, u=float(empty[0]), v=float(empty[1]), transparency=0.6),
+    ]
+    msg = ParticleArray(header=ep.goal.header, image_width=64, image_height=64,
+                        particles=particles)  # fmt: skip
+    client.session.wait_for('the simulator to subscribe',
+                            lambda: publisher.get_subscription_count() > 0, TIMEOUT_S)  # fmt: skip
+    publisher.publish(msg)
+    actions = np.zeros((2, 3, 2), np.float32)
+    actions[1, :, 0] = 0.3
+    response = client.predict_batch(actions, timeout=TIMEOUT_S)
+    assert response.success, response.message
+    assert [p.id for p in response.current.particles] == [7, 9] and response.particles == 2
+    u = np.asarray(response.u).reshape(2, 3, 2)
+    presence = np.asarray(response.presence).reshape(2, 3, 2)
+    assert np.allclose(presence, [0.9, 0.6])
+    assert np.allclose(u[0, :, 0], xy[0, 0] + 1.0, atol=0.1), 'zero command: the pusher stays'
+    assert u[1, -1, 0] > u[1, 0, 0] + 2.0 > xy[0, 0] + 3.0, '+x moves the pusher particle'
+    assert np.allclose(u[:, :, 1], empty[0]), 'the table does not move'
+    node.check_alive()

@@ -203,3 +203,23 @@ def test_gate_poke_wakes_the_waiter_and_restart_forgets() -> None:
     assert gate.offer(100, (0.2, 0.2)), 'time restarted: an early stamp is not stale'
     assert gate.wait(100, 0.01) == (0.2, 0.2)
     assert gate.wait(800, 0.01) is None, 'commands of the old episode are gone'
+
+
+def test_particles_move_with_the_object_under_them() -> None:
+    from dlp_ros.sim.lockstep import carried_by_objects
+    from dlp_ros.sim.scene import ObjectState
+
+    objects = [ObjectState(0, 'pusher', 10.0, 10.0, 4.0, True),
+               ObjectState(1, 'box', 30.0, 10.0, 5.0, True)]  # fmt: skip
+    predicted = np.zeros((2, 3, 2, 2))  # (B, N, K, 2)
+    predicted[:, :, 0] = (10.0, 10.0)
+    predicted[:, :, 1] = (30.0, 10.0)
+    predicted[1, :, 0] = [(12.0, 10.0), (14.0, 10.0), (16.0, 10.0)]  # candidate 1 moves the pusher
+    predicted[1, 2, 1] = (31.0, 12.0)  # ... and at the last step the box
+    particles = np.array([[11.0, 9.0], [34.0, 11.0], [50.0, 50.0], [20.0, 10.0]])
+    out = carried_by_objects(particles, objects, predicted)  # (B, N, P, 2)
+    assert out.shape == (2, 3, 4, 2)
+    assert np.array_equal(out[0], np.broadcast_to(particles, (3, 4, 2))), 'nothing moves'
+    assert np.allclose(out[1, :, 0], [(13.0, 9.0), (15.0, 9.0), (17.0, 9.0)]), 'on the pusher'
+    assert np.allclose(out[1, :, 1], [(34.0, 11.0), (34.0, 11.0), (35.0, 13.0)]), 'on the box'
+    assert np.allclose(out[1, :, 2:], np.broadcast_to(particles[2:], (3, 2, 2))), 'on nothing'
