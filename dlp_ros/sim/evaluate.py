@@ -28,7 +28,8 @@ command), counted from the simulator's diagnostics.
 Writes OUT/report.json (after each mode, so an interrupted run keeps the finished rows): per mode
 success rate, final distance, steps to success, planning time per step (the planner's
 ``planning_ms`` diagnostics value) and the loop time (a frame's arrival here to its command's),
-missed steps, the planner's last diagnostics values, and every episode;
+missed steps, the planner's last diagnostics values (and its own ``planning_ms_p50/p99``
+there), and every episode;
 OUT/videos/<mode>_seed<S>.mp4 (or .gif): the camera with the goal, the object's true centre, the
 followed particle with its trail and the planner's predicted path (its ``path_uv`` diagnostics
 value, JSON [[u, v], ...]); OUT/logs/<mode>/*.log.
@@ -66,6 +67,8 @@ from dlp_ros.sim.report import (
     distance,
     draw_frame,
     followed_particle,
+    format_report,
+    planner_percentiles,
     summarise,
 )
 from dlp_ros.sim.tabletop import MAX_SPEED
@@ -356,25 +359,11 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         results, planner_status = run_mode(mode, args, env, out)
         report['modes'][mode] = {**summarise(results), 'planner_status': planner_status,
+                                 'planner_planning_ms': planner_percentiles(planner_status),
                                  'wall_s': round(time.monotonic() - t0, 1)}  # fmt: skip
         (out / 'report.json').write_text(json.dumps(report, indent=2) + '\n')
     print(format_report(report))  # noqa: T201
     return 0
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """One line per mode."""
-    lines = [f'{"mode":<10} success  final px (median)  steps to success  planning ms p50/p99'
-             '  missed']  # fmt: skip
-    for mode, row in report['modes'].items():
-        plan = row['planning_ms']
-        lines.append(
-            f'{mode:<10} {row["successes"]:>2}/{row["episodes"]:<4} '
-            f'{row["final_distance_px"]["median"]!s:>17}  '
-            f'{row["steps_to_success"]["median"]!s:>16}  '
-            f'{plan["median"]!s:>9}/{plan["p99"]!s:<9}  {row["missed_steps"]:>6}'
-        )
-    return '\n'.join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

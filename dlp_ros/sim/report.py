@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -74,6 +75,34 @@ def summarise(results: Sequence[EpisodeResult]) -> dict[str, object]:
         'missed_steps': sum(r.missed_steps for r in results),
         'per_episode': [asdict(r) for r in results],
     }
+
+
+def planner_percentiles(status: dict[str, str]) -> dict[str, float] | None:
+    """The planner's own planning-time percentiles [ms] from its diagnostics values
+    (``planning_ms_p50``, ``planning_ms_p99``: over its recent decisions), or None."""
+    try:
+        return {q: float(status[f'planning_ms_{q}']) for q in ('p50', 'p99')}
+    except (KeyError, ValueError):
+        return None
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """One line per mode; planning time per step where the planner reported each, else its own
+    recent percentiles."""
+    lines = [f'{"mode":<10} success  final px (median)  steps to success  planning ms p50/p99'
+             '  missed']  # fmt: skip
+    for mode, row in report['modes'].items():
+        plan = row['planning_ms']
+        p50, p99 = plan['median'], plan['p99']
+        if p50 is None and row.get('planner_planning_ms'):
+            p50, p99 = row['planner_planning_ms']['p50'], row['planner_planning_ms']['p99']
+        lines.append(
+            f'{mode:<10} {row["successes"]:>2}/{row["episodes"]:<4} '
+            f'{row["final_distance_px"]["median"]!s:>17}  '
+            f'{row["steps_to_success"]["median"]!s:>16}  '
+            f'{p50!s:>9}/{p99!s:<9}  {row["missed_steps"]:>6}'
+        )
+    return '\n'.join(lines)
 
 
 def distance(uv: Sequence[float], goal: Sequence[float]) -> float:

@@ -12,6 +12,8 @@ from dlp_ros.sim.report import (
     EpisodeResult,
     draw_frame,
     followed_particle,
+    format_report,
+    planner_percentiles,
     stats,
     summarise,
 )
@@ -63,3 +65,16 @@ def test_draw_frame_marks_goal_particle_and_path() -> None:
     assert near((10.5, 10.5), PARTICLE_RGB)
     assert near((25.0, 45.0), PATH_RGB)
     assert not near((50.0, 55.0), GOAL_RGB) and not near((50.0, 55.0), PATH_RGB)
+
+
+def test_report_lines_fall_back_to_the_planners_percentiles() -> None:
+    status = {'planning_ms_p50': '41.5', 'planning_ms_p99': '88.0', 'plan': '(+0.1,+0.0)'}
+    assert planner_percentiles(status) == {'p50': 41.5, 'p99': 88.0}
+    assert planner_percentiles({'planning_ms_p50': 'nan?'}) is None
+    rows = {'a': {**summarise([result(0, True, 5, 1.0)]), 'planner_planning_ms': {'p50': 41.5,
+                                                                                 'p99': 88.0}},
+            'b': {**summarise([result(1, False, None, 9.0, planning=[12.0])]),
+                  'planner_planning_ms': None}}  # fmt: skip
+    lines = format_report({'modes': rows}).splitlines()
+    assert '41.5/88.0' in lines[1] and ' 1/1' in lines[1]
+    assert '12.0/12.0' in lines[2] and ' 0/1' in lines[2]
