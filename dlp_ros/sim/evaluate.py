@@ -57,7 +57,7 @@ import numpy as np
 from dlp_ros import dds_shm
 from dlp_ros.conversions import stamp_ns
 from dlp_ros.demo import NodeProcess, ros_environment
-from dlp_ros.errors import ConfigError
+from dlp_ros.errors import ConfigError, DlpError
 from dlp_ros.offline.cli import main_of
 from dlp_ros.offline.perception_outputs import VideoOut
 from dlp_ros.sim.client import LoopClient, planner_path
@@ -81,6 +81,8 @@ PERCEPTION_SERVICE = '/perception_node/predict_batch'
 SIM_SERVICE = '/sim/predict_batch'
 WARMUP_SEED = 999_999
 WARMUP_STEPS = 3
+WARMUP_TRIES = 5
+FIRST_STEP_TIMEOUT_S = 120.0  # the simulator's wait for an episode's first command
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -149,7 +151,7 @@ def start_processes(mode: str, args: argparse.Namespace, env: dict[str, str],
     py = sys.executable
     sim_params = {'autostart': False, 'size': args.size, 'fps': float(args.fps),
                   'tolerance': float(args.tolerance), 'step_timeout': float(args.step_timeout),
-                  'first_step_timeout': 120.0,
+                  'first_step_timeout': FIRST_STEP_TIMEOUT_S,
                   'particles_topic': '/dlp/particles'}  # fmt: skip
     perception_params: dict[str, Any] = {
         'model_bundle': str(Path(args.bundle).resolve()), 'action_topic': '/tabletop/command',
@@ -217,7 +219,8 @@ def run_episode(client: LoopClient, procs: Processes, seed: int, args: argparse.
     rng = np.random.default_rng([seed, 7])
     dists, success_at, t = [], None, 0
     for t in range(steps + 1):
-        timeout = 150.0 if t == 0 else 2 * args.step_timeout + 30.0
+        # the simulator waits FIRST_STEP_TIMEOUT_S for the first command, step_timeout after
+        timeout = FIRST_STEP_TIMEOUT_S + 30.0 if t <= 1 else 2 * args.step_timeout + 30.0
         stamp = client.wait_frame(t, start, period, timeout)
         procs.check_alive()
         with client.lock:
@@ -228,8 +231,8 @@ def run_episode(client: LoopClient, procs: Processes, seed: int, args: argparse.
             break
         if t < steps and drive:
             client.command(stamp, *random_command(rng))
-    missed = _missed(client, seed, t)
     trace = _trace(client, start, period, t)
+    missed = _missed(client, seed, t, trace.stamps)
     result = EpisodeResult(
         seed=seed, object_id=int(goal.object_id),
         start_uv=(float(goal.start_u), float(goal.start_v)), goal_uv=target,
@@ -242,8 +245,39 @@ def run_episode(client: LoopClient, procs: Processes, seed: int, args: argparse.
     return result, trace
 
 
-def _missed(client: LoopClient, seed: int, step: int, timeout: float = 5.0) -> int:
-    """The simulator's missed steps of the episode, from its diagnostics of the last frame."""
+def warm_up(client: LoopClient, procs: Processes, args: argparse.Namespace, drive: bool,
+            wait_s: float = 20.0) -> None:  # fmt: skip
+    """Unscored episodes until one runs WARMUP_STEPS steps: the models load, and every
+    subscription is matched (a topic counted in the graph may not be matched yet, and a reliable
+    message published before that is lost, e.g. the first particles to the planner)."""
+    period = round(NS / args.fps)
+    for attempt in range(WARMUP_TRIES):
+        goal = client.reset(WARMUP_SEED + attempt, tolerance=args.tolerance)
+        start, rng = stamp_ns(goal.header), np.random.default_rng(attempt)
+        client.wait_frame(0, start, period, FIRST_STEP_TIMEOUT_S)
+        for t in range(WARMUP_STEPS):
+            if drive:
+                client.command(start + t * period, *random_command(rng))
+            following = start + (t + 1) * period
+            if not client.session.poll(lambda s=following: _has_frame(client, s), wait_s):
+                logger.info('warm-up %d: no frame %d within %g s; again', attempt, t + 1, wait_s)
+                break
+        else:
+            return
+        procs.check_alive()
+    raise DlpError(f'the loop did not run {WARMUP_STEPS} steps in {WARMUP_TRIES} warm-up '
+                   f'episodes; logs in {procs.sim.log.parent}')  # fmt: skip
+
+
+def _has_frame(client: LoopClient, stamp: int) -> bool:
+    with client.lock:
+        return stamp in client.seen.frame_times
+
+
+def _missed(client: LoopClient, seed: int, step: int, stamps: list[int],
+            timeout: float = 5.0) -> int:  # fmt: skip
+    """The simulator's missed steps of the episode, from its diagnostics of the last frame; where
+    those do not come, counted here: frames whose command was not seen before the next frame."""
 
     def latest() -> dict[str, str]:
         with client.lock:
@@ -253,9 +287,18 @@ def _missed(client: LoopClient, seed: int, step: int, timeout: float = 5.0) -> i
         status = latest()
         return status.get('seed') == str(seed) and status.get('step') == str(step)
 
-    if not client.session.poll(ready, timeout):
-        logger.warning('no simulator diagnostics for step %d of seed %d', step, seed)
-    return int(latest().get('missed_steps', 0))
+    if client.session.poll(ready, timeout):
+        return int(latest()['missed_steps'])
+    with client.lock:
+        seen = client.seen
+        late = sum(
+            1
+            for s, after in zip(stamps[:-1], stamps[1:], strict=True)
+            if seen.command_times.get(s, np.inf) > seen.frame_times.get(after, 0.0)
+        )
+    logger.warning('no simulator diagnostics for step %d of seed %d: %d missed steps counted '
+                   'from the commands seen here', step, seed, late)  # fmt: skip
+    return late
 
 
 def _trace(client: LoopClient, start: int, period: int, last: int) -> Trace:
@@ -315,7 +358,7 @@ def run_mode(mode: str, args: argparse.Namespace, env: dict[str, str],
     try:
         client = LoopClient(env, f'evaluate_{mode}', keep_frames=not args.no_video)
         wait_ready(client, procs)
-        run_episode(client, procs, WARMUP_SEED, args, mode == 'random', WARMUP_STEPS)
+        warm_up(client, procs, args, mode == 'random')
         for i in range(args.episodes):
             result, trace = run_episode(client, procs, args.seed + i, args, mode == 'random',
                                         args.steps)  # fmt: skip

@@ -10,7 +10,8 @@ Publishes (each frame, in this order; every header stamp = the frame's sim time)
     /diagnostics        diagnostic_msgs/DiagnosticArray, status 'tabletop_sim': episode, seed,
                         step, stamp_ns, missed_steps (this episode), missed_total, predict_ms
     /planning/goal      dlp_ros/PushGoal at each new episode (transient local: a late joiner gets
-                        the current task)
+                        the current task), acknowledged by its subscribers (up to 2 s) before
+                        the episode's first frame is published
 Subscribes:
     /tabletop/command   geometry_msgs/TwistStamped (reliable): linear.x, linear.y = pusher
                         velocity (vx, vy) [m/s, world frame], norm clipped to 0.3 m/s.
@@ -47,6 +48,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Pose, PoseArray, TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -75,6 +77,7 @@ TOPICS = {
     'reset': '/sim/reset',
 }
 MAX_HORIZON = 100
+GOAL_ACK_S = 2.0  # s, most wait for the subscribers to acknowledge a new task
 
 PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec('size', 64, 'Camera image side [px] (square, rgb8).', 16, 1024),
@@ -211,16 +214,37 @@ def read_params(node: Node) -> dict[str, Any]:
 
 
 class ParticleStore:
-    """The latest particle messages by stamp (thread-safe), for /sim/predict_batch."""
+    """The perception's particle messages of the current episode's frames, by stamp
+    (thread-safe), for /sim/predict_batch.
+
+    Sim time restarts with every episode, so a stamp alone does not name a frame: a message is
+    kept only when its frame was published in this episode before it came (``expect``), which
+    drops the late particles of the previous episode's last frame.
+    """
 
     def __init__(self, keep: int = 32) -> None:
         self._cond = threading.Condition()
         self._msgs: dict[int, ParticleArray] = {}
+        self._expected: set[int] = set()
         self._keep = keep
 
-    def put(self, msg: ParticleArray) -> None:
+    def restart(self) -> None:
+        """A new episode: nothing kept, nothing expected."""
         with self._cond:
-            self._msgs[stamp_ns(msg.header)] = msg
+            self._msgs.clear()
+            self._expected.clear()
+
+    def expect(self, stamp: int) -> None:
+        """The frame stamped ``stamp`` is being published."""
+        with self._cond:
+            self._expected.add(stamp)
+
+    def put(self, msg: ParticleArray) -> None:
+        stamp = stamp_ns(msg.header)
+        with self._cond:
+            if stamp not in self._expected:
+                return
+            self._msgs[stamp] = msg
             while len(self._msgs) > self._keep:
                 self._msgs.pop(next(iter(self._msgs)))
             self._cond.notify_all()
@@ -316,8 +340,13 @@ class TabletopSimNode(Node):
         ep = self.sim.reset(seed, object_id, goal, tolerance)
         self._episodes += 1
         self.gate.restart()
+        self.particles.restart()
         msg = goal_message(ep, self.params['frame_id'], ep.frame.stamp_ns)
         self._pubs['goal'].publish(msg)
+        # every subscriber has the task before the first frame (DDS orders no two topics)
+        if not self._pubs['goal'].wait_for_all_acked(Duration(seconds=GOAL_ACK_S)):
+            logger.warning('the task was not acknowledged by every subscriber within %g s',
+                           GOAL_ACK_S)  # fmt: skip
         return msg
 
     def _on_reset(self, request: Any, response: Any) -> Any:
@@ -369,6 +398,7 @@ class TabletopSimNode(Node):
 
     def _publish(self, ep: Episode, frame: Frame) -> None:
         head = header(frame.stamp_ns, self.params['frame_id'])
+        self.particles.expect(frame.stamp_ns)
         self._pubs['clock'].publish(Clock(clock=head.stamp))
         self._pubs['ground_truth'].publish(ground_truth_message(frame, head))
         self._pubs['camera'].publish(rgb_to_image(frame.rgb, head))

@@ -78,7 +78,8 @@ class StandIn:
         if first or self.followed is None or self.followed[0] is not goal:
             start = np.array([goal.start_u, goal.start_v])
             uv0 = np.array([(p.u, p.v) for p in response.current.particles])
-            self.followed = (goal, ids[int(np.argmin(np.hypot(*(uv0 - start).T)))])
+            far = np.array([p.transparency < 0.5 for p in response.current.particles]) * 1e6
+            self.followed = (goal, ids[int(np.argmin(np.hypot(*(uv0 - start).T) + far))])
         followed = self.followed[1]
         k = len(ids)
         uv = np.stack([np.asarray(response.u), np.asarray(response.v)], -1).reshape(
