@@ -24,6 +24,7 @@ setup(
             'tqdm>=4.60',
         ],
         'offline': ['rosbags==0.11.9'],
+        'sim': ['mujoco==4.0.0'],  # tabletop_sim and evaluate-planning (dlp_ros.sim)
         'gpu': ['onnxruntime-gpu==1.31.1'],
         'cpu': ['onnxruntime>=1.20'],
     },

@@ -9,7 +9,11 @@ that must load without ROS, in fresh interpreters (nothing leaks in from other t
    nor ``training``, nor the ROS face;
 3. ``training`` imports no ROS client library and no ROS-face module;
 4. the ROS face (``dlp_ros.node``, ``dlp_ros.planner_node``, ``dlp_ros.conversions``,
-   ``dlp_ros.demo``, ``dlp_ros.dds_shm``) imports neither torch nor ``training``.
+   ``dlp_ros.demo``, ``dlp_ros.dds_shm`` and the simulator's ROS modules ``dlp_ros.sim.node``,
+   ``.client``, ``.evaluate``) imports neither torch nor ``training``;
+5. the simulation (``dlp_ros.sim`` less its ROS modules: the MuJoCo scene) imports neither torch,
+   ROS client libraries, rosbags nor ``training``, nor the ROS face or ``dlp_ros.offline``; and the
+   runtime core imports neither the simulation nor mujoco (a robot runs the node without them).
 
 The planner's maths (``dlp_ros.mpc``) is part of the runtime core: rule 1 holds for it.
 """
@@ -31,9 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ('dlp_ros', 'training')
 ROS_FACE = frozenset({
     'dlp_ros.node', 'dlp_ros.planner_node', 'dlp_ros.conversions', 'dlp_ros.demo',
-    'dlp_ros.dds_shm',
+    'dlp_ros.dds_shm', 'dlp_ros.sim.node', 'dlp_ros.sim.client', 'dlp_ros.sim.evaluate',
 })  # fmt: skip
 OFFLINE = 'dlp_ros.offline'
+SIM = 'dlp_ros.sim'
 TORCH = frozenset({'torch', 'torch_geometric', 'torchvision'})
 ROS_CLIENT = frozenset({
     'rclpy', 'builtin_interfaces', 'ament_index_python', 'rcl_interfaces', 'rosidl_runtime_py',
@@ -68,11 +73,23 @@ def is_offline(name: str) -> bool:
     return _under(name, OFFLINE)
 
 
+def is_sim(name: str) -> bool:
+    """The simulation part: ``dlp_ros.sim`` less its ROS modules (those are the ROS face)."""
+    return _under(name, SIM) and not is_ros_face(name)
+
+
 def is_core(name: str) -> bool:
-    return _under(name, 'dlp_ros') and not is_ros_face(name) and not is_offline(name)
+    return (_under(name, 'dlp_ros') and not is_ros_face(name) and not is_offline(name)
+            and not _under(name, SIM))  # fmt: skip
 
 
 def core_forbids(name: str) -> bool:
+    return (is_torch(name) or is_ros_client(name) or _under(name, 'rosbags') or is_training(name)
+            or is_ros_face(name) or is_offline(name) or _under(name, SIM)
+            or _under(name, 'mujoco'))  # fmt: skip
+
+
+def sim_forbids(name: str) -> bool:
     return (is_torch(name) or is_ros_client(name) or _under(name, 'rosbags') or is_training(name)
             or is_ros_face(name) or is_offline(name))  # fmt: skip
 
@@ -99,8 +116,10 @@ class Rule:
 
 
 RULES = (
-    Rule('runtime core: no torch, ROS client, rosbags, training, ROS face or dlp_ros.offline',
-         is_core, core_forbids),
+    Rule('runtime core: no torch, ROS client, rosbags, training, ROS face, dlp_ros.offline, '
+         'dlp_ros.sim or mujoco', is_core, core_forbids),
+    Rule('dlp_ros.sim: no torch, ROS client, rosbags, training, ROS face or dlp_ros.offline',
+         is_sim, sim_forbids),
     Rule('dlp_ros.offline: no torch, ROS client, training or ROS face', is_offline,
          offline_forbids),
     Rule('training: no ROS client or ROS face', is_training, training_forbids),
@@ -222,6 +241,13 @@ def test_checker_catches_violations(tmp_path: Path) -> None:
         'training/data/build.py': 'import torch\nfrom dlp_ros.offline import tool\n',
         'training/ros_user.py': 'from dlp_ros import node\n',
         'training/bag.py': 'def f():\n    from geometry_msgs.msg import Twist\n',
+        'training/record.py': 'from dlp_ros.sim import scene\n',
+        'dlp_ros/sim/__init__.py': '',
+        'dlp_ros/sim/scene.py': 'import mujoco\nimport numpy\nfrom dlp_ros import errors\n',
+        'dlp_ros/sim/ros_user.py': 'from sensor_msgs.msg import Image\n',
+        'dlp_ros/sim/node.py': 'import rclpy\nfrom dlp_ros.sim import scene\nimport training\n',
+        'dlp_ros/physics.py': 'import mujoco\n',
+        'dlp_ros/sim_user.py': 'def f():\n    from dlp_ros.sim.scene import Scene\n',
     })  # fmt: skip
     lines = violations(tmp_path)
     found = '\n'.join(lines)
@@ -236,12 +262,18 @@ def test_checker_catches_violations(tmp_path: Path) -> None:
         'training.bag imports geometry_msgs.msg (training/bag.py:2) [training',
         'dlp_ros.node imports torch.nn (dlp_ros/node.py:3) [ROS face',
         'dlp_ros.demo imports training.tools (dlp_ros/demo.py:1) [ROS face',
+        'dlp_ros.sim.ros_user imports sensor_msgs.msg (dlp_ros/sim/ros_user.py:1) [dlp_ros.sim',
+        'dlp_ros.sim.node imports training (dlp_ros/sim/node.py:3) [ROS face',
+        'dlp_ros.physics imports mujoco (dlp_ros/physics.py:1) [runtime core',
+        'dlp_ros.sim_user imports dlp_ros.sim.scene (dlp_ros/sim_user.py:2) [runtime core',
     ]
     for line in expected:
         assert line in found, f'missing {line!r} in:\n{found}'
     for allowed in ('dlp_ros.clean ', 'dlp_ros.errors ', 'training.data.build ',
                     'dlp_ros.offline.tool imports rosbags', 'dlp_ros.node imports rclpy',
-                    'dlp_ros.node imports dlp_ros.msg'):  # fmt: skip
+                    'dlp_ros.node imports dlp_ros.msg', 'training.record ',
+                    'dlp_ros.sim.scene ', 'dlp_ros.sim.node imports rclpy',
+                    'dlp_ros.sim.node imports dlp_ros.sim.scene'):  # fmt: skip
         assert not any(line.startswith(allowed) for line in lines), f'{allowed!r} in:\n{found}'
 
 
@@ -274,15 +306,19 @@ def _part(select: Callable[[str], bool]) -> list[str]:
     [
         (
             is_core,
-            ['torch', 'torch_geometric', 'training', 'rclpy', 'rosbags', OFFLINE, *ROS_FACE],
+            ['torch', 'torch_geometric', 'training', 'rclpy', 'rosbags', 'mujoco', OFFLINE, SIM,
+             *ROS_FACE],
         ),
         (is_offline, ['torch', 'torch_geometric', 'training', 'rclpy', *ROS_FACE]),
+        (is_sim, ['torch', 'torch_geometric', 'training', 'rclpy', 'rosbags', OFFLINE, *ROS_FACE]),
     ],
-    ids=['runtime core', 'dlp_ros.offline'],
-)
+    ids=['runtime core', 'dlp_ros.offline', 'dlp_ros.sim'],
+)  # fmt: skip
 def test_importing_loads_nothing_forbidden(
     select: Callable[[str], bool], roots: list[str]
 ) -> None:
+    if select is is_sim and importlib.util.find_spec('mujoco') is None:
+        pytest.skip('the simulation needs mujoco (the [train] extra)')
     loaded = {m: hits for m, hits in _loads(_part(select), roots).items() if hits}
     assert not loaded, f'importing these modules pulled in forbidden ones: {loaded}'
 

@@ -55,6 +55,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         'training.evaluate_prediction',
         'condition on C frames, predict N: PSNR/SSIM/positions per step vs baselines -> report',
     ),
+    'evaluate-planning': (
+        'dlp_ros.sim.evaluate',
+        'closed-loop pushing over ROS 2: simulator + perception node + planner per mode -> report',
+    ),
 }
 
 

@@ -93,3 +93,27 @@ def test_install_has_services_node_executable_launch_and_config() -> None:
         [sys.executable, '-c', code], cwd=ROOT / 'install', capture_output=True, text=True,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
+
+
+def test_install_has_the_simulator() -> None:
+    """colcon installs lib/dlp_ros/tabletop_sim (this build's Python), srv/ResetEpisode.srv and
+    launch/sim.launch.py; the installed modules import, and the executable refuses a bad
+    parameter with exit code 2 (it runs dlp_ros.sim.node:main)."""
+    prefix = ROOT / 'install' / 'dlp_ros'
+    share = prefix / 'share' / 'dlp_ros'
+    for rel in ('srv/ResetEpisode.srv', 'launch/sim.launch.py'):
+        assert (share / rel).read_text() == (ROOT / rel).read_text(), f'{rel}: rebuild'
+    sim = prefix / 'lib' / 'dlp_ros' / 'tabletop_sim'
+    assert os.access(sim, os.X_OK), sim
+    shebang = sim.read_text().splitlines()[0]
+    assert shebang.startswith('#!') and Path(shebang[2:]).exists(), shebang
+    out = subprocess.run(
+        [sys.executable, '-c', 'from dlp_ros.srv import ResetEpisode; import dlp_ros.sim.node'],
+        cwd=ROOT / 'install', capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    bad = subprocess.run([str(sim), '--ros-args', '-p', 'goal_min_distance:=0.5', '-p',
+                          'goal_max_distance:=0.2'], capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert bad.returncode == 2, bad.stdout + bad.stderr
+    assert 'goal_min_distance must be below goal_max_distance' in bad.stdout + bad.stderr

@@ -15,8 +15,9 @@ import torch
 
 from dlp_ros.image_codec import COMPRESSED_FORMATS
 from dlp_ros.offline.bag_writer import BagWriter
+from dlp_ros.sim.scene import ObjectState
 from training.checkpoint import load_checkpoint
-from training.data.ground_truth import ObjectState, gt_path, write_ground_truth
+from training.data.ground_truth import gt_path, write_ground_truth
 
 CAMERA = '/camera/image'
 NS = 1_000_000_000

@@ -14,8 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from training.data.ground_truth import ObjectState
-from training.data.scene import SceneFrame
+from dlp_ros.sim.scene import ObjectState, SceneFrame
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     'blue': (0, 0, 255),
@@ -28,7 +27,7 @@ _SHIFT = 4  # cv2 fixed-point bits: sub-pixel circle centres (1/16 px)
 
 
 class BallsScene:
-    """Scene protocol implementation (see ``training.data.scene.Scene``)."""
+    """Scene protocol implementation (see ``dlp_ros.sim.scene.Scene``)."""
 
     name = 'balls'
     action_names: tuple[str, ...] = ()

@@ -14,20 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from dlp_ros.errors import EpisodeError
+from dlp_ros.sim.scene import ObjectState
 
 COLUMNS = ('frame', 'stamp_ns', 'id', 'name', 'x', 'y', 'radius', 'visible')
-
-
-@dataclass(frozen=True)
-class ObjectState:
-    """One object in one frame."""
-
-    id: int
-    name: str
-    x: float  # px, right
-    y: float  # px, down
-    radius: float  # px, apparent
-    visible: bool
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from tqdm import tqdm
 from dlp_ros.config_schema import checked, from_args
 from dlp_ros.errors import DlpError
 from dlp_ros.offline.bag_writer import STORAGES, BagWriter
-from training.data.ground_truth import ObjectState, gt_path, write_ground_truth
-from training.data.scene import Scene
+from dlp_ros.sim.scene import ObjectState, Scene
+from training.data.ground_truth import gt_path, write_ground_truth
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def make_scene(name: str, size: int, fps: float) -> Scene:
 
         return BallsScene(size=size, fps=fps)
     if name == 'tabletop':
-        from training.data.tabletop import TabletopScene
+        from dlp_ros.sim.tabletop import TabletopScene
 
         return TabletopScene(size=size, fps=fps)
     raise DlpError(f'unknown scene {name!r}; choose balls or tabletop')

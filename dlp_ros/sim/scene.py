@@ -1,4 +1,6 @@
-"""What a synthetic scene offers the recorder: frames, ground truth and (optionally) actions."""
+"""What a synthetic scene offers the recorder and the simulator node: frames, ground truth and
+(optionally) actions. Torch- and ROS-free (numpy only).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +9,17 @@ from typing import Protocol
 
 import numpy as np
 
-from training.data.ground_truth import ObjectState
+
+@dataclass(frozen=True)
+class ObjectState:
+    """One object in one frame."""
+
+    id: int
+    name: str
+    x: float  # px, right
+    y: float  # px, down
+    radius: float  # px, apparent
+    visible: bool
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,11 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from training.data.ground_truth import ObjectState
-from training.data.scene import SceneFrame
+from dlp_ros.sim.scene import ObjectState, SceneFrame
 
 mujoco = pytest.importorskip('mujoco')
 
-from training.data.tabletop import TABLE_RGB, TabletopScene  # noqa: E402
+from dlp_ros.sim.tabletop import TABLE_RGB, TabletopScene  # noqa: E402
 
 log = logging.getLogger(__name__)
 

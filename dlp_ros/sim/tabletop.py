@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import mujoco
 import numpy as np
 
-from training.data.ground_truth import ObjectState
-from training.data.scene import SceneFrame
+from dlp_ros.sim.scene import ObjectState, SceneFrame
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,25 @@ COLOURS = {
 SHAPES = ('box', 'sphere', 'cylinder')
 # Collision bits: table/walls and objects share bit 1; the pusher only touches objects (bit 2).
 _OBJ_BITS = 'contype="1" conaffinity="3"'
+_STATE = mujoco.mjtState.mjSTATE_INTEGRATION  # everything mj_step reads: a copy continues exactly
+_WALL_CLEARANCE = 0.02  # m, between a task's object (or its goal) and the walls
+
+
+def clip_command(command: np.ndarray) -> np.ndarray:
+    """A pusher command (vx, vy) [m/s] with its norm clipped to MAX_SPEED; NaN -> 0. (2,)"""
+    v = np.nan_to_num(np.asarray(command, dtype=np.float64).reshape(-1)[:2], nan=0.0)
+    norm = float(np.hypot(*v))
+    return v * (MAX_SPEED / norm) if norm > MAX_SPEED else v
+
+
+@dataclass(frozen=True)
+class PushTask:
+    """Push object ``object_id`` so that its centre reaches ``goal_uv``."""
+
+    object_id: int
+    start_uv: np.ndarray  # (2,) px, the object's centre now
+    goal_uv: np.ndarray  # (2,) px
+    goal_xy: np.ndarray  # (2,) m, world, at the object's height
 
 
 def _camera() -> tuple[np.ndarray, np.ndarray, float]:
@@ -64,7 +83,7 @@ def _camera() -> tuple[np.ndarray, np.ndarray, float]:
 
 
 class TabletopScene:
-    """Pusher-and-objects scene satisfying :class:`training.data.scene.Scene`.
+    """Pusher-and-objects scene satisfying :class:`dlp_ros.sim.scene.Scene`.
 
     Ids: 0 is the pusher ('pusher'), 1..n are objects named ``<shape>_<colour>_<id>``.
     ``step`` applies the previous frame's action for 1/fps seconds (the first call shows the reset
@@ -311,6 +330,128 @@ class TabletopScene:
         v = (np.clip(p + v * dt, -lim, lim) - p) / dt  # stay inside the workspace
         self._velocity = v
         return v
+
+    # ------------------------------------------------------------------- driven by a controller
+    def _require(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
+        if self._model is None or self._data is None:
+            raise RuntimeError('TabletopScene used before reset')
+        return self._model, self._data
+
+    def render(self) -> np.ndarray:
+        """The camera image of the current state, (S, S, 3) uint8 RGB."""
+        self._require()
+        assert self._renderer is not None
+        self._renderer.update_scene(self._data, camera='top')
+        return self._renderer.render()
+
+    def objects(self) -> list[ObjectState]:
+        """Ground truth of the current state (what :meth:`step` returns with its frame)."""
+        self._require()
+        return self._ground_truth()
+
+    def apply(self, command: np.ndarray) -> np.ndarray:
+        """Advance by 1/fps s under a pusher command (vx, vy) [m/s, world frame], its norm
+        clipped to MAX_SPEED (the joint ranges keep the pusher inside the walls); returns the
+        command applied, (2,) float64."""
+        model, data = self._require()
+        data.ctrl[:] = clip_command(command)
+        mujoco.mj_step(model, data, nstep=self._substeps)
+        return data.ctrl[:2].copy()
+
+    def get_state(self) -> np.ndarray:
+        """A copy of the full integration state (positions, velocities, controls, warm start),
+        (n,) float64: :meth:`set_state` of it continues bit-identically."""
+        model, data = self._require()
+        state = np.empty(mujoco.mj_stateSize(model, _STATE))
+        mujoco.mj_getState(model, data, state, _STATE)
+        return state
+
+    def set_state(self, state: np.ndarray) -> None:
+        """Restore a state from :meth:`get_state` of this episode."""
+        model, data = self._require()
+        mujoco.mj_setState(model, data, np.asarray(state, dtype=np.float64), _STATE)
+        mujoco.mj_forward(model, data)
+
+    def rollout(self, actions: np.ndarray, state: np.ndarray | None = None) -> np.ndarray:
+        """Object centres [px] under B candidate command sequences, from ``state`` (default: the
+        current one), without rendering and without changing the scene.
+
+        Args:
+            actions: (B, N, 2) commands (vx, vy) [m/s]; ``actions[b, n]`` is applied for 1/fps s
+                and gives step n + 1 (clipped as in :meth:`apply`).
+            state: a :meth:`get_state` of this episode.
+
+        Returns:
+            (B, N, K, 2) float64 pixel centres (x right, y down) of the K objects (id order, 0 =
+            pusher), exactly what :meth:`objects` would report after the same :meth:`apply`.
+        """
+        model, _ = self._require()
+        actions = np.asarray(actions, dtype=np.float64)
+        if actions.ndim != 3 or actions.shape[2] != 2:
+            raise ValueError(f'actions must be (B, N, 2), got {actions.shape}')
+        start = self.get_state() if state is None else np.asarray(state, dtype=np.float64)
+        scratch = mujoco.MjData(model)
+        n_b, n_steps = actions.shape[:2]
+        xyz = np.empty((n_b, n_steps, len(self._bodies), 3))  # (B, N, K, 3) m
+        for b in range(n_b):
+            mujoco.mj_setState(model, scratch, start, _STATE)
+            for n in range(n_steps):
+                scratch.ctrl[:] = clip_command(actions[b, n])
+                mujoco.mj_step(model, scratch, nstep=self._substeps)
+                xyz[b, n] = scratch.xpos[self._bodies]
+        uv, _ = self._project(xyz.reshape(-1, 3))
+        return uv.reshape(n_b, n_steps, len(self._bodies), 2)
+
+    def centre(self, object_id: int) -> np.ndarray:
+        """World position (3,) [m] of an object's centre (0 = pusher)."""
+        _, data = self._require()
+        return data.xpos[self._bodies[object_id]].copy()
+
+    def pixel_of(self, xy: np.ndarray, z: float) -> np.ndarray:
+        """Pixel (2,) of the world point (x, y, z) [m]."""
+        uv, _ = self._project(np.array([[xy[0], xy[1], z]], dtype=np.float64))
+        return uv[0]
+
+    def point_at(self, uv: np.ndarray, z: float) -> np.ndarray:
+        """World (x, y) [m] of the plane at height ``z`` seen at pixel ``uv`` (inverse of
+        :meth:`pixel_of`)."""
+        ray = np.array([uv[0] - self.size / 2, self.size / 2 - uv[1], -self._focal])  # camera
+        world = self._cam_rot @ ray  # (3,)
+        scale = (z - self._cam_pos[2]) / world[2]
+        return (self._cam_pos + scale * world)[:2]
+
+    def sample_task(self, rng: np.random.Generator, distance: tuple[float, float] = (0.06, 0.16),
+                    object_id: int = 0) -> PushTask:  # fmt: skip
+        """A reachable pushing task: an object that stands clear of the walls and a goal for its
+        centre inside the workspace, ``distance`` [m] (min, max) away, clear of the other
+        objects. ``object_id`` > 0 fixes the object.
+
+        Raises:
+            ValueError: no such task in 2000 draws (or an unknown ``object_id``).
+        """
+        _, data = self._require()
+        n = len(self._bodies) - 1
+        if not 0 <= object_id <= n:
+            raise ValueError(f'object_id must be 1..{n} (0 = any), got {object_id}')
+        xyz = data.xpos[self._bodies]  # (K, 3)
+        ids = [object_id] if object_id else [
+            i for i in range(1, n + 1)
+            if np.max(np.abs(xyz[i, :2])) <= HALF - self._radii[i] - _WALL_CLEARANCE
+        ]  # fmt: skip
+        for _ in range(2000 if ids else 0):
+            i = int(ids[int(rng.integers(len(ids)))])
+            lim = HALF - self._radii[i] - _WALL_CLEARANCE
+            goal = rng.uniform(-lim, lim, 2)
+            dist = float(np.hypot(*(goal - xyz[i, :2])))
+            others = [j for j in range(1, n + 1) if j != i]
+            clear = all(
+                np.hypot(*(goal - xyz[j, :2])) > self._radii[i] + self._radii[j] + 0.01
+                for j in others
+            )
+            if distance[0] <= dist <= distance[1] and clear:
+                z = float(xyz[i, 2])
+                return PushTask(i, self.pixel_of(xyz[i, :2], z), self.pixel_of(goal, z), goal)
+        raise ValueError(f'no reachable task for object {object_id or "any"} in this scene')
 
     # ----------------------------------------------------------------------------- segmentation
     def segmentation(self) -> np.ndarray:
