@@ -106,6 +106,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add('--val-frames', type=int, default=200,
         help='validation frames for validation.recon_mse (0: skip)')  # fmt: skip
     add(
+        '--val-data',
+        type=Path,
+        help="dataset for validation.recon_mse (default: the DLP run's own, when on this machine)",
+    )
+    add(
         '--compositing',
         choices=COMPOSITING_MODES,
         default=DEFAULT_COMPOSITING,
@@ -124,6 +129,7 @@ class ExportOptions:
     checkpoint: str = checked('best', choices=('best', 'last'))
     opset: int = checked(17, ge=1)
     val_frames: int = checked(200, ge=0)
+    val_data: Path | None = None
     compositing: str = checked(DEFAULT_COMPOSITING, choices=COMPOSITING_MODES)
     overwrite: bool = False
 
@@ -142,7 +148,7 @@ def export(opts: ExportOptions) -> int:
         print(line)  # noqa: T201
     for line in checkpoint_report(opts.dynamics, 'dynamics', dyn_state, VAL_FIGURES['dynamics']):
         print(line)  # noqa: T201
-    frames, note = validation_frames(opts.dlp, dlp.config.S, opts.val_frames)
+    frames, note = validation_frames(opts.dlp, dlp.config.S, opts.val_frames, opts.val_data)
     card = export_bundle(dlp, dyn, opts.out, info, opset=opts.opset, overwrite=opts.overwrite,
                          val_frames=frames, val_note=note,
                          compositing=opts.compositing)  # fmt: skip
@@ -349,12 +355,16 @@ def _with_recon_mse(
 
 
 def validation_frames(
-    dlp_run: Path, image_size: int, n: int
+    dlp_run: Path, image_size: int, n: int, data: Path | None = None
 ) -> tuple[list[np.ndarray] | None, dict[str, Any]]:
-    """Up to ``n`` consecutive frames of the val split (whole episodes first) of the data set
-    named in the DLP run's run.yaml; (None, why) when it is not available."""
+    """Up to ``n`` consecutive frames of the val split (whole episodes first) of ``data``, or
+    of the data set named in the DLP run's run.yaml; (None, why) when it is not available."""
     if n == 0:
         return None, {'note': 'recon_mse omitted: --val-frames 0'}
+    if data is not None:
+        if not Path(data).is_dir():
+            raise ExportError(f'--val-data {data}: no such dataset directory')
+        return _frames_of(Path(data), image_size, n)
     try:
         saved = yaml.safe_load((Path(dlp_run) / 'run.yaml').read_text()) or {}
     except (OSError, yaml.YAMLError):
@@ -364,6 +374,11 @@ def validation_frames(
         why = f'recon_mse omitted: the DLP run names no data set on this machine ({data!r})'
         logger.warning(why)
         return None, {'note': why}
+    return _frames_of(Path(data), image_size, n)
+
+
+def _frames_of(data: Path, image_size: int, n: int) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """Up to ``n`` consecutive frames of ``data``'s val split (else test, else train)."""
     from training.data.dataset import Dataset  # noqa: PLC0415
 
     dataset = Dataset.open(data)
