@@ -13,7 +13,10 @@ presence of the K particles, each (B, N, K): the perception node's ``~/predict_b
 baselines of :func:`held_rollout` (nothing moves). :class:`CemPlanner` runs the cross-entropy
 method: sample B sequences from a Gaussian per step and axis (clipped to +-max_speed), one
 batched rollout, cost = sum over steps of the squared pixel distance of the object's particle
-to the goal + ``action_weight`` x the squared commands, refit mean and std to the lowest-cost
+to the goal + ``action_weight`` x the squared commands + ``approach_weight`` x the squared
+distance of the pushing particle to the contact point behind the object (:func:`approach_costs`:
+without it, while no candidate touches the object, every candidate costs the same and the
+pusher stays put), refit mean and std to the lowest-cost
 ``elites``; up to ``iterations`` times while the time budget allows. The mean is warm-started
 from the previous plan shifted by one step.
 """
@@ -58,6 +61,13 @@ PLANNER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec('action_weight', 10.0,
               'Action penalty [px^2 per (m/s)^2] per step, beside the squared distance [px^2].',
               0.0, 1e9),
+    ParamSpec('approach_weight', 0.3,
+              'Weight of the squared distance [px^2] of the pushing particle (the one the '
+              'commands move most across the candidates) to the contact point behind the object '
+              '(seen from the goal), per step: brings the pusher to the object when no candidate '
+              'touches it yet. 0: off.', 0.0, 1e9),
+    ParamSpec('contact_distance', 5.0,
+              'Distance of that contact point behind the object centre [px].', 0.0, 1e4),
     ParamSpec('on_threshold', 0.5, 'Presence above which a particle is on.', 0.0, 1.0),
     ParamSpec('seed', 0, 'Seed of the sampler (reproducible runs).', 0, 2**31 - 1),
     ParamSpec('service_timeout', 5.0, 'Wait for a predict_service answer at most [s].',
@@ -84,6 +94,8 @@ class PlannerConfig:
     max_speed: float
     init_std: float
     action_weight: float
+    approach_weight: float
+    contact_distance: float
     on_threshold: float
     seed: int
     service_timeout: float
@@ -153,6 +165,34 @@ def costs(
     return (du**2 + dv**2).sum(axis=1) + action_weight * effort
 
 
+def pushing_particle(u: np.ndarray, v: np.ndarray, index: int) -> int | None:
+    """The particle other than ``index`` whose predicted position varies most across the B
+    candidates (the one the commands move: the pusher), or None when none moves. u, v (B, N, K)."""
+    spread = u.astype(np.float64).var(axis=0).sum(axis=0) + v.astype(np.float64).var(axis=0).sum(
+        axis=0
+    )  # (K,)
+    spread[index] = -1.0
+    k = int(np.argmax(spread))
+    return k if spread[k] > 1e-6 else None
+
+
+def approach_costs(
+    u: np.ndarray, v: np.ndarray, index: int, goal: tuple[float, float], contact: float
+) -> np.ndarray:
+    """(B,) sum over steps of the squared distance [px^2] of the pushing particle to the point
+    ``contact`` px behind particle ``index`` on the line from the goal; zeros when nothing moves.
+    u, v: (B, N, K)."""
+    pusher = pushing_particle(u, v, index)
+    if pusher is None:
+        return np.zeros(u.shape[0])
+    obj = np.stack([u[:, :, index], v[:, :, index]], -1).astype(np.float64)  # (B, N, 2)
+    away = obj - np.asarray(goal, np.float64)  # (B, N, 2) from the goal to the object
+    away /= np.maximum(np.linalg.norm(away, axis=-1, keepdims=True), 1e-6)
+    behind = obj + contact * away
+    push = np.stack([u[:, :, pusher], v[:, :, pusher]], -1).astype(np.float64)
+    return np.square(push - behind).sum(axis=(1, 2))
+
+
 def held_rollout(u: np.ndarray, v: np.ndarray, presence: np.ndarray) -> Rollout:
     """The no-action model: every particle stays at its (K,) position over the horizon."""
 
@@ -211,6 +251,9 @@ class CemPlanner:
             samples[0] = np.clip(mean, -c.max_speed, c.max_speed)  # the mean itself
             u, v, _ = rollout(samples)
             cost = costs(u, v, index, goal, samples, c.action_weight)
+            if c.approach_weight:
+                cost = cost + c.approach_weight * approach_costs(u, v, index, goal,
+                                                                 c.contact_distance)  # fmt: skip
             order = np.argsort(cost)
             elites = samples[order[: c.elites]].astype(np.float64)
             mean, std = elites.mean(axis=0), elites.std(axis=0) + 1e-3 * c.max_speed

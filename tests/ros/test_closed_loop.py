@@ -1,6 +1,8 @@
 """One short closed-loop episode over ROS 2: simulator -> perception node -> push planner ->
 simulator (dlp_ros.sim.evaluate, mode ``service``) moves the object toward its goal. Skipped
-until the planner (``dlp_ros.planner_node``) is installed."""
+until the planner (``dlp_ros.planner_node``) is installed. Seed 10001: a task the planner solves
+with the simulator as its model (seed 10000 it does not, with either model: docs/results.md), so
+the test checks the loop and the learned model, not the planner's limits."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ def test_one_episode_moves_the_object_toward_the_goal(tmp_path: Path) -> None:
     if not (BUNDLE / 'model_card.yaml').is_file():
         pytest.skip('the shipped tabletop64 bundle is not in this checkout')
     out = tmp_path / 'loop'
-    args = ['--bundle', str(BUNDLE), '--episodes', '1', '--seed', '10000', '--steps', '30',
+    args = ['--bundle', str(BUNDLE), '--episodes', '1', '--seed', '10001', '--steps', '30',
             '--planner-model', 'service', '--no-video', '--out', str(out)]  # fmt: skip
     code = evaluate.main(args)
     logs = '\n'.join(p.read_text()[-3000:] for p in sorted((out / 'logs').rglob('*.log')))

@@ -11,9 +11,11 @@ from dlp_ros.mpc import (
     PLANNER_PARAMS,
     CemPlanner,
     PlannerConfig,
+    approach_costs,
     costs,
     held_rollout,
     pick_particle,
+    pushing_particle,
 )
 
 GAIN = 20.0  # px per (m/s) per step of the toy model below
@@ -92,3 +94,22 @@ def test_no_action_model_costs_only_effort_and_budget_limits_iterations() -> Non
     assert result.cost == pytest.approx(held[0] + effort)
     random = planner.random_command()
     assert random.shape == (2,) and np.all(np.abs(random) <= MAX_SPEED)
+
+
+def test_the_approach_term_brings_the_pusher_behind_the_object() -> None:
+    """Particle 0 is moved by the commands (1 px per step per 0.1 m/s), particle 1 (the object)
+    stays: the candidate that heads for the contact point behind the object costs least."""
+    b, n = 3, 4
+    actions = np.zeros((b, n, 2), np.float32)
+    actions[1, :, 0] = 0.1  # towards +u: behind the object (object at u=20, goal at u=40)
+    actions[2, :, 0] = -0.1  # away from it
+    u = np.zeros((b, n, 2), np.float32)
+    v = np.full((b, n, 2), 10.0, np.float32)
+    u[:, :, 0] = 10.0 + np.cumsum(actions[:, :, 0] * 10.0, axis=1)
+    u[:, :, 1] = 20.0
+    assert pushing_particle(u, v, 1) == 0
+    cost = approach_costs(u, v, 1, (40.0, 10.0), contact=5.0)
+    assert cost[1] < cost[0] < cost[2]
+    still = np.zeros_like(u) + 5.0
+    assert pushing_particle(still, still, 1) is None  # nothing moves: no pusher, no term
+    np.testing.assert_array_equal(approach_costs(still, still, 1, (40.0, 10.0), 5.0), 0.0)
