@@ -525,18 +525,27 @@ def headline(report: dict[str, Any]) -> list[str]:
 
 
 def charts(report: dict[str, Any]) -> dict[str, np.ndarray]:
-    """File name -> chart (RGB) of each metric against the prediction step."""
+    """File name -> chart (RGB) of each metric against the prediction step: the served model
+    against the baselines, and for the image metrics the compositing forms (``<metric>_forms``)."""
     steps = list(range(1, report['horizon'] + 1))
+    name = Path(report['bundle']['path'] if report['bundle'] else report['dynamics']['run']).name
     out = {}
     for metric, (title, _) in METRICS.items():
         series = report['per_step'].get(metric)
         if series is None:
             continue
-        name = Path(report['bundle']['path'] if report['bundle'] else report['dynamics']['run'])
+        main = {k: v for k, v in series.items() if not k.startswith('model_')}
         out[f'{metric}.png'] = line_plot(
-            steps, series, f'{title} vs prediction step ({name.name}, {report["clips"]} clips)',
+            steps, main, f'{title} vs prediction step ({name}, {report["clips"]} clips)',
             'prediction step', title,
         )  # fmt: skip
+        forms = {k: v for k, v in series.items() if k.startswith('model_')}
+        if forms:
+            forms |= {k: series[k] for k in ('last_frame',) if k in series}
+            out[f'{metric}_forms.png'] = line_plot(
+                steps, forms, f'{title}: compositing forms ({name}, {report["clips"]} clips)',
+                'prediction step', title,
+            )  # fmt: skip
     return out
 
 

@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 
 # RGB colours of the series, in order
-SERIES_COLOURS = ((230, 25, 75), (0, 130, 200), (60, 180, 75), (245, 130, 48), (145, 30, 180))
+SERIES_COLOURS = ((230, 25, 75), (0, 130, 200), (60, 180, 75), (245, 130, 48), (145, 30, 180),
+                  (70, 240, 240), (128, 128, 0), (0, 0, 0))  # fmt: skip
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 

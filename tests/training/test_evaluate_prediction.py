@@ -157,7 +157,8 @@ def test_report_charts_and_gif(runs: dict[str, Path], tmp_path: Path, capsys) ->
     assert report['flow_baseline']['method'] == 'farneback'
     names = sorted(p.name for p in out.iterdir())
     assert names == ['position_error_px.png', 'prediction.gif', 'prediction.png', 'psnr_db.png',
-                     'recall.png', 'report.json', 'ssim.png']  # no temporary files # fmt: skip
+                     'psnr_db_forms.png', 'recall.png', 'report.json', 'ssim.png',
+                     'ssim_forms.png']  # no temporary files # fmt: skip
     chart = cv2.imread(str(out / 'psnr_db.png'))
     assert chart is not None and chart.shape == (400, 640, 3)
     ok, gif = cv2.imreadanimation(str(out / 'prediction.gif'))
