@@ -224,8 +224,15 @@ def test_export_command_from_run_directories(
     assert card.training['dlp']['step'] == 7 and card.training['dynamics']['step'] == 9
     assert card.metrics['dlp']['psnr'] == 30.0
     assert card.validation.recon_mse is None and 'no data set' in card.validation.details['note']
+    assert card.prediction.compositing == 'residual'  # the default form
     assert main(argv) == 2  # exists, no --overwrite: a clear error, not a traceback
     assert '--overwrite' in capsys.readouterr().err
+    runs = ['export', '--dlp', str(dlp_run), '--dynamics', str(dyn_run), '--out']
+    assert main([*runs, str(tmp_path / 'b2'), '--val-data', str(tmp_path / 'nope')]) == 2
+    assert f'--val-data {tmp_path / "nope"}: no such dataset' in capsys.readouterr().err
+    assert not (tmp_path / 'b2').exists()
+    assert main([*runs, str(tmp_path / 'b3'), '--compositing', 'warped']) == 0
+    assert load_model_card(tmp_path / 'b3').prediction.compositing == 'warped'
 
 
 def test_recon_mse_is_measured_on_given_frames(
