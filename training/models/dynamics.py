@@ -446,6 +446,32 @@ class RolloutLossWeights:
         return from_mapping(cls, d)
 
 
+def _step_errors(
+    pred: Particles, target: Particles, slot_mask: Tensor | None, presence_weighted: bool
+) -> dict[str, Tensor]:
+    """Per predicted step, the squared error of each attribute (averaged over dimensions, then
+    batch and particles; foreground terms weighted by the target presence if
+    ``presence_weighted``, all by ``slot_mask`` (B, K)): term -> (horizon,)."""
+    mask = torch.ones_like(target.transparency[..., 0])  # (B, horizon, K)
+    if slot_mask is not None:
+        if tuple(slot_mask.shape) != (mask.shape[0], mask.shape[2]):
+            raise ValueError(f'slot_mask must be (B, K) = {(mask.shape[0], mask.shape[2])}, '
+                             f'got {tuple(slot_mask.shape)}')  # fmt: skip
+        mask = mask * slot_mask[:, None, :].to(mask)
+    presence = target.transparency[..., 0].detach() * mask  # (B, horizon, K)
+    if not presence_weighted:
+        presence = mask
+    norm = presence.sum(dim=(0, 2)).clamp(min=1e-6)  # (horizon,)
+    per_step: dict[str, Tensor] = {}  # term -> (horizon,)
+    for name in ('mu', 'logvar', 'scale', 'depth', 'features'):
+        err = (getattr(pred, name) - getattr(target, name)).pow(2).mean(-1)  # (B, horizon, K)
+        per_step[name] = (err * presence).sum(dim=(0, 2)) / norm
+    err = (pred.transparency - target.transparency).pow(2)[..., 0]  # (B, horizon, K)
+    per_step['transparency'] = (err * mask).sum(dim=(0, 2)) / mask.sum(dim=(0, 2)).clamp(min=1e-6)
+    per_step['bg_features'] = (pred.bg_features - target.bg_features).pow(2).mean(dim=(0, 2))
+    return per_step
+
+
 def rollout_loss(
     model: ParticleDynamics,
     sequence: Particles | Mapping[str, Tensor],
@@ -506,23 +532,7 @@ def rollout_loss(
     pred = rollout(model, frames(seq, slice(burn_in - h, burn_in)), horizon, step_actions)
     target = frames(seq, slice(burn_in, burn_in + horizon))  # (B, horizon, K, ...)
 
-    mask = torch.ones_like(target.transparency[..., 0])  # (B, horizon, K)
-    if slot_mask is not None:
-        if tuple(slot_mask.shape) != (mask.shape[0], mask.shape[2]):
-            raise ValueError(f'slot_mask must be (B, K) = {(mask.shape[0], mask.shape[2])}, '
-                             f'got {tuple(slot_mask.shape)}')  # fmt: skip
-        mask = mask * slot_mask[:, None, :].to(mask)
-    presence = target.transparency[..., 0].detach() * mask  # (B, horizon, K)
-    if not w.presence_weighted:
-        presence = mask
-    norm = presence.sum(dim=(0, 2)).clamp(min=1e-6)  # (horizon,)
-    per_step: dict[str, Tensor] = {}  # term -> (horizon,)
-    for name in ('mu', 'logvar', 'scale', 'depth', 'features'):
-        err = (getattr(pred, name) - getattr(target, name)).pow(2).mean(-1)  # (B, horizon, K)
-        per_step[name] = (err * presence).sum(dim=(0, 2)) / norm
-    err = (pred.transparency - target.transparency).pow(2)[..., 0]  # (B, horizon, K)
-    per_step['transparency'] = (err * mask).sum(dim=(0, 2)) / mask.sum(dim=(0, 2)).clamp(min=1e-6)
-    per_step['bg_features'] = (pred.bg_features - target.bg_features).pow(2).mean(dim=(0, 2))
+    per_step = _step_errors(pred, target, slot_mask, w.presence_weighted)  # term -> (horizon,)
 
     if step_weights is None:
         step_weights = torch.ones(horizon, device=seq.mu.device)
