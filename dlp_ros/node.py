@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import TwistStamped
 from rcl_interfaces.msg import (
@@ -45,7 +43,7 @@ from rcl_interfaces.msg import (
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import QoSMessageLostInfo, SubscriptionEventCallbacks
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.impl.rcutils_logger import RcutilsLogger
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.lifecycle.publisher import LifecyclePublisher
@@ -54,7 +52,6 @@ from rclpy.publisher import Publisher
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.service import Service
-from rclpy.signals import SignalHandlerOptions
 from rclpy.subscription import Subscription
 from rclpy.timer import Timer
 from sensor_msgs.msg import CompressedImage, Image
@@ -63,6 +60,7 @@ from std_msgs.msg import Header
 from dlp_ros import conversions
 from dlp_ros.errors import ConfigError, DlpError, ImageError
 from dlp_ros.msg import ParticleArray, Prediction
+from dlp_ros.node_process import run_until_signal
 from dlp_ros.node_support import (
     DEFAULT_BUNDLE,
     PARAM_SPECS,
@@ -846,61 +844,14 @@ class PerceptionNode(LifecycleNode):
         return self.trigger_activate() == SUCCESS
 
 
-def _spin(executor: MultiThreadedExecutor, stop: threading.Event, failed: list[str]) -> None:
-    """Executor thread: spin until the executor is shut down; sets ``stop`` when it ends."""
-    try:
-        executor.spin()
-    except ExternalShutdownException:
-        pass
-    except Exception as exc:  # noqa: BLE001 - reported by main, which exits non-zero
-        failed.append(f'{type(exc).__name__}: {exc}')
-    finally:
-        stop.set()
-
-
 def main(args: list[str] | None = None) -> int:
-    """Run the perception node until SIGINT/SIGTERM; returns the exit status.
-
-    rclpy's own signal handlers shut the context down from a thread of their own while the
-    node is being torn down, which now and then crashed the process at Ctrl-C (SIGSEGV in
-    destroy_node). Here a signal only sets an event: the executor spins in a thread, and the
-    main thread stops the workers, the executor and the node, then rclpy, in that order.
-    """
+    """Run the perception node until SIGINT/SIGTERM; returns the exit status (1 when the executor
+    failed). A signal only sets an event; see :mod:`dlp_ros.node_process`."""
     logging.basicConfig(level=logging.INFO, format='[%(levelname)s] [%(name)s]: %(message)s')
     logging.captureWarnings(True)  # Python warnings as log records: the node forwards them
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    handlers = {
-        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    node: PerceptionNode | None = None
-    executor = MultiThreadedExecutor(num_threads=2)
-    spinner: threading.Thread | None = None
-    failed: list[str] = []
-    try:
-        node = PerceptionNode()
-        executor.add_node(node)
-        node.autostart()
-        spinner = threading.Thread(target=_spin, args=(executor, stop, failed), name='executor')
-        spinner.start()
-        while not stop.wait(1.0):
-            pass
-    finally:
-        if node is not None:
-            node.stop_worker()
-        executor.shutdown()
-        if spinner is not None:
-            spinner.join()
-        if node is not None:
-            executor.remove_node(node)
-            node.destroy_node()
-        rclpy.try_shutdown()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    if failed:
-        logging.getLogger(__name__).error('the executor failed: %s', failed[0])
-        return 1
-    return 0
+    return run_until_signal(args, PerceptionNode, lambda: MultiThreadedExecutor(num_threads=2),
+                            PerceptionNode.stop_worker,
+                            start=PerceptionNode.autostart)  # fmt: skip
 
 
 if __name__ == '__main__':

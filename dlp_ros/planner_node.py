@@ -27,20 +27,17 @@ from __future__ import annotations
 import array
 import logging
 import queue
-import signal
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import TwistStamped
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import Header
 
 from dlp_ros.conversions import stamp_ns
@@ -55,6 +52,7 @@ from dlp_ros.mpc import (
 )
 from dlp_ros.msg import ParticleArray, PushGoal
 from dlp_ros.node import descriptor
+from dlp_ros.node_process import run_until_signal
 from dlp_ros.node_support import LatencyWindow
 from dlp_ros.srv import PredictBatch
 
@@ -282,46 +280,9 @@ class PushPlanner(Node):
 def main(args: list[str] | None = None) -> int:
     """Run the planner until SIGINT/SIGTERM; 2 on a bad parameter, else 0."""
     logging.basicConfig(level=logging.INFO, format='[%(levelname)s] [%(name)s]: %(message)s')
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    handlers = {
-        s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)
-    }
-    executor = SingleThreadedExecutor()
-    node: PushPlanner | None = None
-    spinner: threading.Thread | None = None
-    code = 0
-    try:
-        node = PushPlanner()
-        executor.add_node(node)
-        spinner = threading.Thread(target=_spin, args=(executor, stop), name='executor')
-        spinner.start()
-        while not stop.wait(1.0):
-            pass
-    except (ConfigError, InvalidParameterTypeException, InvalidParameterValueException) as exc:
-        logging.getLogger(__name__).error('push_planner: %s', exc)
-        code = 2
-    finally:
-        if node is not None:
-            node.stop()
-        executor.shutdown()
-        if spinner is not None:
-            spinner.join()
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    return code
-
-
-def _spin(executor: SingleThreadedExecutor, stop: threading.Event) -> None:
-    try:
-        executor.spin()
-    except ExternalShutdownException:
-        pass
-    finally:
-        stop.set()
+    errors = (ConfigError, InvalidParameterTypeException, InvalidParameterValueException)
+    return run_until_signal(args, PushPlanner, SingleThreadedExecutor, PushPlanner.stop,
+                            usage_errors=errors)  # fmt: skip
 
 
 if __name__ == '__main__':

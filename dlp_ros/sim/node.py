@@ -34,7 +34,6 @@ from __future__ import annotations
 import array
 import logging
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -42,17 +41,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Pose, PoseArray, TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
@@ -60,6 +57,7 @@ from std_msgs.msg import Header
 from dlp_ros.conversions import rgb_to_image, stamp_ns
 from dlp_ros.errors import ConfigError
 from dlp_ros.msg import Particle, ParticleArray, PushGoal
+from dlp_ros.node_process import run_until_signal
 from dlp_ros.node_support import ParamSpec
 from dlp_ros.sim.lockstep import NS, CommandGate, Episode, Frame, LockstepSim, carried_by_objects
 from dlp_ros.srv import PredictBatch, ResetEpisode
@@ -495,48 +493,11 @@ class TabletopSimNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run the node until SIGINT/SIGTERM (the executor spins in a thread; a signal only sets an
-    event, the main thread tears down in order, as the perception node does)."""
+    """Run the node until SIGINT/SIGTERM; 2 on a bad parameter, else 0 (see
+    :mod:`dlp_ros.node_process`)."""
     logging.basicConfig(level=logging.INFO, format='[%(levelname)s] [%(name)s]: %(message)s')
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    handlers = {
-        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    node: TabletopSimNode | None = None
-    executor = MultiThreadedExecutor(num_threads=2)
-    spinner: threading.Thread | None = None
-    try:
-        node = TabletopSimNode()
-        executor.add_node(node)
-        spinner = threading.Thread(target=_spin, args=(executor, stop), name='executor')
-        spinner.start()
-        while not stop.wait(1.0):
-            pass
-    except ConfigError as exc:
-        logger.error('%s', exc)
-        return 2
-    finally:
-        if node is not None:
-            node.stop()
-        executor.shutdown()
-        if spinner is not None:
-            spinner.join()
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    return 0
-
-
-def _spin(executor: MultiThreadedExecutor, stop: threading.Event) -> None:
-    try:
-        executor.spin()
-    except ExternalShutdownException:
-        pass
-    finally:
-        stop.set()
+    return run_until_signal(args, TabletopSimNode, lambda: MultiThreadedExecutor(num_threads=2),
+                            TabletopSimNode.stop, usage_errors=(ConfigError,))  # fmt: skip
 
 
 if __name__ == '__main__':
