@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dlp_ros.demo import NodeProcess, RosSession, ros_environment, set_stamp  # noqa: E402
+from dlp_ros.service_call import call_service  # noqa: E402
 
 SIZE = 64
 NODE = 'dlp_bench_batch'
@@ -98,6 +99,9 @@ def measure(session: RosSession, args: argparse.Namespace, action_dim: int) -> d
     for client in (batch, single):
         if not client.wait_for_service(timeout_sec=60.0):
             raise TimeoutError(f'service {client.srv_name} did not appear')
+    # one answered call on each client first: a reply lost to discovery is asked again
+    call_service(batch, PredictBatch.Request(candidates=1), session.poll, 120.0)
+    call_service(single, Predict.Request(horizon=1), session.poll, 120.0)
     rng = np.random.default_rng(0)
     sizes: list[int | str] = [*args.candidates, 'predict']
     times: dict[str, list[float]] = {str(s): [] for s in sizes}

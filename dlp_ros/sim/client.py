@@ -25,6 +25,7 @@ from dlp_ros.conversions import image_to_rgb, stamp_ns
 from dlp_ros.demo import RosSession, set_stamp
 from dlp_ros.errors import DlpError
 from dlp_ros.msg import ParticleArray, PushGoal
+from dlp_ros.service_call import call_service
 from dlp_ros.sim.node import NODE_NAME, TOPICS
 from dlp_ros.srv import PredictBatch, ResetEpisode
 
@@ -130,12 +131,9 @@ class LoopClient:
         msg.twist.linear.x, msg.twist.linear.y = float(vx), float(vy)
         self.command_pub.publish(msg)
 
-    def _call(self, client: Any, request: Any, timeout: float, what: str) -> Any:
-        self.session.wait_for(f'the service {client.srv_name}', client.service_is_ready,
-                              timeout)  # fmt: skip
-        future = client.call_async(request)
-        self.session.wait_for(what, future.done, timeout)
-        return future.result()
+    def _call(self, client: Any, request: Any, timeout: float, probe: Any = None) -> Any:
+        """:func:`dlp_ros.service_call.call_service` while this client's executor spins."""
+        return call_service(client, request, self.session.poll, timeout, probe=probe)
 
     def reset(self, seed: int, object_id: int = 0, goal_uv: tuple[float, float] | None = None,
               tolerance: float = 0.0, timeout: float = 60.0) -> Any:  # fmt: skip
@@ -153,7 +151,9 @@ class LoopClient:
         if goal_uv is not None:
             request.goal_u, request.goal_v = float(goal_uv[0]), float(goal_uv[1])
         self.clear()
-        response = self._call(self.reset_client, request, timeout, '/sim/reset')
+        # the probe, an invalid tolerance, is refused before the scene is touched
+        probe = ResetEpisode.Request(seed=0, random_goal=True, tolerance=-1.0)
+        response = self._call(self.reset_client, request, timeout, probe)
         if not response.success:
             raise DlpError(f'/sim/reset refused seed {seed}: {response.message}')
         return response.goal
@@ -163,7 +163,7 @@ class LoopClient:
         actions = np.asarray(actions, dtype=np.float32)
         request = PredictBatch.Request(horizon=actions.shape[1], candidates=actions.shape[0])
         request.actions = actions.ravel().tolist()
-        return self._call(self.predict_client, request, timeout, '/sim/predict_batch')
+        return self._call(self.predict_client, request, timeout)
 
     def wait_frame(self, index: int, start_ns: int, period_ns: int, timeout: float) -> int:
         """Wait for frame ``index`` of the episode (its stamp = start + index * period) and its

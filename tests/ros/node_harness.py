@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.srv import ChangeState
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
@@ -25,8 +26,10 @@ from std_msgs.msg import Header
 
 from dlp_ros import demo
 from dlp_ros.conversions import stamp_ns
+from dlp_ros.errors import DlpError
 from dlp_ros.image_codec import encode_compressed
 from dlp_ros.msg import ParticleArray, Prediction
+from dlp_ros.service_call import call_service
 
 WIDTH, HEIGHT = 64, 48  # camera frames: not square, not the model's size
 TIMEOUT_S = 20.0
@@ -175,14 +178,29 @@ class Client:
         )
 
     def call(self, srv_type: Any, service: str, request: Any, timeout: float = TIMEOUT_S) -> Any:
+        """The answer of ``request``; a lifecycle transition is probed first (an unknown label,
+        refused without effect), any other request is idempotent (see dlp_ros.service_call)."""
         client = self.node.create_client(srv_type, service)
+        probe = None
+        if srv_type is ChangeState:
+            probe = ChangeState.Request()
+            probe.transition.label = 'probe_unknown_transition'
         try:
-            self.spin_until(lambda: client.service_is_ready(), f'service {service}', timeout)
-            future = client.call_async(request)
-            self.spin_until(future.done, f'the answer of {service}', timeout)
-            return future.result()
+            return call_service(client, request, self.poll, timeout, probe=probe)
+        except DlpError as exc:
+            raise AssertionError(f'{exc}; {self.target.report()}') from exc
         finally:
             self.node.destroy_client(client)
+
+    def poll(self, ready: Callable[[], bool], seconds: float) -> bool:
+        """Spin until ``ready()`` (True) or ``seconds`` have passed (False); the node alive."""
+        end = time.monotonic() + seconds
+        while not ready():
+            self.target.assert_alive()
+            if time.monotonic() >= end:
+                return False
+            self.executor.spin_once(timeout_sec=0.02)
+        return True
 
     def particles_of(self, frame_id: str) -> list[ParticleArray]:
         return [m for m in self.particles if m.header.frame_id == frame_id]

@@ -29,11 +29,22 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from dlp_ros.msg import ParticleArray, PushGoal
+from dlp_ros.service_call import call_service
 from dlp_ros.srv import PredictBatch
 
 SPEED = 0.3  # m/s
 DIRECTIONS = 16
 HORIZON = 5
+
+
+def sleep_poll(ready: Any, seconds: float) -> bool:
+    """Wait (the executor spins in its own thread) until ``ready()`` or ``seconds`` passed."""
+    end = time.monotonic() + seconds
+    while not ready():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.002)
+    return True
 
 
 class StandIn:
@@ -67,10 +78,7 @@ class StandIn:
         actions = np.repeat(velocities[:, None], HORIZON, axis=1).astype(np.float32)  # (B, N, 2)
         request = PredictBatch.Request(horizon=HORIZON, candidates=len(actions),
                                        actions=actions.ravel().tolist())  # fmt: skip
-        future = self.client.call_async(request)
-        while not future.done():
-            time.sleep(0.002)
-        response = future.result()
+        response = call_service(self.client, request, sleep_poll, 60.0)
         if not response.success:
             return
         ids = [p.id for p in response.current.particles]
