@@ -270,6 +270,9 @@ class DynamicsTask:
     def best_text(self, best: float) -> str:
         return f'best val position RMSE {best:.4f}'
 
+    def pictures(self) -> dict[str, np.ndarray]:
+        return {}  # validation is figures only
+
 
 def latents_source(latents: LatentDataset, columns: list[int] | None) -> dict[str, Any]:
     """Where the training latents came from (``run.yaml`` and every checkpoint)."""
