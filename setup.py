@@ -22,6 +22,7 @@ setup(
             'mujoco==4.0.0',
             'scipy>=1.10',
             'tqdm>=4.60',
+            'tensorboard==2.21.0',  # event files of the training runs (optional)
         ],
         'offline': ['rosbags==0.11.9'],
         'sim': ['mujoco==4.0.0'],  # tabletop_sim and evaluate-planning (dlp_ros.sim)

@@ -123,6 +123,8 @@ class NodeProcess:
         log: file receiving the node's stdout and stderr.
         command: the node program (default: this interpreter, ``-m dlp_ros.node`` run from the
             checkout; the tests give the installed ``lib/dlp_ros/perception_node``).
+        final_log: where ``log`` will be once the caller's run completes (the demo writes into
+            a temporary directory and renames it): the path the start message names.
     """
 
     def __init__(
@@ -132,6 +134,7 @@ class NodeProcess:
         env: dict[str, str],
         log: Path,
         command: list[str] | None = None,
+        final_log: Path | None = None,
     ) -> None:
         args = [*(command or [sys.executable, '-m', 'dlp_ros.node']), '--ros-args']
         for name, value in params.items():
@@ -144,7 +147,8 @@ class NodeProcess:
         # cwd = the checkout, so that `-m dlp_ros.node` runs this checkout's node
         self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                                      stdout=self._log_file, stderr=subprocess.STDOUT)  # fmt: skip
-        logger.info('node started (pid %d), log %s', self.proc.pid, self.log)
+        where = f'{final_log} (at {self.log} until the run completes)' if final_log else self.log
+        logger.info('node started (pid %d), log %s', self.proc.pid, where)
 
     @property
     def pid(self) -> int:
@@ -660,7 +664,8 @@ def run(args: argparse.Namespace) -> int:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     params = node_params(args, Path(bundle), episode.fps, action_topic)
-    node = NodeProcess(params, {'image': args.topic}, env, tmp / 'node.log')
+    node = NodeProcess(params, {'image': args.topic}, env, tmp / 'node.log',
+                       final_log=out / 'node.log')  # fmt: skip
     session = None
     try:
         session = RosSession(env)

@@ -50,6 +50,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 from tqdm import tqdm
 
 import dlp_ros
@@ -82,7 +83,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add('--run', type=Path, help='train-dlp run directory (or --bundle)')
     add('--bundle', type=Path, help='exported bundle directory instead of --run (onnxruntime)')
     add('--providers', default='cpu', help="--bundle: 'auto', 'cpu', 'cuda' or 'tensorrt'")
-    add('--threads', type=int, default=0, help='--bundle: onnxruntime threads (0: default)')
+    add('--threads', type=int, default=0, help='torch / onnxruntime threads (0: default)')
     add('--data', type=Path, required=True, help='dataset built by build-dataset')
     add('--out', type=Path, required=True, help='report directory (report.json, report.png)')
     add('--split', choices=SPLITS, default='test', help='evaluation split')
@@ -387,6 +388,8 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluate_dlp(args: EvaluateDlpOptions) -> int:
     """:func:`run` with its options."""
+    if args.threads:  # the torch model, and the metrics on either path
+        torch.set_num_threads(args.threads)
     model, data = _open(args)
     size, episodes = model.image_size, data.episodes(args.split)
     counts = _counts([e.frames for e in episodes], args.max_frames)
@@ -430,7 +433,7 @@ def evaluate_dlp(args: EvaluateDlpOptions) -> int:
         'created': time.strftime('%Y-%m-%dT%H:%M:%S%z'), **model.description,
         'data': str(args.data.resolve()), 'split': args.split, 'fit_split': args.fit_split,
         'image_size': size, 'n_particles': model.n_particles, 'episodes': len(codes),
-        'frames': total,
+        'frames': total, 'threads': torch.get_num_threads(),
         'reconstruction': {'psnr_db': float(np.concatenate(psnrs).mean()),
                            'ssim': float(np.concatenate(ssims).mean()), 'frames': total},
         'localisation': loc.summary() if loc.frames else None, **objects,

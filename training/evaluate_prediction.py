@@ -8,7 +8,8 @@
 Clips are non-overlapping windows of C + N frames of the split's episodes, evenly spread, at
 most ``--clips`` (:func:`training.prediction.select_clips`). Per clip the predictor
 (:mod:`training.prediction`) tracks the C context frames only, rolls the dynamics out N steps
-(with the dataset's actions when the model takes them) and decodes the predicted particles.
+(with the dataset's actions when the model takes them, or zero actions with ``--actions zero``:
+what the node and ``dlp-replay`` do without an action topic) and decodes the predicted particles.
 Measured per prediction step n = 1 .. N on the predicted frames only (``docs/architecture.md``):
 
 * ``psnr_db``, ``ssim``: the decoded prediction against the true frame C - 1 + n;
@@ -41,7 +42,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,7 @@ METRICS = {
     'recall': ('recall (matched within the object radius)', True),
 }
 COMPARE_STEP = 10
+ACTION_MODES = ('dataset', 'zero')
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -121,6 +123,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add('--compositing', choices=['card', *COMPOSITING_MODES], default='card',
         help="form of the 'model' frames: the bundle card's ('decoded' for runs) or the one "
              'named; every form is also reported as model_<form>')  # fmt: skip
+    add('--actions', choices=ACTION_MODES, default='dataset',
+        help="a model taking actions: the dataset's ('dataset', an error if it has none) or "
+             "'zero' (as the node and dlp-replay without an action topic)")  # fmt: skip
     add('--overwrite', action='store_true', help='replace --out once the new report is complete')
     add('--no-progress', action='store_true', help='no progress bar')
 
@@ -146,6 +151,7 @@ class PredictionOptions:
     threads: int = checked(0, ge=0)
     providers: str = 'cpu'
     compositing: str = checked('card', choices=('card', *COMPOSITING_MODES))
+    actions: str = checked('dataset', choices=ACTION_MODES)
     overwrite: bool = False
     no_progress: bool = False
 
@@ -164,6 +170,7 @@ class Setup:
     action_columns: list[int] | None
     dt: float
     compositing: str = 'decoded'  # the form of the 'model' series
+    actions: str = 'none'  # 'dataset', 'zero' or 'none' (the model takes no actions)
 
 
 def _check_args(args: PredictionOptions) -> None:
@@ -274,12 +281,26 @@ def open_setup(args: PredictionOptions) -> Setup:
             f'--context {args.context} is shorter than the dynamics history H = '
             f'{predictor.history}: the model needs at least H observed frames'
         )
+    actions = args.actions if predictor.action_dim else 'none'
+    if actions == 'zero':
+        columns = None
+        logger.info('--actions zero: the model (action_dim %d) predicts with zero actions',
+                    predictor.action_dim)  # fmt: skip
     selection = select_clips(data, args.split, args.context, args.horizon, predictor.history,
                              args.clips, columns)  # fmt: skip
+    if actions == 'zero':
+        selection = zero_actions(selection, args.context + args.horizon - 1, predictor.action_dim)
     mode = args.compositing
     if mode == 'card':
         mode = getattr(predictor, 'compositing', 'decoded')
-    return Setup(predictor, data, selection, source, columns, 1.0 / data.fps, mode)
+    return Setup(predictor, data, selection, source, columns, 1.0 / data.fps, mode, actions)
+
+
+def zero_actions(selection: ClipSelection, length: int, action_dim: int) -> ClipSelection:
+    """The clips with zero actions, (length = C + N - 1, A) each."""
+    zeros = np.zeros((length, action_dim), np.float32)
+    clips = [replace(c, actions=zeros.copy()) for c in selection.clips]
+    return replace(selection, clips=clips)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -478,7 +499,7 @@ def build_report(args: PredictionOptions, setup: Setup, acc: Accumulator, with_t
         'left_out': sel.left_out,
         'clip_list': [{'episode': x.episode, 'start': x.start} for x in sel.clips],
         'series': {'image': list(IMAGE_SERIES), 'position': list(POSITION_SERIES)},
-        'compositing': setup.compositing,
+        'compositing': setup.compositing, 'actions': setup.actions,
         'per_step': per_step, 'mean': mean,
         f'step_{COMPARE_STEP}': at,
         'comparison': _comparison(per_step, mean, n),
@@ -496,7 +517,8 @@ def headline(report: dict[str, Any]) -> list[str]:
     """A few lines of the main numbers (model vs baselines, mean and step 10)."""
     src = report['bundle']['path'] if report['bundle'] else report['dynamics']['run']
     lines = [f'{Path(src).name} ({report["predictor"]}) on {report["split"]}: {report["clips"]} '
-             f'clips, context {report["context"]}, horizon {report["horizon"]}']  # fmt: skip
+             f'clips, context {report["context"]}, horizon {report["horizon"]}, actions '
+             f'{report["actions"]}']  # fmt: skip
     step = report[f'step_{COMPARE_STEP}']
     for metric, spec in (('psnr_db', '.2f'), ('ssim', '.3f'), ('position_error_px', '.2f'),
                          ('recall', '.2f')):  # fmt: skip

@@ -14,7 +14,10 @@ legacy TorchScript exporter (``dynamo=False``) and a dynamic batch axis named ``
 ``onnx.checker`` and is compared with the torch module on sample inputs (the largest absolute
 difference is recorded in ``validation.export_parity``). ``validation.recon_mse`` is measured
 with the bundle itself (``dlp_ros.runtime``, CPU) on consecutive frames of the DLP run's
-validation split, when its data set (``run.yaml`` ``data``) is on this machine.
+validation split, when its data set (``run.yaml`` ``data``) is on this machine, with the mean
+number of particles on per frame (``validation.particles_on_mean``). The command prints which
+checkpoint step of each run it exports with that step's validation figures, and a WARNING when a
+run's best checkpoint is its first validation or when most particles are off.
 
 Everything is written to a hidden temporary sibling of ``--out`` and renamed into place at the
 end (``dlp_ros.offline.output_dir``): a failed export leaves nothing, an existing bundle is
@@ -159,7 +162,23 @@ def export(opts: ExportOptions) -> int:
             f'H={card.dynamics.history} A={card.dynamics.action_dim}, recon_mse {recon}, '
             f'max |ort - torch| {parity}')  # fmt: skip
     print(line)  # noqa: T201
+    for warning in particles_warning(card):
+        print(warning)  # noqa: T201
     return 0
+
+
+def particles_warning(card: ModelCard) -> list[str]:
+    """A WARNING line (also logged) when most particles are off on the validation frames."""
+    on, k = card.validation.details.get('particles_on_mean'), card.particles.K
+    if on is None or on >= k / 2:
+        return []
+    warning = (
+        f'WARNING: most particles are off on the validation frames: {on:.2f} of K = {k} on '
+        f'(transparency > {card.tracking.on_threshold:g}) per frame on average; the DLP may have '
+        'left the objects to the background (train longer, or see docs/your-data.md)'
+    )
+    logger.warning(warning)
+    return [warning]
 
 
 # ----------------------------------------------------------------------------- the bundle
@@ -335,16 +354,21 @@ def _with_recon_mse(
     from dlp_ros.runtime import DlpRuntime  # noqa: PLC0415
 
     rt = DlpRuntime.load(folder, providers='cpu', threads=1)
-    errors = []
+    threshold = rt.card.tracking.on_threshold
+    errors, on = [], []
     for frames in episodes:
         tracker = rt.tracker()
         for rgb in frames:
             x = rt.preprocess(np.asarray(rgb))
-            errors.append(rt.recon_mse(x, tracker.update(x)))
+            frame = tracker.update(x)
+            errors.append(rt.recon_mse(x, frame))
+            on.append(int((frame.transparency[:, 0] > threshold).sum()))
     e = np.array(errors)
     details = {**note, 'frames': len(e), 'episodes': len(episodes),
                'recon_mse_p95': float(f'{np.percentile(e, 95):.4g}'),
-               'recon_mse_max': float(f'{e.max():.4g}'), 'export_parity': parity}  # fmt: skip
+               'recon_mse_max': float(f'{e.max():.4g}'),
+               'particles_on_mean': float(f'{np.mean(on):.4g}'),
+               'export_parity': parity}  # fmt: skip
     logger.info('validation recon_mse %.4g (p95 %.4g) on %d frames', e.mean(),
                 details['recon_mse_p95'], len(e))  # fmt: skip
     validation = ValidationSpec(float(f'{e.mean():.4g}'), details)

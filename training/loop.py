@@ -3,7 +3,9 @@
 A command builds a :class:`Task` (its model, data, loss and validation) and hands it to
 :func:`train` with the schedule of its ``train:`` section (a :class:`ScheduleConfig`). The loop
 owns the rest: the learning-rate schedule, per-step seeding, ``metrics.jsonl`` (train records
-averaged over each log window, with the gradient norm; val records), the progress bar,
+averaged over each log window, with the gradient norm; val records) and the same figures with
+the evaluation pictures as TensorBoard event files beside it (:mod:`training.tensorboard_log`),
+the progress bar,
 validation every ``eval_every`` steps and at the end (after a time-limit stop too),
 ``checkpoints/{last,best}.pt`` (atomic) with the resume state (step, best score), the time limit
 (every DDP rank stops at the same step) and the non-finite stop (:func:`optimisation_step`).
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import yaml
 from torch import Tensor, nn
@@ -29,6 +32,7 @@ from dlp_ros.config_schema import check_fields, checked
 from training import distributed as dist
 from training.checkpoint import save_checkpoint
 from training.runs import lr_at, optimisation_step
+from training.tensorboard_log import TensorBoardLog
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +108,9 @@ class Task(Protocol):
     def best_text(self, best: float) -> str:
         """The best score in words, for the closing line."""
 
+    def pictures(self) -> dict[str, np.ndarray]:
+        """The pictures of the last ``evaluate`` (TensorBoard tag -> (H, W, 3) uint8 RGB)."""
+
 
 class Window:
     """Train metrics summed over the steps of one log window, and the items seen in it."""
@@ -148,10 +155,12 @@ class Trainer:
         self.metrics: dict[str, float] = {}
         self.window = Window()
         self.log = (out / 'metrics.jsonl').open('a') if ctx.is_main else None
+        self.board = TensorBoardLog(out) if ctx.is_main else None
 
     def write(self, record: dict[str, Any]) -> None:
         self.log.write(json.dumps(record) + '\n')
         self.log.flush()
+        self.board.record(record)
 
     def checkpoint(self, name: str, metrics: dict[str, Any]) -> None:
         save_checkpoint(self.out / 'checkpoints' / f'{name}.pt', {
@@ -206,6 +215,7 @@ class Trainer:
             return
         metrics, score = self.task.evaluate(self.step)
         self.write({'step': self.step, 'split': 'val', **self.task.val_fields(), **metrics})
+        self.board.pictures(self.task.pictures(), self.step)
         if score > self.best if self.task.higher_is_better else score < self.best:
             self.best = score
             self.checkpoint('best', metrics)
@@ -260,6 +270,8 @@ def train(
     finally:
         if trainer.log is not None:
             trainer.log.close()
+        if trainer.board is not None:
+            trainer.board.close()
     dist.report_sync(task.model, ctx, out)
     dist.teardown(ctx)
     if ctx.is_main:

@@ -112,7 +112,9 @@ def select_clips(
             if labels.actions is None:
                 raise PredictionError(
                     f'the dynamics model takes actions but episode {info.name} of dataset '
-                    f'{data.root} has none (no --action-topic at build-dataset?)'
+                    f'{data.root} has none (no --action-topic at build-dataset?); pass '
+                    '--actions zero to predict with zero actions, as the node and dlp-replay '
+                    'do without an action topic'
                 )
             if max(action_columns) >= labels.actions.shape[1]:
                 raise PredictionError(

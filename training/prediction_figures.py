@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from training.prediction import PredictionClip
-from training.visualize import label, upscale
+from training.visualize import caption_band, upscale
 
 CELL = 128  # px per cell of the GIF
 STILL_CELL = 96  # px per cell of the PNG still
@@ -49,7 +49,7 @@ COLUMNS = ('true', 'model', 'const velocity', 'last frame')
 
 def gif_frames(strips: list[Strip], context: int, horizon: int) -> list[np.ndarray]:
     """One picture per clip frame: rows = clips, columns = ``COLUMNS`` (context frames are
-    the true frames in every column)."""
+    the true frames in every column). Each row of tiles has its labels in a band above it."""
     pictures = []
     for t in range(context + horizon):
         rows = []
@@ -60,10 +60,9 @@ def gif_frames(strips: list[Strip], context: int, horizon: int) -> list[np.ndarr
                 n = t - context
                 cells = [strip.truth[t], strip.model[n], strip.const_velocity[n],
                          strip.truth[context - 1]]  # fmt: skip
-            cells = [upscale(c, CELL) for c in cells]
-            names = (f'{strip.clip.episode} t={strip.clip.start + t}', *COLUMNS[1:])
-            rows.append(np.concatenate([label(c, x) for c, x in zip(cells, names, strict=True)],
-                                       axis=1))  # fmt: skip
+            tiles = np.concatenate([upscale(c, CELL) for c in cells], axis=1)
+            names = [f'{strip.clip.episode} t={strip.clip.start + t}', *COLUMNS[1:]]
+            rows += [caption_band(tiles.shape[1], names, CELL), tiles]
         body = np.concatenate(rows, axis=0)
         what = f'context {t + 1}/{context}' if t < context else f'step {t - context + 1}/{horizon}'
         pictures.append(np.concatenate([_header(body.shape[1], f'{what}  |  columns: '
@@ -71,10 +70,17 @@ def gif_frames(strips: list[Strip], context: int, horizon: int) -> list[np.ndarr
     return pictures
 
 
+def still_steps(horizon: int) -> np.ndarray:
+    """The predicted steps (1-based) the still shows: at most ``STILL_STEPS``, evenly spread."""
+    return np.unique(np.linspace(1, horizon, num=min(horizon, STILL_STEPS)).round().astype(int))
+
+
 def still(strips: list[Strip], context: int, horizon: int) -> np.ndarray:
     """Per clip, rows ``COLUMNS`` x columns: the last observed frame (true; decoded for the
-    model and constant velocity rows), then up to ``STILL_STEPS`` predicted steps."""
-    steps = np.unique(np.linspace(1, horizon, num=min(horizon, STILL_STEPS)).round().astype(int))
+    model and constant velocity rows), then up to ``STILL_STEPS`` predicted steps. Under the
+    clip's title, a band names the columns (n = prediction step), and a band above each row of
+    tiles names the row: no label is drawn over a tile."""
+    steps = still_steps(horizon)
     blocks = []
     for strip in strips:
         last = strip.truth[context - 1]
@@ -82,16 +88,16 @@ def still(strips: list[Strip], context: int, horizon: int) -> np.ndarray:
                 [strip.decoded_last] + [strip.model[s - 1] for s in steps],
                 [strip.decoded_last] + [strip.const_velocity[s - 1] for s in steps],
                 [last] * (1 + len(steps))]  # fmt: skip
-        lines = []
-        for r, (name, cells) in enumerate(zip(COLUMNS, rows, strict=True)):
-            pics = [upscale(c, STILL_CELL) for c in cells]
-            pics[0] = label(pics[0], name)
-            if r == 0:
-                pics[1:] = [label(p, f'n={s}') for p, s in zip(pics[1:], steps, strict=True)]
-            lines.append(np.concatenate(pics, axis=1))
-        block = np.concatenate(lines, axis=0)
+        width = STILL_CELL * (1 + len(steps))
         c = strip.clip
         title = (f'{c.episode}: frames {c.start}..{c.start + context - 1} observed (first column: '
                  'the last one), n = prediction step')  # fmt: skip
-        blocks.append(np.concatenate([_header(block.shape[1], title), block]))
+        lines = [
+            _header(width, title),
+            caption_band(width, ['observed', *(f'n={s}' for s in steps)], STILL_CELL),
+        ]
+        for name, cells in zip(COLUMNS, rows, strict=True):
+            lines.append(caption_band(width, [name], width))
+            lines.append(np.concatenate([upscale(x, STILL_CELL) for x in cells], axis=1))
+        blocks.append(np.concatenate(lines, axis=0))
     return np.concatenate(blocks, axis=0)

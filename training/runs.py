@@ -65,13 +65,15 @@ def resolve_run(
     resumable: tuple[str, ...],
     saved_data: Callable[[dict[str, Any]], str],
     sizes: Callable[[Path, dict[str, Any]], dict[str, Any]],
+    adapt: Callable[[Path, dict[str, Any]], dict[str, Any]] | None = None,
 ) -> tuple[C, Path, dict[str, Any] | None]:
     """Config, data path and (on ``--resume``) the last checkpoint of a training command.
 
     A new run needs an empty ``--out`` and ``--<data_flag>``; ``--resume`` takes the config from
     ``run.yaml`` (``saved_data`` reads the data path from it) and lets only ``resumable`` keys
     change. ``sizes(data_path, model_mapping)`` gives the ``model:`` mapping the sizes of the
-    data (:func:`take_sizes`), on a new run and on a resumed one alike.
+    data (:func:`take_sizes`), on a new run and on a resumed one alike; ``adapt(data_path,
+    mapping)``, if given, may then change the whole mapping to fit the data (it logs what).
     """
     out, data = opts.out, opts.data
     if not opts.resume:
@@ -81,8 +83,9 @@ def resolve_run(
             )
         if data is None:
             raise ConfigError(f'--{data_flag} is required for a new run')
-        mapping = read_config(opts.config, list(opts.set))
-        return from_dict(config_cls, _with_sizes(mapping, data, sizes)), data, None
+        mapping = _with_sizes(read_config(opts.config, list(opts.set)), data, sizes)
+        mapping = adapt(data, mapping) if adapt is not None else mapping
+        return from_dict(config_cls, mapping), data, None
     if opts.config is not None:
         raise ConfigError('--resume takes the config from the run directory; drop --config')
     bad = [s for s in opts.set if s.partition('=')[0] not in resumable]
@@ -93,6 +96,7 @@ def resolve_run(
     saved = yaml.safe_load((out / 'run.yaml').read_text())
     data = Path(data or saved_data(saved))
     mapping = _with_sizes(apply_overrides(saved['config'], list(opts.set)), data, sizes)
+    mapping = adapt(data, mapping) if adapt is not None else mapping
     config = from_dict(config_cls, mapping)
     last = out / 'checkpoints' / 'last.pt'
     state = load_checkpoint(last) if last.is_file() else None

@@ -94,6 +94,7 @@ class DlpTask:
         self.forward = dist.wrap(self.model, ctx)
         self.meta = {'config': to_dict(config), 'data': str(Path(data_dir).resolve())}
         self.eval_images = val.evenly_spaced(config.train.eval_images)
+        self.grid: np.ndarray | None = None  # the last evaluation's picture
 
     def batch(self, step: int) -> torch.Tensor:
         """Images (B, 3, S, S) of ``step`` on this rank."""
@@ -105,8 +106,12 @@ class DlpTask:
 
     def evaluate(self, step: int) -> tuple[dict[str, float], float]:
         """Validation loss/PSNR (posterior means) and the PNG grid; the score is the PSNR."""
-        totals = evaluate(self.model, self.eval_images, step, self.out, self.ctx.device)
+        totals, self.grid = evaluate(self.model, self.eval_images, step, self.out,
+                                     self.ctx.device)  # fmt: skip
         return totals, totals['psnr']
+
+    def pictures(self) -> dict[str, np.ndarray]:
+        return {} if self.grid is None else {'val/grid': self.grid}
 
     def train_fields(self, batch: torch.Tensor, rate: float) -> dict[str, Any]:
         return {'images_per_s': rate, 'wall_s': time.time()}
@@ -127,8 +132,9 @@ class DlpTask:
 
 def evaluate(
     model: Dlp, images: torch.Tensor, step: int, out: Path, device: torch.device
-) -> dict[str, float]:
-    """Validation loss/PSNR (posterior means, ``images`` (N, 3, S, S)) and the PNG grid."""
+) -> tuple[dict[str, float], np.ndarray]:
+    """Validation loss/PSNR (posterior means, ``images`` (N, 3, S, S)) and the grid (written
+    as a PNG, and returned (H, W, 3) uint8 RGB)."""
     model.eval()
     totals: dict[str, float] = {}
     with torch.no_grad():
@@ -137,13 +143,14 @@ def evaluate(
             _, metrics = model(chunk, deterministic=True)
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value * len(chunk) / len(images)
-        write_eval_grid(model, images[:6].to(device), out / 'eval' / f'step_{step:06d}.png')
+        grid = write_eval_grid(model, images[:6].to(device), out / 'eval' / f'step_{step:06d}.png')
     logger.info('step %d: val loss %.2f, PSNR %.2f dB', step, totals['loss'], totals['psnr'])
-    return totals
+    return totals, grid
 
 
-def write_eval_grid(model: Dlp, images: torch.Tensor, path: Path) -> None:
-    """PNG grid: input, reconstruction, particles with 2-sigma ellipses, decoded background."""
+def write_eval_grid(model: Dlp, images: torch.Tensor, path: Path) -> np.ndarray:
+    """PNG grid: input, reconstruction, particles with 2-sigma ellipses, decoded background;
+    returns it, (H, W, 3) uint8 RGB."""
     size = model.config.S
     particles = model.encode(images)
     recon = model.decode(particles)
@@ -160,3 +167,4 @@ def write_eval_grid(model: Dlp, images: torch.Tensor, path: Path) -> None:
     tmp = path.with_name(f'.{path.name}.partial.png')
     cv2.imwrite(str(tmp), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
     os.replace(tmp, path)
+    return grid

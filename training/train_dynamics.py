@@ -57,7 +57,27 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def resolve(opts: RunOptions) -> tuple[DynamicsRunConfig, Path, dict[str, Any] | None]:
     """Config, latents path and (on --resume) the last checkpoint."""
     return resolve_run(opts, DynamicsRunConfig, 'latents', 'train-dynamics', RESUMABLE,
-                       lambda r: r['latents']['path'], latents_sizes)  # fmt: skip
+                       lambda r: r['latents']['path'], latents_sizes, camera_only)  # fmt: skip
+
+
+def camera_only(root: Path, mapping: dict[str, Any]) -> dict[str, Any]:
+    """The config mapping for latents without actions (camera-only footage): a config asking
+    for actions (``model.action_dim`` > 0, e.g. a copy of the tabletop config) gets
+    ``model.action_dim: 0`` and ``train.action_columns: null``, logged at INFO."""
+    model, train = mapping.get('model'), mapping.get('train') or {}
+    if not isinstance(model, dict) or not isinstance(train, dict):
+        return mapping  # from_dict refuses it by name
+    dim = model.get('action_dim') or 0
+    if not dim or LatentDataset.open(root).manifest.get('action'):
+        return mapping
+    logger.info(
+        'latents %s have no actions (camera-only): training without actions, model.action_dim: '
+        '0 and train.action_columns: null (the config asked for action_dim %s, columns %s); '
+        'build the dataset with --action-topic to train with commands',
+        root, dim, train.get('action_columns'),
+    )  # fmt: skip
+    return {**mapping, 'model': {**model, 'action_dim': 0},
+            'train': {**train, 'action_columns': None}}  # fmt: skip
 
 
 def latents_sizes(root: Path, model: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +98,8 @@ def check_latents(latents: LatentDataset, config: DynamicsRunConfig) -> list[int
         return None
     if not action:
         raise ConfigError(f'model.action_dim is {m.action_dim} but latents {latents.root} '
-                          'have no actions')  # fmt: skip
+                          'have no actions: set model.action_dim: 0 and train.action_columns: '
+                          'null')  # fmt: skip
     dim = int(action['dim'])
     columns = config.train.action_columns or list(range(dim))
     if len(columns) != m.action_dim or max(columns) >= dim:
@@ -248,6 +269,9 @@ class DynamicsTask:
 
     def best_text(self, best: float) -> str:
         return f'best val position RMSE {best:.4f}'
+
+    def pictures(self) -> dict[str, np.ndarray]:
+        return {}  # validation is figures only
 
 
 def latents_source(latents: LatentDataset, columns: list[int] | None) -> dict[str, Any]:

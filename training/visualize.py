@@ -62,6 +62,19 @@ def label(cell: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
+CAPTION = 14  # px of a caption band (:func:`caption_band`)
+
+
+def caption_band(width: int, texts: list[str], cell: int, height: int = CAPTION) -> np.ndarray:
+    """A dark (height, width, 3) band with ``texts[i]`` at the left of column i (columns
+    ``cell`` px wide): labels in a margin above a row of tiles, never over them."""
+    band = np.zeros((height, width, 3), np.uint8)
+    for i, text in enumerate(texts):
+        cv2.putText(band, text, (i * cell + 3, height - 4), cv2.FONT_HERSHEY_PLAIN, 0.8,
+                    (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
+    return band
+
+
 def dlp_grid(
     images: np.ndarray,
     reconstructions: np.ndarray,

@@ -36,6 +36,7 @@ import numpy as np
 
 from dlp_ros.errors import ConfigError, EpisodeError, ImageError
 from dlp_ros.image_codec import decode_compressed, decode_raw, resize_rgb
+from dlp_ros.model_card import ModelCard
 from dlp_ros.offline.bag_reader import (
     ACTION_TYPES,
     IMAGE,
@@ -196,19 +197,33 @@ class ActionSource:
         return self.actions.values[i, self.columns].astype(np.float32)
 
 
-def camera_topic(bag: Bag, requested: str | None) -> str:
-    """``requested``, or else the bag's only image topic, or else :data:`DEFAULT_TOPIC` when it is
-    among several (more than one otherwise: an error listing them)."""
+def camera_topic(bag: Bag, requested: str | None, card_topic: str | None = None) -> str:
+    """``requested``, or else the model card's camera topic (the topic of the data the bundle
+    was trained on) when the bag has it, or else the bag's only image topic, or else
+    :data:`DEFAULT_TOPIC` when the bag has it. Several image topics and none of those: an error
+    listing them."""
     if requested is not None:
         return requested
     found = sorted(t for t, m in bag.topics.items() if m in IMAGE_TYPES)
+    if card_topic and card_topic in found:
+        logger.info("camera: %s (the model card's camera topic)", card_topic)
+        return card_topic
     if len(found) == 1:
         logger.info('camera: %s (the only image topic of the bag)', found[0])
         return found[0]
     if not found or DEFAULT_TOPIC in found:
         return DEFAULT_TOPIC  # Bag.connection names the bag's topics when it is missing
-    raise ConfigError(f'bag {bag.path} has several image topics ({", ".join(found)}): '
-                      'name one with --topic')  # fmt: skip
+    raise ConfigError(f'bag {bag.path} has several image topics ({", ".join(found)}) and none '
+                      f"is the model card's ({card_topic or 'none recorded'}) or "
+                      f'{DEFAULT_TOPIC}: name one with --topic')  # fmt: skip
+
+
+def card_camera_topic(card: ModelCard) -> str | None:
+    """The camera topic of the data set the bundle's DLP was trained on, if its card says."""
+    dlp = card.training.get('dlp') if isinstance(card.training, dict) else None
+    dataset = dlp.get('dataset') if isinstance(dlp, dict) else None
+    topic = dataset.get('topic') if isinstance(dataset, dict) else None
+    return topic if isinstance(topic, str) and topic else None
 
 
 def open_actions(
@@ -276,7 +291,9 @@ def replay(config: ReplayConfig) -> dict[str, Any]:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with Bag(config.bag) as bag:
-            config = dataclasses.replace(config, topic=camera_topic(bag, config.topic))
+            config = dataclasses.replace(
+                config, topic=camera_topic(bag, config.topic, card_camera_topic(card))
+            )
             conn = bag.connection(config.topic, IMAGE_TYPES, 'camera')
             truth, fps = read_truth(bag, conn, card.image.size)
             if not truth.stamps.size:

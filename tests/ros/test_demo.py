@@ -9,6 +9,7 @@ same bag (timing fields aside): the node and dlp-replay run the same pipeline.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +57,16 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def episode_bag(path: Path) -> list[int]:
+def episode_bag(path: Path, commands: bool = True) -> list[int]:
     """A tabletop-like bag: 64x64 rgb8 frames at 10 Hz (a disc moving right) and a
-    TwistStamped command with each frame (same stamp). Returns the frame stamps."""
+    TwistStamped command with each frame (same stamp; none without ``commands``: camera-only
+    footage). Returns the frame stamps."""
     yy, xx = np.mgrid[0:64, 0:64] + 0.5
     stamps = []
-    with BagWriter(path, 'mcap', {CAMERA: 'sensor_msgs/msg/Image',
-                                  COMMAND: 'geometry_msgs/msg/TwistStamped'}) as w:  # fmt: skip
+    topics = {CAMERA: 'sensor_msgs/msg/Image'}
+    if commands:
+        topics[COMMAND] = 'geometry_msgs/msg/TwistStamped'
+    with BagWriter(path, 'mcap', topics) as w:
         types = w.store.types
         vec = types['geometry_msgs/msg/Vector3']
         for i in range(FRAMES):
@@ -70,12 +74,14 @@ def episode_bag(path: Path) -> list[int]:
             rgb = np.full((64, 64, 3), 90, np.uint8)
             rgb[(xx - 12 - 4 * i) ** 2 + (yy - 30) ** 2 <= 49] = (240, 30, 30)
             w.write(CAMERA, stamp, w.image(stamp, 'camera', rgb))
+            stamps.append(stamp)
+            if not commands:
+                continue
             twist = types['geometry_msgs/msg/Twist'](
                 linear=vec(x=0.2, y=0.01 * i, z=0.0), angular=vec(x=0.0, y=0.0, z=0.0)
             )
             cmd = types['geometry_msgs/msg/TwistStamped'](header=w.header(stamp, 't'), twist=twist)
             w.write(COMMAND, stamp, cmd)
-            stamps.append(stamp)
     return stamps
 
 
@@ -142,3 +148,25 @@ def test_demo_over_ros_records_what_the_offline_replay_computes(
             )
     first = demo[PREDICTION_TOPIC][min(demo[PREDICTION_TOPIC])]
     assert len(first.frames) == 3  # publish_frames on, no rate limit
+
+
+def test_demo_on_a_camera_only_bag(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """A bag without an action topic (camera-only footage) and a model taking actions: the node
+    starts with an empty action_topic (zero actions) and serves every frame; the demo names the
+    final node log, not the temporary one."""
+    episode_bag(tmp_path / 'camera_only', commands=False)
+    out = tmp_path / 'demo'
+    args = ['--bag', str(tmp_path / 'camera_only'), '--bundle', str(bundle), '--out', str(out),
+            '--providers', 'cpu', '--horizon', '2', '--lockstep']  # fmt: skip
+    with caplog.at_level(logging.INFO, logger='dlp_ros.demo'):
+        assert demo_main(args) == 0, (out.with_name('.demo.partial') / 'node.log').read_text()
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['action_topic'] is None and summary['node_parameters']['action_topic'] == ''
+    assert summary['particles_out'] == FRAMES and summary['dropped_frames'] == 0, summary
+    assert f'node log: {out / "node.log"}' in capsys.readouterr().out
+    started = [r.getMessage() for r in caplog.records if 'node started' in r.getMessage()]
+    assert len(started) == 1 and f'log {out / "node.log"} (at ' in started[0], started
+    assert 'predicting with zero actions' in (out / 'node.log').read_text()

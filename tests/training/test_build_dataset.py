@@ -246,6 +246,91 @@ def test_split_is_deterministic_by_episode(make_camera_bag: MakeBag, tmp_path: P
     assert assign_splits(['x'], (0.8, 0.1, 0.1), seed=0) == {'x': 'train'}
 
 
+def test_split_by_time_cuts_each_recording(make_camera_bag: MakeBag, tmp_path: Path) -> None:
+    """--split-by time: per bag, the first 60 % of its frames train, then 20 % val, then 20 %
+    test, the frames and stamps in order; an episode inside one part keeps its name."""
+    a = make_camera_bag('a', n=20)
+    b = make_camera_bag('b', storage='sqlite3', n=10)
+    assert (
+        build(
+            '--bags',
+            a.path,
+            b.path,
+            '--topic',
+            CAMERA,
+            '--fps',
+            10,
+            '--size',
+            32,
+            '--split',
+            '0.6,0.2,0.2',
+            '--split-by',
+            'time',
+            '--out',
+            tmp_path / 'ds',
+        )
+        == 0
+    )
+    ds = Dataset.open(tmp_path / 'ds')
+    got = [(e.name, e.split, e.frames) for e in ds.episodes()]
+    assert got == [
+        ('a_train', 'train', 12),
+        ('a_val', 'val', 4),
+        ('a_test', 'test', 4),
+        ('b_train', 'train', 6),
+        ('b_val', 'val', 2),
+        ('b_test', 'test', 2),
+    ]
+    for bag, name in ((a, 'a'), (b, 'b')):
+        frames = np.concatenate([ds.frames(f'{name}_{s}') for s in ('train', 'val', 'test')])
+        np.testing.assert_array_equal(frames, np.stack(bag.frames))
+        stamps = np.concatenate([ds.labels(f'{name}_{s}').stamps_ns
+                                 for s in ('train', 'val', 'test')])  # fmt: skip
+        assert stamps.tolist() == bag.stamps_ns
+    assert ds.manifest['split'] == {'by': 'time', 'fractions': [0.6, 0.2, 0.2]}
+
+    stamps = [NS + k * NS // 10 for k in range(10)] + [3 * NS + k * NS // 10 for k in range(10)]
+    gap = make_camera_bag('gap', stamps_ns=stamps)  # two episodes of one recording
+    assert build_bag(gap.path, tmp_path / 'gap', '--split-gap', 0.5, '--split', '0.5,0.25,0.25',
+                     '--split-by', 'time') == 0  # fmt: skip
+    got = [(e.name, e.split, e.frames) for e in Dataset.open(tmp_path / 'gap').episodes()]
+    assert got == [('gap_000', 'train', 10), ('gap_001_val', 'val', 5),
+                   ('gap_001_test', 'test', 5)]  # fmt: skip
+
+
+def test_split_by_episode_names(
+    make_camera_bag: MakeBag, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    b = make_camera_bag('ep_b', storage='sqlite3', n=4)
+    bags = [make_camera_bag('ep_a', n=3).path, b.path, make_camera_bag('ep_c', n=3).path]
+    names = tmp_path / 'names.yaml'
+
+    def with_file(text: str, out: str, *extra: object) -> int:
+        names.write_text(text)
+        return build('--bags', *bags, '--topic', CAMERA, '--fps', 10, '--split-file', names,
+                     '--out', tmp_path / out, *extra)  # fmt: skip
+
+    assert with_file('train: [ep_a, ep_c]\ntest: [ep_b]\n', 'ds') == 0
+    ds = Dataset.open(tmp_path / 'ds')
+    assert {e.name: e.split for e in ds.episodes()} == {
+        'ep_a': 'train', 'ep_b': 'test', 'ep_c': 'train'}  # fmt: skip
+    assert ds.manifest['split'] == {'by': 'names', 'file': str(names.resolve())}
+    for text, needle in (
+        (
+            'train: [ep_a, ep_c, ep_x]\ntest: [ep_b]',
+            'no episode named ep_x; the episodes are ep_a, ep_b, ep_c',
+        ),
+        ('train: [ep_a]\ntest: [ep_b]', 'episode(s) ep_c in no split'),
+        ('train: [ep_a, ep_b]\nval: [ep_c]\ntest: [ep_b]', "'ep_b' is listed in train and test"),
+        ('training: [ep_a]', 'expected a mapping of train, val and test'),
+        ('train: ep_a', 'train must be a list of episode names'),
+    ):
+        assert with_file(text, 'bad') == 2
+        assert_fails(capsys, tmp_path / 'bad', needle)
+    assert with_file('train: [ep_a, ep_b, ep_c]', 'bad', '--split-by', 'time') == 2
+    assert_fails(capsys, tmp_path / 'bad', 'drop --split-by')
+
+
 def test_manifest_statistics(make_camera_bag: MakeBag, tmp_path: Path) -> None:
     a = make_camera_bag('a', n=5, fps=5)  # upsampled: repeated frames count as often as kept
     b = make_camera_bag('b', storage='sqlite3', encoding='bgr8', n=7)
@@ -714,3 +799,11 @@ def test_a_folder_of_bags_is_every_bag_below_it_in_path_order(
     assert [(e.name, e.frames) for e in episodes] == [('ep_a', 4), ('ep_b', 3)]
     assert f'{a.path.parents[1]}: 2 bag(s) found below it' in caplog.text
     assert b.path.parent.name == 'day1'
+
+
+def test_an_empty_folder_of_bags_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / 'recordings'
+    (empty / 'notes').mkdir(parents=True)  # folders, but no bag below them
+    assert build('--bags', empty, '--topic', CAMERA, '--fps', 10, '--out', tmp_path / 'ds') == 2
+    assert_fails(capsys, tmp_path / 'ds', f'{empty} is not a rosbag2 directory and holds none',
+                 'no metadata.yaml in it or below it')  # fmt: skip

@@ -66,12 +66,18 @@ def evaluate(run: Path, data: Path, out: Path, *extra: str) -> int:
 
 def test_report_of_an_untrained_run(dataset: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / 'report'
-    assert evaluate(make_run(tmp_path / 'run'), dataset, out) == 0
+    before = torch.get_num_threads()
+    try:
+        assert evaluate(make_run(tmp_path / 'run'), dataset, out, '--threads', '2') == 0
+        assert torch.get_num_threads() == 2  # --threads reaches torch, as in the other commands
+    finally:
+        torch.set_num_threads(before)
     printed = capsys.readouterr().out
     assert 'report ->' in printed and 'IDF1' in printed and 'duplicates' in printed
     report = json.loads((out / 'report.json').read_text())
     assert report['format'] == 'dlp_ros.dlp_evaluation' and report['version'] == 1
     assert report['split'] == 'test' and report['fit_split'] == 'train'
+    assert report['threads'] == 2
     assert report['image_size'] == 64 and report['n_particles'] == 4
     assert report['episodes'] == 1 and report['frames'] == 12 and report['step'] == 0
     rec = report['reconstruction']

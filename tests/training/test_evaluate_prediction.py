@@ -360,3 +360,74 @@ def test_a_dataset_all_in_the_test_split(runs: dict[str, Path], tmp_path: Path) 
     report = json.loads((out / 'report.json').read_text())
     assert report['episodes'] == 3 and report['clips'] == 6  # two windows of 7 in 20 frames each
     assert all(v is not None for v in report['mean']['psnr_db'].values())
+
+
+def zero_command_data(runs: dict[str, Path], tmp_path: Path) -> Path:
+    """The dataset with (T, 2) commands that are all zero and all valid."""
+    data = tmp_path / 'data_zero_commands'
+    shutil.copytree(runs['data'], data)
+    for labels in (data / 'episodes').glob('*.labels.npz'):
+        with np.load(labels) as f:
+            arrays = dict(f)
+        np.savez(labels, **arrays, actions=np.zeros((FRAMES, 2), np.float32),
+                 action_valid=np.ones(FRAMES, bool))  # fmt: skip
+    manifest = yaml.safe_load((data / 'manifest.yaml').read_text())
+    manifest['action'] = {'topic': '/cmd', 'type': 'geometry_msgs/msg/TwistStamped', 'dim': 2,
+                          'names': ACTION_NAMES[:2]}  # fmt: skip
+    write_manifest(data, manifest)
+    return data
+
+
+def test_actions_zero_on_camera_only_data(runs: dict[str, Path], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """A model taking actions on a dataset without any: an error naming --actions zero by
+    default; with it, the prediction of all-zero recorded commands, stated in the report."""
+    dyn = derived_dynamics(runs, 'dyn_zero_actions', action_dim=2)
+    bundle = tmp_path / 'bundle'
+    assert main(['export', '--dlp', str(runs['dlp']), '--dynamics', str(dyn), '--out',
+                 str(bundle), '--checkpoint', 'last', '--val-frames', '0']) == 0  # fmt: skip
+    capsys.readouterr()
+    common = ['--context', str(C), '--horizon', str(N), '--checkpoint', 'last', '--threads', '1',
+              '--gif-clips', '0', '--no-progress']  # fmt: skip
+
+    def run(name: str, data: Path, *extra: str) -> int:
+        argv = ['evaluate-prediction', '--bundle', str(bundle), '--data', str(data), '--out',
+                str(tmp_path / name), *common, *extra]  # fmt: skip
+        return main(argv)
+
+    assert run('refused', runs['data']) == 2
+    err = capsys.readouterr().err
+    assert 'has none' in err and 'pass --actions zero' in err, err
+    assert not (tmp_path / 'refused').exists()
+    assert run('zero', runs['data'], '--actions', 'zero') == 0
+    assert 'actions zero' in capsys.readouterr().out
+    assert run('recorded', zero_command_data(runs, tmp_path)) == 0
+    zero = json.loads((tmp_path / 'zero' / 'report.json').read_text())
+    recorded = json.loads((tmp_path / 'recorded' / 'report.json').read_text())
+    assert zero['actions'] == 'zero' and recorded['actions'] == 'dataset'
+    assert zero['action_dim'] == 2 and zero['clip_list'] == recorded['clip_list']
+    assert zero['per_step'] == recorded['per_step']
+    argv = [
+        'evaluate-prediction',
+        '--dlp',
+        str(runs['dlp']),
+        '--dynamics',
+        str(dyn),
+        '--data',
+        str(runs['data']),
+        '--out',
+        str(tmp_path / 'torch'),
+        *common,
+        '--actions',
+        'zero',
+    ]
+    assert main(argv) == 0  # the torch models take the same choice
+    torch_zero = json.loads((tmp_path / 'torch' / 'report.json').read_text())
+    assert torch_zero['actions'] == 'zero'
+    np.testing.assert_allclose(
+        torch_zero['per_step']['psnr_db']['model_decoded'],
+        zero['per_step']['psnr_db']['model_decoded'],
+        atol=1e-3,
+    )
+    assert evaluate(runs, tmp_path / 'plain') == 0  # a model without actions: 'none'
+    assert json.loads((tmp_path / 'plain' / 'report.json').read_text())['actions'] == 'none'

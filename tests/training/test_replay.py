@@ -4,6 +4,7 @@ summary; deterministic."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,28 @@ def test_the_camera_topic_defaults_to_the_bags_only_image_topic(
     with pytest.raises(ConfigError, match='several image topics .*/camera/depth.*--topic'):
         replay(ReplayConfig(bag=two.path, bundle=bundle, out=tmp_path / 'two', horizon=1))
     assert not (tmp_path / 'two').exists()
+
+
+def test_the_camera_topic_defaults_to_the_model_cards(
+    bundle: Path, make_camera_bag: Any, tmp_path: Path
+) -> None:
+    """A bag with several image topics: the card's camera topic (its training data's) when the
+    bag has it, else an error listing the image topics."""
+    card_bundle = tmp_path / 'card_bundle'
+    shutil.copytree(bundle, card_bundle)
+    card = yaml.safe_load((card_bundle / 'model_card.yaml').read_text())
+    card.setdefault('training', {})['dlp'] = {'dataset': {'topic': CAMERA}}
+    (card_bundle / 'model_card.yaml').write_text(yaml.safe_dump(card))
+    extra = {'/camera/depth': 'sensor_msgs/msg/Image', '/aaa/image': 'sensor_msgs/msg/Image'}
+    bag = make_camera_bag('three', n=3, topics=extra)
+    summary = replay(ReplayConfig(bag=bag.path, bundle=card_bundle, out=tmp_path / 'card',
+                                  horizon=1))  # fmt: skip
+    assert summary['topic'] == CAMERA and summary['particles_out'] == 3
+    with pytest.raises(ConfigError) as info:  # the card names none: which one is unclear
+        replay(ReplayConfig(bag=bag.path, bundle=bundle, out=tmp_path / 'plain', horizon=1))
+    assert f'/aaa/image, /camera/depth, {CAMERA}' in str(info.value)
+    assert 'none recorded' in str(info.value) and '--topic' in str(info.value)
+    assert not (tmp_path / 'plain').exists()
 
 
 def test_action_columns_follow_the_card_names() -> None:

@@ -5,6 +5,7 @@ clip selection, bad input, and two DDP processes (gloo, CPU) that stay in sync."
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -246,11 +247,32 @@ def test_bad_input_errors(
     fails(['--set', 'model.n_particles=5'], 'model.K is 5', 'have K = 4')  # the old name
     fails(['--set', 'model.F=3'], 'model.F is 3', 'have F = 4')
     fails(['--set', 'train.nope=1'], 'unknown config key(s) train.nope')
-    fails(['--set', 'model.action_dim=2'], 'model.action_dim is 2', 'have no actions')
     fails(['--set', 'model.history=3'], 'train.burn_in (2)', 'model.history (3)')
     fails(['--set', 'train.horizon=20'], 'no clip of 22 frames')
     assert main(['train-dynamics', '--out', str(tmp_path), '--resume']) == 2
     assert 'not a train-dynamics run directory' in capsys.readouterr().err
+
+
+def test_camera_only_latents_train_without_actions(
+    latents: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A config asking for actions (the tabletop config's action_dim 2, columns [0, 1]) on
+    latents without actions trains a no-action model, saying so at INFO."""
+    out = tmp_path / 'run'
+    argv = ['train-dynamics', '--config', str(TINY), '--latents', str(latents), '--out', str(out),
+            '--no-progress', '--set', 'model.action_dim=2', '--set', 'train.action_columns=[0, 1]',
+            '--set', 'train.max_steps=5']  # fmt: skip
+    with caplog.at_level(logging.INFO, logger='training.train_dynamics'):
+        assert main(argv) == 0
+    said = [r.getMessage() for r in caplog.records if 'camera-only' in r.getMessage()]
+    assert len(said) == 1 and 'model.action_dim: 0' in said[0], said
+    assert 'train.action_columns: null' in said[0] and r'action_dim 2' in said[0]
+    config = yaml.safe_load((out / 'config.yaml').read_text())
+    assert config['model']['action_dim'] == 0 and config['train']['action_columns'] is None
+    resume = ['train-dynamics', '--out', str(out), '--resume', '--no-progress',
+              '--set', 'train.max_steps=6']  # fmt: skip
+    assert main(resume) == 0  # the saved config (no actions) resumes unchanged
+    assert load_checkpoint(out / 'checkpoints' / 'last.pt')['step'] == 6
 
 
 def test_two_ddp_processes_stay_in_sync(latents: Path, tmp_path: Path) -> None:

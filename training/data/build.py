@@ -53,6 +53,7 @@ from training.data.dataset import (
 )
 from training.data.frame_writer import PixelStats, write_bag
 from training.data.ground_truth import gt_path, read_ground_truth
+from training.data.splits import SPLIT_BY, read_split_file, split_by_names, split_by_time
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add('--marker-topic', help='every message on this topic starts a new episode at its time')
     add('--action-topic', help='commands (Twist[Stamped], Float32/64MultiArray) to align')
     add('--split', default='0.8,0.1,0.1', help='train,val,test fractions (default 0.8,0.1,0.1)')
+    add('--split-by', choices=SPLIT_BY, default='episode',
+        help='episode: whole episodes at random (default); time: per bag, the first --split '
+             'fraction of its frames train, then val, then test')  # fmt: skip
+    add(
+        '--split-file',
+        type=Path,
+        metavar='YAML',
+        help='explicit split by episode name: {train: [names], val: [...], test: [...]}',
+    )
     add('--seed', type=int, default=0, help='seed of the split by episode (default 0)')
     add('--min-frames', type=int, default=1, help='drop shorter episodes (default 1)')
     add(
@@ -101,6 +111,8 @@ class BuildOptions:
     marker_topic: str | None = None
     action_topic: str | None = None
     split: str = '0.8,0.1,0.1'
+    split_by: str = checked('episode', choices=SPLIT_BY)
+    split_file: Path | None = None
     seed: int = 0
     min_frames: int = checked(1, ge=1, say='at least 1')
     backwards: str = checked('fail', choices=('fail', 'drop'))
@@ -235,10 +247,10 @@ def _build(opts: BuildOptions, damage: Damage) -> int:
     msgtypes = {p.msgtype for p in plans}
     if len(msgtypes) > 1:
         raise EpisodeError(f'{opts.topic} has different types in the bags: {sorted(msgtypes)}')
-    episodes = [e for p in plans for e in p.episodes]
-    if not episodes:
+    if not any(p.episodes for p in plans):
         raise EpisodeError(f'no episode has at least --min-frames {opts.min_frames} frames')
-    splits = ep.assign_splits([e.name for e in episodes], fractions, opts.seed)
+    splits = choose_splits(opts, plans, fractions)
+    episodes = [e for p in plans for e in p.episodes]
     action = action_info(opts, plans)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f'.{out.name}.{os.getpid()}-{time.time_ns()}.partial'
@@ -273,6 +285,29 @@ def _build(opts: BuildOptions, damage: Damage) -> int:
         opts.size, opts.fps, len(plans), time.monotonic() - started,
     )  # fmt: skip
     return 0
+
+
+def choose_splits(
+    opts: BuildOptions, plans: list[ep.BagPlan], fractions: tuple[float, float, float]
+) -> dict[str, str]:
+    """``{episode name: split}`` by ``--split-file``, by time (cutting the plans' episodes) or
+    by episode (:mod:`training.data.splits`)."""
+    if opts.split_file is not None:
+        if opts.split_by != 'episode':
+            raise ConfigError('--split-file names the split of every episode: drop --split-by')
+        names = [e.name for p in plans for e in p.episodes]
+        return split_by_names(names, read_split_file(opts.split_file), opts.split_file)
+    if opts.split_by == 'time':
+        return split_by_time(plans, fractions)
+    return ep.assign_splits([e.name for p in plans for e in p.episodes], fractions, opts.seed)
+
+
+def split_entry(opts: BuildOptions) -> dict[str, Any]:
+    """The manifest's ``split`` entry: how the split was made."""
+    if opts.split_file is not None:
+        return {'by': 'names', 'file': str(Path(opts.split_file).resolve())}
+    by = {'by': opts.split_by, 'fractions': list(ep.parse_fractions(opts.split))}
+    return {**by, 'seed': opts.seed} if opts.split_by == 'episode' else by
 
 
 def action_info(opts: BuildOptions, plans: list[ep.BagPlan]) -> dict[str, Any] | None:
@@ -340,7 +375,7 @@ def manifest(
         'ground_truth': all(gt_path(p.path).is_file() for p in plans),
         'action': action,
         'stats': {'mean': mean, 'std': std, 'scale': 'uint8 / 255', 'frames': stats.frames},
-        'split': {'fractions': list(ep.parse_fractions(opts.split)), 'seed': opts.seed},
+        'split': split_entry(opts),
         'episodes': episodes,
         'sources': sources,
         'args': plain(opts),
