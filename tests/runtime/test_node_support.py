@@ -117,6 +117,11 @@ def test_config_yaml_and_readme_say_which_parameters_are_live() -> None:
                     if line.startswith(f'| `{spec.name}` |')), None)  # fmt: skip
         assert row is not None, f'README parameter table has no row for {spec.name}'
         assert f'| {spec.applies} |' in row, f'{spec.name}: README says {row}'
+    runtime = (ROOT / 'docs' / 'runtime.md').read_text().splitlines()
+    for kind in (LIVE, CONFIGURE, STARTUP):
+        row = next(line for line in runtime if line.startswith(f'| {kind} | `'))
+        listed = set(row.split(' | ')[1].replace('`', '').split(', '))
+        assert listed == {p.name for p in PARAMS if p.applies == kind}, (kind, listed)
 
 
 def test_image_step_index_picks_the_last_step_by_default() -> None:
