@@ -626,7 +626,9 @@ class PerceptionNode(LifecycleNode):
 
         overlay = self._pubs['overlay']
         if config.overlay and overlay.get_subscription_count() > 0:
-            overlay.publish(conversions.rgb_to_image(draw_overlay(rgb, seen.frame), msg.header))
+            overlay.publish(
+                conversions.rgb_to_image(draw_overlay(rgb, seen.frame, on), msg.header)
+            )
         if config.ood_every_n and (count - 1) % config.ood_every_n == 0:
             score = ood_score(pipeline.rt.recon_mse(seen.x, seen.frame),
                               pipeline.rt.card.validation.recon_mse)  # fmt: skip
