@@ -22,6 +22,7 @@ from dlp_ros.image_codec import decode_compressed, decode_raw
 from dlp_ros.msg import Particle, ParticleArray, Prediction
 from dlp_ros.particles import ParticleFrame
 from dlp_ros.srv import PredictBatch
+from dlp_ros.tracking import ON_THRESHOLD
 
 NS = 1_000_000_000
 TWIST_NAMES = ('linear.x', 'linear.y', 'linear.z', 'angular.x', 'angular.y', 'angular.z')
@@ -95,12 +96,14 @@ def particle_array(
     height: int,
     decode_ms: float = 0.0,
     encode_ms: float = 0.0,
+    on_threshold: float = ON_THRESHOLD,
 ) -> ParticleArray:
     """A ParticleFrame -> dlp_ros/ParticleArray in pixels of a width x height input image.
 
-    ``header`` is used as given (the input image's, copied unchanged).
+    ``header`` is used as given (the input image's, copied unchanged); a particle is ``on`` when
+    its transparency is above ``on_threshold`` (the model card's tracking.on_threshold).
     """
-    fields = frame.message_fields(width, height)
+    fields = frame.message_fields(width, height, on_threshold)
     # message_fields already holds Python ints/floats; only float32[] wants rclpy's array.array
     particles = [Particle(**{**p, 'features': _f32(p['features'])}) for p in fields['particles']]
     return ParticleArray(
@@ -121,18 +124,20 @@ def prediction(
     steps: Sequence[ParticleFrame],
     images: np.ndarray | None = None,
     predict_ms: float = 0.0,
+    on_threshold: float = ON_THRESHOLD,
 ) -> Prediction:
     """A dlp_ros/Prediction of the predicted ``steps`` after the frame of ``header``.
 
     Step k (1-based) is stamped header.stamp + round(k * dt) ns, in pixels of the (width, height)
     ``size`` of the input frame; ``images`` (N, S, S, 3) uint8 RGB, the decoded steps, become
-    rgb8 frames with their step's header.
+    rgb8 frames with their step's header; ``on`` as in :func:`particle_array`.
     """
     width, height = size
     arrays = [
-        particle_array(p, shifted_header(header, step_offset_ns(k, dt)), width, height)
+        particle_array(p, shifted_header(header, step_offset_ns(k, dt)), width, height,
+                       on_threshold=on_threshold)
         for k, p in enumerate(steps, start=1)
-    ]
+    ]  # fmt: skip
     frames = [] if images is None else [
         rgb_to_image(img, s.header) for img, s in zip(images, arrays, strict=False)
     ]  # fmt: skip
@@ -178,8 +183,9 @@ def particle_frame(
     mapping of :meth:`ParticleFrame.message_fields`.
 
     Particles are placed by their ``id`` (slots 0..K-1); slots without a particle stay switched
-    off (transparency 0). The message's single ``scale`` (side of the equal-area square) gives
-    both axes the same scale latent, so a non-square box comes back square.
+    off (transparency 0); ``on`` is not read (the decoder takes the continuous transparency).
+    The message's single ``scale`` (side of the equal-area square) gives both axes the same
+    scale latent, so a non-square box comes back square.
 
     Raises:
         ValueError: no particles, zero image size, an id >= K, a feature vector of the wrong

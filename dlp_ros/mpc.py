@@ -72,7 +72,9 @@ PLANNER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec('seed', 0, 'Seed of the sampler (reproducible runs).', 0, 2**31 - 1),
     ParamSpec('service_timeout', 5.0, 'Wait for a predict_service answer at most [s].',
               0.01, 600.0),
-    ParamSpec('particles_topic', '/dlp/particles', 'dlp_ros/ParticleArray input.'),
+    ParamSpec('particles_topic', 'dlp/particles',
+              'dlp_ros/ParticleArray input (relative: the perception node of the same '
+              'namespace).'),
     ParamSpec('goal_topic', '/planning/goal', 'dlp_ros/PushGoal input (transient local).'),
     ParamSpec('command_topic', '/tabletop/command',
               'geometry_msgs/TwistStamped output: one per particles message, its stamp.'),

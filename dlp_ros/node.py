@@ -6,13 +6,18 @@ installed ``lib/dlp_ros/perception_node``:
 - configure: reads and validates the parameters (declared with descriptions and ranges at
   start-up, see :data:`dlp_ros.node_support.PARAMS`), loads the model bundle, and creates the
   entities: subscribes to ``action_topic`` (if any), then to ``image`` (sensor_msgs/Image or
-  CompressedImage, sensor-data QoS, depth 1); lifecycle publishers of ``/dlp/particles``,
-  ``/dlp/prediction``, ``~/overlay`` and ``/diagnostics``; serves ``~/predict``,
-  ``~/predict_batch`` (B candidate futures in one batched rollout) and ``~/render``.
-  A bad bundle or parameter fails the transition with a logged reason; the process stays up.
+  CompressedImage, sensor-data QoS, depth 1); lifecycle publishers of ``dlp/particles``,
+  ``dlp/prediction``, ``dlp/prediction/image``, ``dlp/markers`` (relative: in the node's
+  namespace), ``~/overlay`` and ``/diagnostics``; serves ``~/predict``, ``~/predict_batch``
+  (B candidate futures in one batched rollout) and ``~/render``. A bad bundle or parameter
+  fails the transition with a logged reason; the process stays up, except at an autostart with
+  ``exit_on_configure_failure`` (exit status 2).
 - activate: starts the worker threads and enables the publishers. While not active, the
   subscriptions ignore what arrives and the services refuse with a reason.
 - deactivate stops them again; cleanup destroys the entities and releases the model.
+
+Parameters marked live in :data:`dlp_ros.node_support.PARAMS` take a change at run time at once;
+a change of the others is refused with the reason while the node is configured.
 
 Frames are processed off the executor on a worker thread: the subscription callback only leaves
 the message in a one-slot mailbox, so the latest frame wins and the replaced ones are counted as
@@ -56,15 +61,18 @@ from rclpy.subscription import Subscription
 from rclpy.timer import Timer
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
+from visualization_msgs.msg import MarkerArray
 
 from dlp_ros import conversions
 from dlp_ros.errors import ConfigError, DlpError, ImageError
+from dlp_ros.markers import particle_markers
 from dlp_ros.msg import ParticleArray, Prediction
 from dlp_ros.node_process import run_until_signal
 from dlp_ros.node_support import (
     DEFAULT_BUNDLE,
     PARAM_SPECS,
     PARAMS,
+    STARTUP,
     LatencyWindow,
     Mailbox,
     NodeConfig,
@@ -72,6 +80,7 @@ from dlp_ros.node_support import (
     RateMeter,
     SequenceGaps,
     Throttle,
+    image_step_index,
     ood_score,
 )
 from dlp_ros.overlay import draw_overlay
@@ -85,8 +94,13 @@ from dlp_ros.runtime import DlpRuntime
 from dlp_ros.srv import Predict, PredictBatch, Render
 
 NODE_NAME = 'perception_node'
-PARTICLES_TOPIC = '/dlp/particles'
-PREDICTION_TOPIC = '/dlp/prediction'
+# Output topics, relative: resolved in the node's namespace (/dlp/particles in the root one), so
+# that nodes of two cameras in two namespaces do not collide; /diagnostics is global by convention.
+PARTICLES_TOPIC = 'dlp/particles'
+PREDICTION_TOPIC = 'dlp/prediction'
+PREDICTION_IMAGE_TOPIC = 'dlp/prediction/image'
+MARKERS_TOPIC = 'dlp/markers'
+DIAGNOSTICS_TOPIC = '/diagnostics'
 DIAGNOSTICS_PERIOD_S = 1.0
 LOG_PERIOD_S = 5.0  # throttle of the bad-frame and error logs
 MAX_HORIZON = 1000
@@ -112,7 +126,7 @@ def default_bundle() -> str:
 
 def descriptor(spec: ParamSpec) -> ParameterDescriptor:
     """The ROS ParameterDescriptor of a parameter: description, range, allowed strings."""
-    desc = ParameterDescriptor(name=spec.name, description=spec.description)
+    desc = ParameterDescriptor(name=spec.name, description=spec.full_description)
     if spec.choices:
         desc.additional_constraints = 'one of: ' + ', '.join(spec.choices)
     is_number = isinstance(spec.default, int | float) and not isinstance(spec.default, bool)
@@ -125,7 +139,7 @@ def descriptor(spec: ParamSpec) -> ParameterDescriptor:
             desc.floating_point_range = [
                 FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high), step=0.0)
             ]
-    desc.read_only = spec.name == 'autostart'
+    desc.read_only = spec.applies == STARTUP
     return desc
 
 
@@ -156,6 +170,10 @@ class Stats:
     output_rate: RateMeter = field(default_factory=RateMeter)
     latency: LatencyWindow = field(default_factory=LatencyWindow)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class ConfigureFailed(DlpError):
+    """The configure at start-up failed and ``exit_on_configure_failure`` is on (exit 2)."""
 
 
 class RosLogHandler(logging.Handler):
@@ -218,6 +236,7 @@ class PerceptionNode(LifecycleNode):
         self._last_frames = -math.inf
         self._diag_last = (0, 0, 0)  # (bad, errors, lost_transport) at the last diagnostics
         self._input_topic = 'image'
+        self._configure_error = ''  # why the last configure failed
 
     # ------------------------------------------------------------------------- parameters
 
@@ -254,16 +273,22 @@ class PerceptionNode(LifecycleNode):
         return value
 
     def _check_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        """Reject values outside a parameter's choices; a valid value clears its error."""
-        for param in params:
-            spec = PARAM_SPECS.get(param.name)
-            if spec is None:
-                continue
-            reason = spec.check(param.value)
+        """Reject values outside a parameter's choices, and changes of a parameter read at
+        configure while configured (or at start-up); a valid value clears its error. A live
+        parameter's change goes into the configuration at once."""
+        config = self.config
+        ours = {p.name: p.value for p in params if p.name in PARAM_SPECS}
+        for name, value in ours.items():
+            spec = PARAM_SPECS[name]
+            reason = spec.check(value) or spec.change_refusal(config is not None)
             if reason:
                 return SetParametersResult(successful=False, reason=reason)
-        for param in params:
-            self._param_errors.pop(param.name, None)
+        for name in ours:
+            self._param_errors.pop(name, None)
+        if config is not None and ours:
+            self.config = config.changed(ours)
+            changes = ', '.join(f'{k} = {v!r}' for k, v in ours.items())
+            self.get_logger().info(f'parameters changed: {changes} (live)')
         return SetParametersResult(successful=True)
 
     def _read_config(self) -> NodeConfig:
@@ -302,21 +327,24 @@ class PerceptionNode(LifecycleNode):
             config = self._read_config()
             rt = DlpRuntime.load(config.model_bundle, config.providers, config.threads)
         except (DlpError, OSError, ValueError) as exc:
-            self.get_logger().error(f'configure failed: {exc}')
-            return FAILURE
+            return self._configure_failed(str(exc))
         except Exception as exc:  # noqa: BLE001 - never leave the transition unexplained
-            self.get_logger().error(f'configure failed: {type(exc).__name__}: {exc}')
-            return FAILURE
+            return self._configure_failed(f'{type(exc).__name__}: {exc}')
         self.config, self.rt, self._pipeline = config, rt, PerceptionPipeline(rt)
         try:
             self._create_entities(config, rt)
         except Exception as exc:  # noqa: BLE001
-            self.get_logger().error(f'configure failed: {type(exc).__name__}: {exc}')
             self._destroy_entities()
             self._release()
-            return FAILURE
+            return self._configure_failed(f'{type(exc).__name__}: {exc}')
         self._log_configured(config, rt)
         return SUCCESS
+
+    def _configure_failed(self, reason: str) -> TransitionCallbackReturn:
+        """Log why configure failed (kept for the start-up exit) and fail the transition."""
+        self._configure_error = reason
+        self.get_logger().error(f'configure failed: {reason}')
+        return FAILURE
 
     def _log_configured(self, config: NodeConfig, rt: DlpRuntime) -> None:
         card = rt.card
@@ -407,8 +435,10 @@ class PerceptionNode(LifecycleNode):
         for key, msg_type, topic in (
             ('particles', ParticleArray, PARTICLES_TOPIC),
             ('prediction', Prediction, PREDICTION_TOPIC),
+            ('prediction_image', Image, PREDICTION_IMAGE_TOPIC),
+            ('markers', MarkerArray, MARKERS_TOPIC),
             ('overlay', Image, '~/overlay'),
-            ('diagnostics', DiagnosticArray, '/diagnostics'),
+            ('diagnostics', DiagnosticArray, DIAGNOSTICS_TOPIC),
         ):
             self._pubs[key] = self.create_lifecycle_publisher(msg_type, topic, 10)
             self._entities.append(self._pubs[key])
@@ -580,10 +610,13 @@ class PerceptionNode(LifecycleNode):
         seen = pipeline.step(rgb, conversions.stamp_ns(msg.header), action, msg.header)
         decode_ms = (decoded - t0) * 1e3 + seen.preprocess_ms
         width, height = seen.size
+        on = pipeline.rt.card.tracking.on_threshold
         out = conversions.particle_array(
-            seen.frame, msg.header, width, height, decode_ms, seen.encode_ms
+            seen.frame, msg.header, width, height, decode_ms, seen.encode_ms, on
         )
         self._pubs['particles'].publish(out)
+        if self._pubs['markers'].get_subscription_count() > 0:
+            self._pubs['markers'].publish(particle_markers(out))
         done = time.monotonic()
         with self._stats.lock:
             self._stats.processed += 1
@@ -593,7 +626,9 @@ class PerceptionNode(LifecycleNode):
 
         overlay = self._pubs['overlay']
         if config.overlay and overlay.get_subscription_count() > 0:
-            overlay.publish(conversions.rgb_to_image(draw_overlay(rgb, seen.frame), msg.header))
+            overlay.publish(
+                conversions.rgb_to_image(draw_overlay(rgb, seen.frame, on), msg.header)
+            )
         if config.ood_every_n and (count - 1) % config.ood_every_n == 0:
             score = ood_score(pipeline.rt.recon_mse(seen.x, seen.frame),
                               pipeline.rt.card.validation.recon_mse)  # fmt: skip
@@ -620,24 +655,32 @@ class PerceptionNode(LifecycleNode):
                 self._count_error(f'prediction: {type(exc).__name__}: {exc}')
 
     def _publish_prediction(self, now: float) -> None:
-        """Publish a prediction from the latest frame, if someone listens."""
+        """Publish a prediction from the latest frame on dlp/prediction and its chosen step's
+        frame on dlp/prediction/image, those that someone listens to."""
         config, pipeline = self.config, self._pipeline
-        publisher = self._pubs.get('prediction')
-        if config is None or pipeline is None or publisher is None:
+        publisher, image_pub = self._pubs.get('prediction'), self._pubs.get('prediction_image')
+        if config is None or pipeline is None or publisher is None or image_pub is None:
             return
-        if publisher.get_subscription_count() == 0:
-            return
-        frames = config.publish_frames and (
+        to_topic = publisher.get_subscription_count() > 0
+        to_image = image_pub.get_subscription_count() > 0
+        frames = ((config.publish_frames and to_topic) or to_image) and (
             config.frames_rate <= 0 or now - self._last_frames >= 1.0 / config.frames_rate
         )
+        snap = pipeline.snapshot(config.horizon)
+        if snap is None or not (to_topic or to_image):
+            return
         if frames:
             self._last_frames = now
-        snap = pipeline.snapshot(config.horizon)
-        if snap is None:
-            return
-        publisher.publish(self.prediction(pipeline, snap, frames))
-        with self._stats.lock:
-            self._stats.predictions += 1
+        msg = self.prediction(pipeline, snap, frames)
+        if to_image and msg.frames:
+            image_pub.publish(msg.frames[image_step_index(config.prediction_image_step,
+                                                          len(msg.frames))])  # fmt: skip
+        if to_topic:
+            if not config.publish_frames:
+                msg.frames = []
+            publisher.publish(msg)
+            with self._stats.lock:
+                self._stats.predictions += 1
 
     @staticmethod
     def prediction(
@@ -652,9 +695,9 @@ class PerceptionNode(LifecycleNode):
         the rollout, the rendering and the message."""
         t0 = time.perf_counter()
         forecast = pipeline.predict(snap, frames, actions)
-        msg = conversions.prediction(
-            snap.header, snap.size, forecast.dt, forecast.steps, forecast.images
-        )
+        on = pipeline.rt.card.tracking.on_threshold
+        msg = conversions.prediction(snap.header, snap.size, forecast.dt, forecast.steps,
+                                     forecast.images, on_threshold=on)  # fmt: skip
         msg.predict_ms = float((time.perf_counter() - t0) * 1e3)
         return msg
 
@@ -681,10 +724,18 @@ class PerceptionNode(LifecycleNode):
         return snap
 
     def _on_predict(self, request: Predict.Request, response: Predict.Response) -> Any:
-        """~/predict: ``horizon`` steps (0: the parameter) after the latest frame."""
+        """~/predict: ``horizon`` steps (0: the parameter) after the latest frame, with frames
+        as ``request.frames`` asks."""
         snap = self._request_snapshot(request.horizon, response)
         pipeline, config = self._pipeline, self.config
         if snap is None or pipeline is None or config is None:
+            return response
+        frames = {Predict.Request.FRAMES_PARAMETER: config.publish_frames,
+                  Predict.Request.FRAMES_ON: True,
+                  Predict.Request.FRAMES_OFF: False}.get(request.frames)  # fmt: skip
+        if frames is None:
+            response.message = (f'frames must be FRAMES_PARAMETER (0), FRAMES_ON (1) or '
+                                f'FRAMES_OFF (2), got {request.frames}')  # fmt: skip
             return response
         dyn = pipeline.rt.card.dynamics
         try:
@@ -692,7 +743,7 @@ class PerceptionNode(LifecycleNode):
             if len(request.actions) or not dyn.action_dim:
                 flat = np.asarray(request.actions, np.float32)
                 actions = actions_from_request(flat, snap.horizon, dyn.history, dyn.action_dim)
-            response.prediction = self.prediction(pipeline, snap, config.publish_frames, actions)
+            response.prediction = self.prediction(pipeline, snap, frames, actions)
         except (DlpError, ValueError) as exc:
             response.message = str(exc)
             return response
@@ -719,7 +770,9 @@ class PerceptionNode(LifecycleNode):
                                                  dyn.action_dim)  # fmt: skip
             forecast = pipeline.predict_batch(snap, actions)
             width, height = snap.size
-            current = conversions.particle_array(snap.history[-1], snap.header, width, height)
+            on = pipeline.rt.card.tracking.on_threshold
+            current = conversions.particle_array(snap.history[-1], snap.header, width, height,
+                                                 on_threshold=on)  # fmt: skip
             conversions.batch_response(response, current, forecast.dt, forecast.fields)
         except (DlpError, ValueError) as exc:
             response.message = str(exc)
@@ -820,7 +873,7 @@ class PerceptionNode(LifecycleNode):
         }
         status = DiagnosticStatus(
             level=level,
-            name=f'{self.get_name()}: dlp perception',
+            name=f'{self.get_fully_qualified_name()}: dlp perception',
             message='; '.join(problems) or 'ok',
             hardware_id=rt.provider,
             values=[KeyValue(key=k, value=v) for k, v in values.items()],
@@ -836,6 +889,11 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().info('autostart is off: waiting for lifecycle transitions')
             return False
         if self.trigger_configure() != SUCCESS:
+            if self.get_parameter('exit_on_configure_failure').value:
+                raise ConfigureFailed(
+                    f'configure failed at start-up: {self._configure_error}; exiting '
+                    '(exit_on_configure_failure is on)'
+                )
             self.get_logger().error(
                 'autostart: configure failed; the node stays unconfigured (fix the parameters, '
                 'then configure it through ~/change_state)'
@@ -846,12 +904,13 @@ class PerceptionNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> int:
     """Run the perception node until SIGINT/SIGTERM; returns the exit status (1 when the executor
-    failed). A signal only sets an event; see :mod:`dlp_ros.node_process`."""
+    failed, 2 when the start-up configure failed and ``exit_on_configure_failure`` is on). A
+    signal only sets an event; see :mod:`dlp_ros.node_process`."""
     logging.basicConfig(level=logging.INFO, format='[%(levelname)s] [%(name)s]: %(message)s')
     logging.captureWarnings(True)  # Python warnings as log records: the node forwards them
     return run_until_signal(args, PerceptionNode, lambda: MultiThreadedExecutor(num_threads=2),
-                            PerceptionNode.stop_worker,
-                            start=PerceptionNode.autostart)  # fmt: skip
+                            PerceptionNode.stop_worker, start=PerceptionNode.autostart,
+                            usage_errors=(ConfigureFailed,))  # fmt: skip
 
 
 if __name__ == '__main__':

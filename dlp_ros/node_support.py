@@ -12,7 +12,7 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -22,12 +22,17 @@ from dlp_ros.errors import ConfigError
 T = TypeVar('T')
 ParamValue = bool | int | float | str
 DEFAULT_BUNDLE = 'tabletop64'  # share/dlp_ros/bundles/<this>, the model_bundle default
+# When a parameter's value is read, and so whether a change at run time takes effect:
+LIVE = 'live'  # at every use: a change applies to the next frame or prediction
+CONFIGURE = 'configure'  # at configure: refused while configured (cleanup, set, configure)
+STARTUP = 'start-up'  # at start-up only: refused at run time (restart the node)
 
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """One node parameter: name, default (its type is the parameter's type), description, and
-    the allowed values (a closed numeric range ``low..high`` or a set of strings)."""
+    """One node parameter: name, default (its type is the parameter's type), description, the
+    allowed values (a closed numeric range ``low..high`` or a set of strings), and when it is
+    read (``applies``: :data:`LIVE`, :data:`CONFIGURE` or :data:`STARTUP`)."""
 
     name: str
     default: ParamValue
@@ -35,6 +40,29 @@ class ParamSpec:
     low: float | None = None
     high: float | None = None
     choices: tuple[str, ...] = ()
+    applies: str = CONFIGURE
+
+    def change_refusal(self, configured: bool) -> str | None:
+        """None when a change of this parameter at run time may be taken now (``configured``:
+        the node holds a configuration), otherwise the reason it is refused."""
+        if self.applies == STARTUP:
+            return f'{self.name} is read at start-up only: restart the node with the new value'
+        if self.applies == CONFIGURE and configured:
+            return (
+                f'{self.name} is read at configure: deactivate and clean up the node '
+                '(lifecycle transitions), set it, then configure and activate again'
+            )
+        return None
+
+    @property
+    def full_description(self) -> str:
+        """The description with when the parameter is read (the ROS descriptor's text)."""
+        when = {
+            LIVE: 'Live: a change takes effect at once.',
+            CONFIGURE: 'Read at configure: refused while the node is configured.',
+            STARTUP: 'Read at start-up only.',
+        }[self.applies]
+        return f'{self.description} {when}'
 
     def check(self, value: object) -> str | None:
         """None when ``value`` is allowed, otherwise the reason it is not."""
@@ -67,7 +95,7 @@ PARAMS: tuple[ParamSpec, ...] = (
         '',
         'Model bundle directory: encoder/background/dynamics/decoder .onnx and model_card.yaml '
         f'(python -m training export). Empty = the installed share/dlp_ros/bundles/'
-        f'{DEFAULT_BUNDLE}. Read at configure.',
+        f'{DEFAULT_BUNDLE}.',
     ),
     ParamSpec(
         'image_transport',
@@ -83,37 +111,51 @@ PARAMS: tuple[ParamSpec, ...] = (
         'QoS reliability of the camera subscription (depth 1 either way: the latest frame '
         "wins): 'best_effort' (sensor data) or 'reliable' (lost fragments of large frames are "
         'sent again; needs a reliable camera publisher). A qos_overrides parameter of the '
-        'topic takes precedence. Read at configure.',
+        'topic takes precedence.',
         choices=('best_effort', 'reliable'),
     ),
     ParamSpec(
         'horizon',
         10,
-        'Predicted steps on /dlp/prediction, and for ~/predict requests with horizon 0.',
+        'Predicted steps on dlp/prediction, and for ~/predict requests with horizon 0.',
         1,
         1000,
+        applies=LIVE,
     ),
     ParamSpec(
         'prediction_rate',
         2.0,
-        'Rate of /dlp/prediction [Hz]: a rollout from the latest processed frame, at most one '
+        'Rate of dlp/prediction [Hz]: a rollout from the latest processed frame, at most one '
         'per processed frame and only while someone subscribes. 0 = off (~/predict still '
         'answers).',
         0.0,
         1000.0,
+        applies=LIVE,
     ),
     ParamSpec(
         'publish_frames',
         False,
-        'Decode the predicted frames into /dlp/prediction (rgb8, the model resolution); only '
-        'while someone subscribes to /dlp/prediction. Costly.',
+        'Decode the predicted frames into dlp/prediction (rgb8, the model resolution); only '
+        'while someone subscribes to dlp/prediction. Costly.',
+        applies=LIVE,
     ),
     ParamSpec(
         'frames_rate',
         1.0,
-        'Most predictions per second that carry decoded frames [Hz]; 0 = no limit.',
+        'Most predictions per second that carry decoded frames (dlp/prediction frames and '
+        'dlp/prediction/image) [Hz]; 0 = no limit.',
         0.0,
         1000.0,
+        applies=LIVE,
+    ),
+    ParamSpec(
+        'prediction_image_step',
+        0,
+        'Predicted step k (1-based) published as sensor_msgs/Image on dlp/prediction/image, '
+        'while someone subscribes to it; 0 = the last step (a k beyond the horizon: the last).',
+        0,
+        1000,
+        applies=LIVE,
     ),
     ParamSpec(
         'providers',
@@ -134,13 +176,23 @@ PARAMS: tuple[ParamSpec, ...] = (
         'autostart',
         True,
         'Configure and activate at start-up; false = wait for lifecycle transitions '
-        '(~/change_state). Read at start-up only.',
+        '(~/change_state).',
+        applies=STARTUP,
+    ),
+    ParamSpec(
+        'exit_on_configure_failure',
+        True,
+        'With autostart: when the configure at start-up fails (a missing bundle, a bad '
+        'parameter), log the reason and exit with status 2, so that a supervisor or a launch '
+        'respawn sees it; false = stay up unconfigured, waiting for ~/change_state.',
+        applies=STARTUP,
     ),
     ParamSpec(
         'overlay',
         True,
         'Publish ~/overlay (the input frame with the particles drawn, rgb8) while someone '
         'subscribes to it.',
+        applies=LIVE,
     ),
     ParamSpec(
         'action_topic',
@@ -156,6 +208,7 @@ PARAMS: tuple[ParamSpec, ...] = (
         "model card's validation recon_mse) every N processed frames; 0 = off.",
         0,
         100000,
+        applies=LIVE,
     ),
     ParamSpec(
         'ood_warn',
@@ -163,6 +216,7 @@ PARAMS: tuple[ParamSpec, ...] = (
         'OOD score above which /diagnostics reports WARN.',
         0.0,
         1e9,
+        applies=LIVE,
     ),
 )
 PARAM_SPECS = {spec.name: spec for spec in PARAMS}
@@ -179,9 +233,11 @@ class NodeConfig:
     prediction_rate: float
     publish_frames: bool
     frames_rate: float
+    prediction_image_step: int
     providers: str
     threads: int
     autostart: bool
+    exit_on_configure_failure: bool
     overlay: bool
     action_topic: str
     ood_every_n: int
@@ -207,6 +263,11 @@ class NodeConfig:
                 raise ConfigError(reason)
             merged[spec.name] = value
         return cls(**merged)  # type: ignore[arg-type]
+
+    def changed(self, values: dict[str, object]) -> NodeConfig:
+        """A copy with ``values`` (parameter name -> value) changed, validated like
+        :meth:`from_values`."""
+        return NodeConfig.from_values({**asdict(self), **values})
 
 
 class Mailbox(Generic[T]):
@@ -381,3 +442,11 @@ class Throttle:
                 return True, held
             self._held += 1
             return False, 0
+
+
+def image_step_index(step: int, n_steps: int) -> int:
+    """Index into ``n_steps`` predicted frames of the ``prediction_image_step`` parameter ``step``
+    (1-based; 0 or a step beyond the horizon = the last)."""
+    if n_steps <= 0:
+        raise ValueError('a prediction without frames has no step to show')
+    return n_steps - 1 if step <= 0 else min(step, n_steps) - 1

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from dlp_ros.tracking import ON_THRESHOLD
+
 FIELDS = ('mu', 'logvar', 'scale', 'depth', 'transparency', 'features', 'bg_features')
 
 
@@ -78,12 +80,16 @@ class ParticleFrame:
         frac = 1.0 / (1.0 + np.exp(-self.scale.astype(np.float64)))  # (K, 2)
         return np.sqrt(frac[:, 0] * width * frac[:, 1] * height).astype(np.float32)
 
-    def message_fields(self, width: int, height: int) -> dict[str, Any]:
+    def message_fields(
+        self, width: int, height: int, on_threshold: float = ON_THRESHOLD
+    ) -> dict[str, Any]:
         """The fields of a dlp_ros/msg/ParticleArray (no header, no timings) as plain Python.
+
+        ``on`` is transparency > ``on_threshold`` (the model card's tracking.on_threshold).
 
         Returns:
             {'image_width', 'image_height', 'particles': [{id, u, v, u_std, v_std, scale (px),
-            depth, transparency, features (F,) float32}, ...] ordered by id,
+            depth, transparency, on, features (F,) float32}, ...] ordered by id,
             'background_features': (Fb,) float32}.
         """
         uv, std = self.pixels(width, height), self.pixel_std(width, height)  # (K, 2) each
@@ -98,6 +104,7 @@ class ParticleFrame:
                 'scale': float(side[k]),
                 'depth': float(self.depth[k, 0]),
                 'transparency': float(self.transparency[k, 0]),
+                'on': bool(self.transparency[k, 0] > on_threshold),
                 'features': self.features[k].astype(np.float32),
             }
             for k in range(self.n_particles)

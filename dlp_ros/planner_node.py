@@ -3,7 +3,8 @@ over the perception node's batched predictions (torch-free; the maths is :mod:`d
 
 Run by ``ros2 run dlp_ros push_planner`` or the installed ``lib/dlp_ros/push_planner``:
 
-- subscribes to ``particles_topic`` (dlp_ros/ParticleArray, default /dlp/particles) and
+- subscribes to ``particles_topic`` (dlp_ros/ParticleArray, default dlp/particles: the
+  perception node's output in the planner's namespace, /dlp/particles in the root one) and
   ``goal_topic`` (dlp_ros/PushGoal, default /planning/goal, reliable + transient local);
 - after a goal, at the first particles stamped at or after it, takes the on particle nearest
   to the goal's start pixel as the object and follows it by particle id;

@@ -6,7 +6,10 @@
 
 The node configures and activates itself (parameter ``autostart``, on in config/perception.yaml);
 with autostart off, drive it through its lifecycle services (``~/change_state``). The launch
-arguments ``model_bundle`` and ``image_transport`` take precedence over the params file.
+arguments ``model_bundle`` and ``image_transport`` take precedence over the params file. Two
+cameras: one launch per camera, each with its own ``namespace`` (``namespace:=cam1`` publishes
+/cam1/dlp/particles ...). A failed start-up configure (e.g. a missing bundle) ends the process
+with status 2 (parameter ``exit_on_configure_failure``), which a ``respawn`` sees.
 """
 
 from launch import LaunchDescription
@@ -52,8 +55,10 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(
             'namespace',
             default_value='',
-            description='Namespace of the node (its ~/overlay, ~/predict, ~/render and lifecycle '
-            'services; /dlp/* and /diagnostics stay absolute).',
+            description='Namespace of the node and its outputs: dlp/particles, dlp/prediction, '
+            'dlp/prediction/image and dlp/markers resolve to <namespace>/dlp/... (one namespace '
+            'per camera), ~/overlay, ~/predict ... to <namespace>/perception_node/...; '
+            '/diagnostics stays global. Empty = /, giving /dlp/particles.',
         ),
         DeclareLaunchArgument(
             'use_sim_time',

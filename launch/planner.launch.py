@@ -4,9 +4,10 @@
     ros2 launch dlp_ros planner.launch.py model:=no_action
     ros2 launch dlp_ros planner.launch.py predict_service:=/sim/predict_batch samples:=32
 
-It reads /dlp/particles and the task on /planning/goal (dlp_ros/PushGoal) and commands
-/tabletop/command (TwistStamped), one command per particles message; the other parameters keep
-their defaults (``ros2 param describe /push_planner <name>``).
+It reads dlp/particles (/dlp/particles: the planner runs in the root namespace) and the task on
+/planning/goal (dlp_ros/PushGoal) and commands /tabletop/command (TwistStamped), one command per
+particles message; the other parameters keep their defaults
+(``ros2 param describe /push_planner <name>``).
 """
 
 from launch import LaunchDescription

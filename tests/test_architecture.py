@@ -9,8 +9,8 @@ that must load without ROS, in fresh interpreters (nothing leaks in from other t
    nor ``training``, nor the ROS face;
 3. ``training`` imports no ROS client library and no ROS-face module;
 4. the ROS face (``dlp_ros.node``, ``dlp_ros.planner_node``, ``dlp_ros.conversions``,
-   ``dlp_ros.demo``, ``dlp_ros.dds_shm`` and the simulator's ROS modules ``dlp_ros.sim.node``,
-   ``.client``, ``.evaluate``) imports neither torch nor ``training``;
+   ``dlp_ros.markers``, ``dlp_ros.demo``, ``dlp_ros.dds_shm`` and the simulator's ROS modules
+   ``dlp_ros.sim.node``, ``.client``, ``.evaluate``) imports neither torch nor ``training``;
 5. the simulation (``dlp_ros.sim`` less its ROS modules: the MuJoCo scene) imports neither torch,
    ROS client libraries, rosbags nor ``training``, nor the ROS face or ``dlp_ros.offline``; and the
    runtime core imports neither the simulation nor mujoco (a robot runs the node without them).
@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ('dlp_ros', 'training')
 ROS_FACE = frozenset({
     'dlp_ros.node', 'dlp_ros.node_process', 'dlp_ros.planner_node', 'dlp_ros.conversions',
-    'dlp_ros.demo', 'dlp_ros.dds_shm', 'dlp_ros.sim.node', 'dlp_ros.sim.client',
-    'dlp_ros.sim.evaluate',
+    'dlp_ros.markers', 'dlp_ros.demo', 'dlp_ros.dds_shm', 'dlp_ros.sim.node',
+    'dlp_ros.sim.client', 'dlp_ros.sim.evaluate',
 })  # fmt: skip
 OFFLINE = 'dlp_ros.offline'
 SIM = 'dlp_ros.sim'

@@ -342,6 +342,7 @@ def _run_frames(
     """Pass 2: the node's per-frame work (:class:`~dlp_ros.pipeline.PerceptionPipeline`: the
     same tracker resets and action history); returns the frame counts and timings."""
     pipeline = PerceptionPipeline(rt)
+    on = rt.card.tracking.on_threshold
     frames_in, bad = 0, 0
     total, decode, encode, predict = [], [], [], []
     for _, raw in bag.messages(conn):
@@ -368,12 +369,12 @@ def _run_frames(
         timing = ms if config.stamp_timings else [0.0, 0.0, 0.0]
         width, height = seen.size
         particles = particle_array_msg(
-            store, msg.header, seen.frame.message_fields(width, height), timing[0], timing[1]
+            store, msg.header, seen.frame.message_fields(width, height, on), timing[0], timing[1]
         )
         recorder.add_particles(
             particles, bytes(store.serialize_cdr(particles, OUTPUT_TOPICS[PARTICLES_TOPIC])), rgb
         )
-        steps = [p.message_fields(width, height) for p in forecast.steps]
+        steps = [p.message_fields(width, height, on) for p in forecast.steps]
         prediction = prediction_msg(
             store, msg.header, forecast.dt, steps, forecast.images, timing[2]
         )

@@ -189,6 +189,7 @@ def build_particle(pid: int, n_features: int = 8, seed: int = 0) -> Any:
         scale=f32(rng.uniform(8.0, 64.0)),
         depth=f32(rng.uniform(-2.0, -0.1)),
         transparency=f32(rng.uniform(0.05, 1.0)),
+        on=True,  # False is the default, which a populated message must not hold
         features=features.tolist(),
     )
 

@@ -47,23 +47,33 @@ def node_executable() -> Path:
 
 class NodeProcess:
     """The installed perception node (:class:`dlp_ros.demo.NodeProcess` running
-    ``lib/dlp_ros/perception_node``), its topics under a unique prefix."""
+    ``lib/dlp_ros/perception_node``), its topics under a unique prefix: remapped there from
+    /dlp/..., or (``namespaced``) resolved there as the node's namespace (``-r __ns:=``)."""
 
-    def __init__(self, log_dir: Path, params: dict[str, object]) -> None:
+    def __init__(self, log_dir: Path, params: dict[str, object], namespaced: bool = False) -> None:
         tag = f'{os.getpid()}_{uuid.uuid4().hex[:8]}'
         self.name = f'dlp_test_node_{tag}'
         self.prefix = f'/dlp_test_{tag}'
+        outputs = f'{self.prefix}/dlp' if namespaced else self.prefix
+        self.full_name = f'{self.prefix}/{self.name}' if namespaced else f'/{self.name}'
         self.topics = {
             'image': f'{self.prefix}/image',
-            'particles': f'{self.prefix}/particles',
-            'prediction': f'{self.prefix}/prediction',
+            'particles': f'{outputs}/particles',
+            'prediction': f'{outputs}/prediction',
+            'prediction_image': f'{outputs}/prediction/image',
+            'markers': f'{outputs}/markers',
             'diagnostics': f'{self.prefix}/diagnostics',
-            'overlay': f'/{self.name}/overlay',
+            'overlay': f'{self.full_name}/overlay',
             'action': f'{self.prefix}/cmd',
         }
         remaps = {'__node': self.name, 'image': self.topics['image']}
-        for name in ('particles', 'prediction'):
-            remaps[f'/dlp/{name}'] = self.topics[name]
+        if namespaced:
+            remaps['__ns'] = self.prefix
+        else:
+            for name in ('particles', 'prediction', 'prediction/image', 'markers'):
+                remaps[f'/dlp/{name}'] = f'{self.prefix}/{name}'
+            self.topics['prediction_image'] = f'{self.prefix}/prediction/image'
+            self.topics['markers'] = f'{self.prefix}/markers'
         remaps['/diagnostics'] = self.topics['diagnostics']
         # '{prefix}' in a string: this node's prefix
         params = {
@@ -284,11 +294,11 @@ def unique_frame_id() -> str:
 
 
 def started(
-    log_dir: Path, ros_domain_id: int, params: dict[str, object]
+    log_dir: Path, ros_domain_id: int, params: dict[str, object], namespaced: bool = False
 ) -> Iterator[tuple[NodeProcess, Client]]:
     """A node process with ``params`` and its client; at the end both are closed and the node
     must exit 0 on SIGINT (use with ``next``: the first gives the pair, the second stops)."""
-    node = NodeProcess(log_dir, params)
+    node = NodeProcess(log_dir, params, namespaced)
     client = Client(ros_domain_id, node)
     try:
         yield node, client

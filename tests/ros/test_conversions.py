@@ -48,6 +48,20 @@ def test_particle_array_round_trips_through_particle_frame(ros_msgs: object) -> 
         np.testing.assert_allclose(getattr(back, name), want, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
+def test_on_is_the_transparency_above_the_threshold(ros_msgs: object) -> None:
+    frame = _frame(k=8)
+    transparency = frame.transparency[:, 0]
+    assert 0 < int((transparency > 0.5).sum()) < 8  # both kinds present
+    header = ros_msgs.header(ros_msgs.T0_NS)
+    msg = conversions.particle_array(frame, header, 64, 64)
+    assert [p.on for p in msg.particles] == (transparency > 0.5).tolist()
+    assert all(type(p.on) is bool for p in msg.particles)
+    low = conversions.particle_array(frame, header, 64, 64, on_threshold=0.1)
+    assert [p.on for p in low.particles] == (transparency > 0.1).tolist()
+    pred = conversions.prediction(header, (64, 64), 0.1, [frame, frame], on_threshold=0.1)
+    assert all([p.on for p in s.particles] == (transparency > 0.1).tolist() for s in pred.steps)
+
+
 def test_particle_frame_fills_missing_slots_and_rejects_misfits(ros_msgs: object) -> None:
     msg = conversions.particle_array(_frame(k=3), ros_msgs.header(0), 64, 64)
     back = conversions.particle_frame(msg, n_particles=6, n_features=3, n_bg_features=4)

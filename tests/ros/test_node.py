@@ -431,9 +431,9 @@ def _set(client: Client, node: NodeProcess, name: str, value: object) -> None:
 def test_lifecycle_bad_configuration_fails_then_good_one_works_and_deactivate_stops(
     tmp_path: Path, ros_domain_id: int, bundle_plain: Path
 ) -> None:
-    """Autostart with a bad parameter and a bad bundle: configure fails with a logged reason,
-    the process stays up; fixed through set_parameters, configure + activate work; deactivate
-    stops the output, activate resumes it; SIGINT exits 0."""
+    """Autostart with a bad parameter and a bad bundle (exit_on_configure_failure off): configure
+    fails with a logged reason, the process stays up; fixed through set_parameters, configure +
+    activate work; deactivate stops the output, activate resumes it; SIGINT exits 0."""
     broken = tmp_path / 'broken_bundle'
     broken.mkdir()
     for item in bundle_plain.iterdir():
@@ -445,7 +445,8 @@ def test_lifecycle_bad_configuration_fails_then_good_one_works_and_deactivate_st
         .replace('schema_version: 1', 'schema_version: 99')
     )
     (broken / 'model_card.yaml').write_text(card)
-    params = {'model_bundle': str(broken), 'image_transport': 'theora', 'threads': 1}
+    params = {'model_bundle': str(broken), 'image_transport': 'theora', 'threads': 1,
+              'exit_on_configure_failure': False}  # fmt: skip
     started = _started(tmp_path, ros_domain_id, params)
     node, client = next(started)
     try:
@@ -529,7 +530,8 @@ def test_a_refused_parameter_override_is_reported_and_an_integer_double_is_taken
     ``-p prediction_rate:=5`` (an integer for a double) is taken as 5.0."""
     from rcl_interfaces.srv import GetParameters
 
-    params = {'model_bundle': str(bundle_plain), 'threads': 1, 'horizon': 0, 'prediction_rate': 5}
+    params = {'model_bundle': str(bundle_plain), 'threads': 1, 'horizon': 0, 'prediction_rate': 5,
+              'exit_on_configure_failure': False}  # fmt: skip
     started = _started(tmp_path, ros_domain_id, params)
     node, client = next(started)
     try:

@@ -12,13 +12,18 @@ import yaml
 
 from dlp_ros.errors import ConfigError
 from dlp_ros.node_support import (
+    CONFIGURE,
+    LIVE,
+    PARAM_SPECS,
     PARAMS,
+    STARTUP,
     LatencyWindow,
     Mailbox,
     NodeConfig,
     RateMeter,
     SequenceGaps,
     Throttle,
+    image_step_index,
     ood_score,
 )
 from dlp_ros.pipeline import ActionHistory, actions_from_request
@@ -64,6 +69,65 @@ def test_node_config_rejects_bad_values_naming_the_parameter(values: dict, match
 
 def test_node_config_takes_an_integer_for_a_double() -> None:
     assert NodeConfig.from_values({'prediction_rate': 5}).prediction_rate == 5.0
+
+
+def test_live_parameters_change_and_the_others_are_refused_with_a_reason() -> None:
+    live = {p.name for p in PARAMS if p.applies == LIVE}
+    assert {'horizon', 'prediction_rate', 'publish_frames', 'frames_rate',
+            'prediction_image_step'} <= live  # fmt: skip
+    assert {p.name for p in PARAMS if p.applies == STARTUP} == {
+        'autostart',
+        'exit_on_configure_failure',
+    }
+    for spec in PARAMS:
+        assert spec.applies in (LIVE, CONFIGURE, STARTUP), spec.name
+        unconfigured, configured = spec.change_refusal(False), spec.change_refusal(True)
+        if spec.applies == LIVE:
+            assert unconfigured is None and configured is None, spec.name
+        elif spec.applies == CONFIGURE:
+            assert unconfigured is None and 'read at configure' in configured, spec.name
+            assert 'clean up' in configured and spec.name in configured
+        else:
+            assert 'start-up only' in unconfigured and 'start-up only' in configured
+    model = PARAM_SPECS['model_bundle']
+    assert model.full_description.endswith('refused while the node is configured.')
+    assert PARAM_SPECS['horizon'].full_description.endswith('Live: a change takes effect at once.')
+
+
+def test_node_config_changed_validates_like_from_values() -> None:
+    config = NodeConfig.from_values({'horizon': 4})
+    changed = config.changed({'horizon': 3, 'prediction_rate': 5})
+    assert (changed.horizon, changed.prediction_rate, config.horizon) == (3, 5.0, 4)
+    assert changed.model_bundle == config.model_bundle
+    with pytest.raises(ConfigError, match='horizon must be >= 1'):
+        config.changed({'horizon': 0})
+
+
+def test_config_yaml_and_readme_say_which_parameters_are_live() -> None:
+    lines = (ROOT / 'config' / 'perception.yaml').read_text().splitlines()
+    readme = (ROOT / 'README.md').read_text()
+    for spec in PARAMS:
+        at = lines.index(next(line for line in lines if line.startswith(f'    {spec.name}:')))
+        above = []  # the comment lines right above the parameter
+        while lines[at - 1 - len(above)].lstrip().startswith('#'):
+            above.append(lines[at - 1 - len(above)])
+        comment = ' '.join(above)
+        assert ('[live]' in comment) == (spec.applies == LIVE), spec.name
+        row = next((line for line in readme.splitlines()
+                    if line.startswith(f'| `{spec.name}` |')), None)  # fmt: skip
+        assert row is not None, f'README parameter table has no row for {spec.name}'
+        assert f'| {spec.applies} |' in row, f'{spec.name}: README says {row}'
+    runtime = (ROOT / 'docs' / 'runtime.md').read_text().splitlines()
+    for kind in (LIVE, CONFIGURE, STARTUP):
+        row = next(line for line in runtime if line.startswith(f'| {kind} | `'))
+        listed = set(row.split(' | ')[1].replace('`', '').split(', '))
+        assert listed == {p.name for p in PARAMS if p.applies == kind}, (kind, listed)
+
+
+def test_image_step_index_picks_the_last_step_by_default() -> None:
+    assert [image_step_index(k, 4) for k in (0, 1, 2, 4, 9)] == [3, 0, 1, 3, 3]
+    with pytest.raises(ValueError, match='without frames'):
+        image_step_index(1, 0)
 
 
 def test_mailbox_keeps_the_latest_item_and_counts_the_replaced_ones() -> None:

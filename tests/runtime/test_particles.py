@@ -38,9 +38,14 @@ def test_message_fields() -> None:
     assert (m['image_width'], m['image_height']) == (640, 480)
     assert [p['id'] for p in m['particles']] == [0, 1, 2]
     p = m['particles'][1]
-    assert set(p) == {'id', 'u', 'v', 'u_std', 'v_std', 'scale', 'depth', 'transparency',
+    assert set(p) == {'id', 'u', 'v', 'u_std', 'v_std', 'scale', 'depth', 'transparency', 'on',
                       'features'}  # fmt: skip
     assert (p['u'], p['v'], p['transparency']) == (320.0, 240.0, pytest.approx(0.2))
+    transparency = [q['transparency'] for q in m['particles']]
+    assert [q['on'] for q in m['particles']] == [t > 0.5 for t in transparency]
+    assert [type(q['on']) for q in m['particles']] == [bool] * 3
+    lower = _frame().message_fields(640, 480, on_threshold=0.1)['particles']
+    assert [q['on'] for q in lower] == [t > 0.1 for t in transparency]
     assert all(type(p[k]) is float for k in ('u', 'v', 'u_std', 'v_std', 'scale', 'depth'))
     assert p['features'].dtype == np.float32 and p['features'].tolist() == [2.0, 3.0]
     assert m['background_features'].dtype == np.float32 and m['background_features'].shape == (4,)
