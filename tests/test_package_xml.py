@@ -26,7 +26,7 @@ ROSDEP_KEYS = {'numpy': 'python3-numpy', 'cv2': 'python3-opencv', 'yaml': 'pytho
 # Imported, but installed by pip (setup.py extras: the ONNX runtime, the offline bag tools, the
 # simulator, training), never by rosdep: the README's install steps say so.
 PIP_ONLY = {'onnxruntime', 'rosbags', 'apsw', 'compression', 'backports', 'PIL', 'imageio',
-            'mujoco', 'torch', 'torch_geometric'}  # fmt: skip
+            'mujoco', 'torch', 'torch_geometric', 'tensorboard'}  # fmt: skip
 
 
 def is_ros_package(name: str) -> bool:
