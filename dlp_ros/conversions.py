@@ -61,7 +61,8 @@ def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
     if isinstance(msg, CompressedImage):
         return decode_compressed(msg.format, _bytes_view(msg.data))
     if isinstance(msg, Image):
-        return decode_raw(msg.encoding, msg.height, msg.width, msg.step, _bytes_view(msg.data))
+        return decode_raw(msg.encoding, msg.height, msg.width, msg.step, _bytes_view(msg.data),
+                          bool(msg.is_bigendian))  # fmt: skip
     raise ImageError(f'expected a sensor_msgs Image or CompressedImage, got {type(msg).__name__}')
 
 

@@ -154,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
 def decode_message(msgtype: str, msg: Any) -> np.ndarray:
     """A deserialised (rosbags) Image or CompressedImage -> (H, W, 3) uint8 RGB."""
     if msgtype == IMAGE:
-        return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+        return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                          bool(msg.is_bigendian))  # fmt: skip
     return decode_compressed(msg.format, msg.data)
 
 

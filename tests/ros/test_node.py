@@ -303,7 +303,7 @@ class TestRawInput:
         frame_id = unique_frame_id()
         pub = client.camera()
         bad = [
-            (raw_image(T0_NS, frame_id, encoding='16UC1'), "unsupported image encoding '16UC1'"),
+            (raw_image(T0_NS, frame_id, encoding='32FC1'), "unsupported image encoding '32FC1'"),
             (
                 raw_image(T0_NS, frame_id, width=0, height=0, step=0, data=array.array('B')),
                 'zero size',
