@@ -58,6 +58,13 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from dlp_ros import conversions
+from dlp_ros.camera_input import (
+    InputWatch,
+    OodWarning,
+    no_frames_reason,
+    other_transport_topic,
+    subscribed_topic,
+)
 from dlp_ros.errors import ConfigError, DlpError, ImageError
 from dlp_ros.msg import ParticleArray, Prediction
 from dlp_ros.node_process import run_until_signal
@@ -214,6 +221,8 @@ class PerceptionNode(LifecycleNode):
         self._service_group = MutuallyExclusiveCallbackGroup()
         self._bad_log = Throttle(LOG_PERIOD_S)
         self._error_log = Throttle(LOG_PERIOD_S)
+        self._input_watch = InputWatch(0.0)  # the no_frames_warn watchdog (configure)
+        self._ood_log = OodWarning(LOG_PERIOD_S)
         self._last_prediction = -math.inf
         self._last_frames = -math.inf
         self._diag_last = (0, 0, 0)  # (bad, errors, lost_transport) at the last diagnostics
@@ -396,7 +405,9 @@ class PerceptionNode(LifecycleNode):
             )
         sub = self.create_subscription(
             CompressedImage if compressed else Image,
-            'image',
+            # remapping `image` renames that name only: image_transport's <base>/compressed is
+            # built from the resolved (remapped) base
+            subscribed_topic(self.resolve_topic_name('image'), config.image_transport),
             self._on_image_info if MESSAGE_INFO else self._on_image,
             qos,
             qos_overriding_options=QoSOverridingOptions.with_default_policies(),
@@ -404,6 +415,7 @@ class PerceptionNode(LifecycleNode):
         )
         self._entities.append(sub)
         self._input_topic = sub.topic_name
+        self._input_watch = InputWatch(config.no_frames_warn)
         for key, msg_type, topic in (
             ('particles', ParticleArray, PARTICLES_TOPIC),
             ('prediction', Prediction, PREDICTION_TOPIC),
@@ -441,6 +453,7 @@ class PerceptionNode(LifecycleNode):
             thread.start()
         if self._timer is not None:
             self._timer.reset()
+        self._input_watch.reset(time.monotonic())
         self._active = True
         compressed = self.config.image_transport == 'compressed'
         self.get_logger().info(
@@ -599,6 +612,9 @@ class PerceptionNode(LifecycleNode):
                               pipeline.rt.card.validation.recon_mse)  # fmt: skip
             with self._stats.lock:
                 self._stats.ood = score
+            warning = self._ood_log.check(score, config.ood_warn, done, self._input_topic)
+            if warning:
+                self.get_logger().warning(warning)
         rate = config.prediction_rate
         if (
             rate > 0
@@ -772,6 +788,7 @@ class PerceptionNode(LifecycleNode):
             # without sequence numbers the middleware's own count is all there is
             lost = s.gaps.lost if s.gaps.supported else s.lost_transport
             lost_transport = s.lost_transport
+        self._watch_input(received, config.image_transport)
         p50, p99 = s.latency.percentiles(50, 99)
         in_rate, out_rate = s.input_rate.rate(), s.output_rate.rate()
         callback_rate = s.callback_rate.rate()
@@ -827,6 +844,23 @@ class PerceptionNode(LifecycleNode):
         )
         header = Header(stamp=self.get_clock().now().to_msg())
         publisher.publish(DiagnosticArray(header=header, status=[status]))
+
+    def _watch_input(self, received: int, transport: str) -> None:
+        """Log a throttled WARN when no frame came for ``no_frames_warn`` seconds, naming the
+        types of the publishers on the camera topic (and on the other transport's topic)."""
+        topic = self._input_topic
+
+        def reason() -> str:
+            other = other_transport_topic(topic, transport)
+            publishers = {
+                name: [info.topic_type for info in self.get_publishers_info_by_topic(name)]
+                for name in (topic, other)
+            }
+            return no_frames_reason(topic, transport, publishers)
+
+        warning = self._input_watch.check(time.monotonic(), received, reason)
+        if warning:
+            self.get_logger().warning(warning)
 
     # ------------------------------------------------------------------------- start-up
 
