@@ -1,6 +1,6 @@
 """The perception node's camera input in plain Python (no ROS): the topic it subscribes for an
-``image_transport``, what to say when no frames come, and the throttled out-of-distribution
-warning.
+``image_transport``, what to say when no frames come, the throttled out-of-distribution
+warning, the resize mode and the log of the input-to-model mapping.
 
 The node (:mod:`dlp_ros.node`) asks the ROS graph for the types of the publishers on its topics
 and logs what :class:`InputWatch` and :class:`OodWarning` return; everything here is tested
@@ -12,6 +12,9 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
+
+from dlp_ros.errors import ConfigError
+from dlp_ros.input_view import InputView
 
 IMAGE = 'sensor_msgs/msg/Image'
 COMPRESSED_IMAGE = 'sensor_msgs/msg/CompressedImage'
@@ -139,3 +142,35 @@ class OodWarning:
             '(reconstruction error over the validation error of the model card): the '
             f'frames do not look like the training data, particles are unreliable{more}'
         )
+
+
+def check_resize_mode(requested: str, card_mode: str, bundle: str) -> str:
+    """The resize mode to run: the card's (``requested`` empty or equal to it).
+
+    Raises:
+        ConfigError: ``requested`` differs from the mode the model was trained with.
+    """
+    if requested and requested != card_mode:
+        raise ConfigError(
+            f'resize_mode is {requested!r} but the model card of {bundle} says image.resize '
+            f'{card_mode!r} (the model was trained on {card_mode} frames): set resize_mode to '
+            f'{card_mode!r} or leave it empty, or use a bundle built with build-dataset '
+            f'--resize {requested}'
+        )
+    return card_mode
+
+
+class ViewLog:
+    """The input-to-model mapping (:meth:`dlp_ros.input_view.InputView.describe`) to log, once
+    per input size: at the first frame and when the camera's frame size changes."""
+
+    def __init__(self, size: int, mode: str) -> None:
+        self.size, self.mode = int(size), mode
+        self._last: tuple[int, int] | None = None
+
+    def check(self, width: int, height: int) -> str | None:
+        """The line to log for a ``width`` x ``height`` frame, or None (already said)."""
+        if self._last == (width, height):
+            return None
+        self._last = (width, height)
+        return InputView(width, height, self.mode).describe(self.size)

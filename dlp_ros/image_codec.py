@@ -161,7 +161,8 @@ def encode_compressed(rgb: np.ndarray, fmt: str = 'jpeg', quality: int = 95) -> 
 def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
     """Resize (H, W, 3) to (size, size, 3): area averaging when shrinking, bilinear when growing.
 
-    The frame is squashed to a square (no crop), so pixel coordinates map back linearly.
+    The frame is squashed to a square (no crop): the ``squash`` mode of
+    :mod:`dlp_ros.input_view`, which also crops or pads before it.
     """
     h, w = rgb.shape[:2]
     if (h, w) == (size, size):

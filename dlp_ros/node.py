@@ -61,6 +61,8 @@ from dlp_ros import conversions
 from dlp_ros.camera_input import (
     InputWatch,
     OodWarning,
+    ViewLog,
+    check_resize_mode,
     no_frames_reason,
     other_transport_topic,
     subscribed_topic,
@@ -223,6 +225,7 @@ class PerceptionNode(LifecycleNode):
         self._error_log = Throttle(LOG_PERIOD_S)
         self._input_watch = InputWatch(0.0)  # the no_frames_warn watchdog (configure)
         self._ood_log = OodWarning(LOG_PERIOD_S)
+        self._view_log = ViewLog(1, 'squash')  # the input-to-model mapping, logged per size
         self._last_prediction = -math.inf
         self._last_frames = -math.inf
         self._diag_last = (0, 0, 0)  # (bad, errors, lost_transport) at the last diagnostics
@@ -310,6 +313,7 @@ class PerceptionNode(LifecycleNode):
         try:
             config = self._read_config()
             rt = DlpRuntime.load(config.model_bundle, config.providers, config.threads)
+            check_resize_mode(config.resize_mode, rt.card.image.resize, config.model_bundle)
         except (DlpError, OSError, ValueError) as exc:
             self.get_logger().error(f'configure failed: {exc}')
             return FAILURE
@@ -416,6 +420,7 @@ class PerceptionNode(LifecycleNode):
         self._entities.append(sub)
         self._input_topic = sub.topic_name
         self._input_watch = InputWatch(config.no_frames_warn)
+        self._view_log = ViewLog(rt.card.image.size, rt.card.image.resize)
         for key, msg_type, topic in (
             ('particles', ParticleArray, PARTICLES_TOPIC),
             ('prediction', Prediction, PREDICTION_TOPIC),
@@ -593,8 +598,9 @@ class PerceptionNode(LifecycleNode):
         seen = pipeline.step(rgb, conversions.stamp_ns(msg.header), action, msg.header)
         decode_ms = (decoded - t0) * 1e3 + seen.preprocess_ms
         width, height = seen.size
+        resize = pipeline.rt.card.image.resize  # particles in input pixels in every mode
         out = conversions.particle_array(
-            seen.frame, msg.header, width, height, decode_ms, seen.encode_ms
+            seen.frame, msg.header, width, height, decode_ms, seen.encode_ms, resize
         )
         self._pubs['particles'].publish(out)
         done = time.monotonic()
@@ -606,7 +612,11 @@ class PerceptionNode(LifecycleNode):
 
         overlay = self._pubs['overlay']
         if config.overlay and overlay.get_subscription_count() > 0:
-            overlay.publish(conversions.rgb_to_image(draw_overlay(rgb, seen.frame), msg.header))
+            drawn = draw_overlay(rgb, seen.frame, resize=resize)
+            overlay.publish(conversions.rgb_to_image(drawn, msg.header))
+        mapping = self._view_log.check(width, height)
+        if mapping:
+            self.get_logger().info(mapping)
         if config.ood_every_n and (count - 1) % config.ood_every_n == 0:
             score = ood_score(pipeline.rt.recon_mse(seen.x, seen.frame),
                               pipeline.rt.card.validation.recon_mse)  # fmt: skip
@@ -669,7 +679,12 @@ class PerceptionNode(LifecycleNode):
         t0 = time.perf_counter()
         forecast = pipeline.predict(snap, frames, actions)
         msg = conversions.prediction(
-            snap.header, snap.size, forecast.dt, forecast.steps, forecast.images
+            snap.header,
+            snap.size,
+            forecast.dt,
+            forecast.steps,
+            forecast.images,
+            resize=pipeline.rt.card.image.resize,
         )
         msg.predict_ms = float((time.perf_counter() - t0) * 1e3)
         return msg
@@ -735,8 +750,10 @@ class PerceptionNode(LifecycleNode):
                                                  dyn.action_dim)  # fmt: skip
             forecast = pipeline.predict_batch(snap, actions)
             width, height = snap.size
-            current = conversions.particle_array(snap.history[-1], snap.header, width, height)
-            conversions.batch_response(response, current, forecast.dt, forecast.fields)
+            resize = pipeline.rt.card.image.resize
+            current = conversions.particle_array(snap.history[-1], snap.header, width, height,
+                                                 resize=resize)  # fmt: skip
+            conversions.batch_response(response, current, forecast.dt, forecast.fields, resize)
         except (DlpError, ValueError) as exc:
             response.message = str(exc)
             return response
@@ -760,7 +777,8 @@ class PerceptionNode(LifecycleNode):
             return response
         p = rt.card.particles
         try:
-            frame = conversions.particle_frame(request.particles, p.K, p.F, p.Fb)
+            frame = conversions.particle_frame(request.particles, p.K, p.F, p.Fb,
+                                               rt.card.image.resize)  # fmt: skip
             image = rt.render([frame])[0]  # (S, S, 3)
         except (DlpError, ValueError) as exc:
             response.message = f'cannot render these particles: {exc}'

@@ -89,6 +89,16 @@ PARAMS: tuple[ParamSpec, ...] = (
         1e6,
     ),
     ParamSpec(
+        'resize_mode',
+        '',
+        "How a camera frame becomes the model's square input: 'squash' (the whole frame, "
+        "aspect ratio not kept), 'crop' (the centred square of the short side), 'pad' (the "
+        "frame centred on a black square). Empty = the model card's image.resize; another mode "
+        "than the card's fails configure. Particles are in input-image pixels in every mode. "
+        'Read at configure.',
+        choices=('', 'squash', 'crop', 'pad'),
+    ),
+    ParamSpec(
         'input_reliability',
         'best_effort',
         'QoS reliability of the camera subscription (depth 1 either way: the latest frame '
@@ -187,6 +197,7 @@ class NodeConfig:
     model_bundle: str
     image_transport: str
     no_frames_warn: float
+    resize_mode: str
     input_reliability: str
     horizon: int
     prediction_rate: float

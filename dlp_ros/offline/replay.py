@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from dlp_ros.errors import ConfigError, EpisodeError, ImageError
-from dlp_ros.image_codec import decode_compressed, decode_raw, resize_rgb
+from dlp_ros.image_codec import decode_compressed, decode_raw
+from dlp_ros.input_view import resize_frame
 from dlp_ros.offline.bag_reader import (
     ACTION_TYPES,
     IMAGE,
@@ -240,9 +241,10 @@ def open_actions(
                         dyn.action_dim), topic  # fmt: skip
 
 
-def read_truth(bag: Bag, conn: Any, size: int) -> tuple[TrueFrames, float]:
-    """Pass 1: every decodable frame, squashed to (S, S, 3) (only those are kept), by header
-    stamp; and the camera rate (Hz, from the median stamp interval)."""
+def read_truth(bag: Bag, conn: Any, size: int, resize: str) -> tuple[TrueFrames, float]:
+    """Pass 1: every decodable frame, resized to (S, S, 3) as the model sees it (``resize``:
+    the card's mode; only those are kept), by header stamp; and the camera rate (Hz, from the
+    median stamp interval)."""
     store = typestore()
     stamps: list[int] = []
     frames: list[np.ndarray] = []
@@ -254,9 +256,9 @@ def read_truth(bag: Bag, conn: Any, size: int) -> tuple[TrueFrames, float]:
             logger.debug('pass 1: bad frame (counted in pass 2): %s', exc)
             continue
         stamps.append(stamp_ns(msg.header))
-        frames.append(resize_rgb(rgb, size))
+        frames.append(resize_frame(rgb, size, resize))
     order = np.argsort(np.array(stamps, dtype=np.int64), kind='stable')
-    truth = TrueFrames([stamps[i] for i in order], [frames[i] for i in order], size)
+    truth = TrueFrames([stamps[i] for i in order], [frames[i] for i in order], size, resize)
     fps = 1e9 / truth.period_ns if truth.period_ns > 0 else 10.0
     return truth, fps
 
@@ -279,7 +281,7 @@ def replay(config: ReplayConfig) -> dict[str, Any]:
         with Bag(config.bag) as bag:
             config = dataclasses.replace(config, topic=camera_topic(bag, config.topic))
             conn = bag.connection(config.topic, IMAGE_TYPES, 'camera')
-            truth, fps = read_truth(bag, conn, card.image.size)
+            truth, fps = read_truth(bag, conn, card.image.size, card.image.resize)
             if not truth.stamps.size:
                 raise EpisodeError(f'bag {config.bag}: no decodable frame on {config.topic}')
             actions, action_topic = open_actions(bag, config, rt)
@@ -351,13 +353,14 @@ def _run_frames(
         total.append(sum(ms))
         timing = ms if config.stamp_timings else [0.0, 0.0, 0.0]
         width, height = seen.size
+        view = (width, height, rt.card.image.resize)  # particles in input pixels in every mode
         particles = particle_array_msg(
-            store, msg.header, seen.frame.message_fields(width, height), timing[0], timing[1]
+            store, msg.header, seen.frame.message_fields(*view), timing[0], timing[1]
         )
         recorder.add_particles(
             particles, bytes(store.serialize_cdr(particles, OUTPUT_TOPICS[PARTICLES_TOPIC])), rgb
         )
-        steps = [p.message_fields(width, height) for p in forecast.steps]
+        steps = [p.message_fields(*view) for p in forecast.steps]
         prediction = prediction_msg(
             store, msg.header, forecast.dt, steps, forecast.images, timing[2]
         )

@@ -20,6 +20,7 @@ from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 from rosbags.rosbag2.storage_mcap import ChunkInfo, McapReader
 
 from dlp_ros.image_codec import resize_rgb
+from dlp_ros.input_view import resize_frame
 from dlp_ros.offline.bag_writer import BagWriter
 from dlp_ros.offline.typestore import typestore
 from training.__main__ import main
@@ -95,6 +96,23 @@ def test_camera_encodings_are_decoded(
         want = expected_pixels(src, 'mono8' if encoding in ('mono16', '16UC1') else 'rgb8')
         inner = (slice(2, -2), slice(2, -2))  # demosaicing guesses at the border
         assert np.abs(got[inner].astype(int) - want[inner]).max() <= 12
+
+
+@pytest.mark.parametrize('mode', ['squash', 'crop', 'pad'])
+def test_resize_mode_is_applied_and_recorded(
+    make_camera_bag: MakeBag, tmp_path: Path, mode: str
+) -> None:
+    """--resize makes the frames as the runtime does (dlp_ros.input_view.resize_frame) and goes
+    into the manifest, whence export puts it in the model card."""
+    bag = make_camera_bag(size=(48, 64), n=3)
+    extra = () if mode == 'squash' else ('--resize', mode)  # squash is the default
+    assert build_bag(bag.path, tmp_path / 'ds', *extra, size=24) == 0
+    ds, name = only_episode(tmp_path / 'ds')
+    assert ds.manifest['resize'] == ds.resize == mode
+    for got, src in zip(ds.frames(name), bag.frames, strict=True):
+        np.testing.assert_array_equal(got, resize_frame(src, 24, mode))
+    if mode == 'pad':  # 8 black rows of 64 above and below: 3 of 24
+        assert (ds.frames(name)[:, :3] == 0).all() and (ds.frames(name)[:, -3:] == 0).all()
 
 
 def test_frames_are_resized(make_camera_bag: MakeBag, tmp_path: Path) -> None:
