@@ -5,8 +5,9 @@ installed ``lib/dlp_ros/perception_node``:
 
 - configure: reads and validates the parameters (declared with descriptions and ranges at
   start-up, see :data:`dlp_ros.node_support.PARAMS`), loads the model bundle, and creates the
-  entities: subscribes to ``action_topic`` (if any), then to ``image`` (sensor_msgs/Image or
-  CompressedImage, sensor-data QoS, depth 1); lifecycle publishers of ``/dlp/particles``,
+  entities: subscribes to ``action_topic`` (if any), then to ``image`` (sensor_msgs/Image) or,
+  with image_transport compressed, to the remapped ``image`` + ``/compressed`` (CompressedImage;
+  sensor-data QoS, depth 1); lifecycle publishers of ``/dlp/particles``,
   ``/dlp/prediction``, ``~/overlay`` and ``/diagnostics``; serves ``~/predict``,
   ``~/predict_batch`` (B candidate futures in one batched rollout) and ``~/render``.
   A bad bundle or parameter fails the transition with a logged reason; the process stays up.
