@@ -19,6 +19,7 @@ from std_msgs.msg import Header
 
 from dlp_ros.errors import ImageError
 from dlp_ros.image_codec import decode_compressed, decode_raw
+from dlp_ros.input_view import DEFAULT_RESIZE, InputView
 from dlp_ros.msg import Particle, ParticleArray, Prediction
 from dlp_ros.particles import ParticleFrame
 from dlp_ros.srv import PredictBatch
@@ -62,7 +63,8 @@ def image_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
     if isinstance(msg, CompressedImage):
         return decode_compressed(msg.format, _bytes_view(msg.data))
     if isinstance(msg, Image):
-        return decode_raw(msg.encoding, msg.height, msg.width, msg.step, _bytes_view(msg.data))
+        return decode_raw(msg.encoding, msg.height, msg.width, msg.step, _bytes_view(msg.data),
+                          bool(msg.is_bigendian))  # fmt: skip
     raise ImageError(f'expected a sensor_msgs Image or CompressedImage, got {type(msg).__name__}')
 
 
@@ -96,14 +98,16 @@ def particle_array(
     height: int,
     decode_ms: float = 0.0,
     encode_ms: float = 0.0,
+    resize: str = DEFAULT_RESIZE,
     on_threshold: float = ON_THRESHOLD,
 ) -> ParticleArray:
-    """A ParticleFrame -> dlp_ros/ParticleArray in pixels of a width x height input image.
+    """A ParticleFrame -> dlp_ros/ParticleArray in pixels of a width x height input image that
+    the model saw through ``resize`` (the model card's ``image.resize``).
 
     ``header`` is used as given (the input image's, copied unchanged); a particle is ``on`` when
     its transparency is above ``on_threshold`` (the model card's tracking.on_threshold).
     """
-    fields = frame.message_fields(width, height, on_threshold)
+    fields = frame.message_fields(width, height, resize, on_threshold)
     # message_fields already holds Python ints/floats; only float32[] wants rclpy's array.array
     particles = [Particle(**{**p, 'features': _f32(p['features'])}) for p in fields['particles']]
     return ParticleArray(
@@ -124,18 +128,20 @@ def prediction(
     steps: Sequence[ParticleFrame],
     images: np.ndarray | None = None,
     predict_ms: float = 0.0,
+    resize: str = DEFAULT_RESIZE,
     on_threshold: float = ON_THRESHOLD,
 ) -> Prediction:
     """A dlp_ros/Prediction of the predicted ``steps`` after the frame of ``header``.
 
     Step k (1-based) is stamped header.stamp + round(k * dt) ns, in pixels of the (width, height)
-    ``size`` of the input frame; ``images`` (N, S, S, 3) uint8 RGB, the decoded steps, become
-    rgb8 frames with their step's header; ``on`` as in :func:`particle_array`.
+    ``size`` of the input frame seen through ``resize``; ``images`` (N, S, S, 3) uint8 RGB, the
+    decoded steps, become rgb8 frames with their step's header; ``on`` as in
+    :func:`particle_array`.
     """
     width, height = size
     arrays = [
         particle_array(p, shifted_header(header, step_offset_ns(k, dt)), width, height,
-                       on_threshold=on_threshold)
+                       resize=resize, on_threshold=on_threshold)
         for k, p in enumerate(steps, start=1)
     ]  # fmt: skip
     frames = [] if images is None else [
@@ -151,6 +157,7 @@ def batch_response(
     current: ParticleArray,
     dt: float,
     fields: dict[str, np.ndarray],
+    resize: str = DEFAULT_RESIZE,
 ) -> PredictBatch.Response:
     """Fill a dlp_ros/PredictBatch answer from B candidate futures.
 
@@ -161,12 +168,13 @@ def batch_response(
         dt: [s] between predicted steps.
         fields: the rollout's particle fields (mu (B, N, K, 2), transparency (B, N, K, 1), ...).
 
-    u, v are pixels of the input image, exactly as :func:`particle_array` converts them;
+    u, v are pixels of the input image (seen through ``resize``), exactly as
+    :func:`particle_array` converts them;
     presence is the transparency; all row-major B x N x K.
     """
     mu, presence = fields['mu'], fields['transparency'][..., 0]  # (B, N, K, 2), (B, N, K)
-    size = np.array([current.image_width, current.image_height], np.float32)
-    uv = ((mu + 1.0) / 2.0 * size).astype(np.float32)  # as ParticleFrame.pixels
+    view = InputView(int(current.image_width), int(current.image_height), resize)
+    uv = view.to_pixels(mu)  # (B, N, K, 2), as ParticleFrame.pixels
     response.header = current.header
     response.current = current
     response.dt = float(dt)
@@ -177,10 +185,14 @@ def batch_response(
 
 
 def particle_frame(
-    msg: ParticleArray, n_particles: int, n_features: int, n_bg_features: int
+    msg: ParticleArray,
+    n_particles: int,
+    n_features: int,
+    n_bg_features: int,
+    resize: str = DEFAULT_RESIZE,
 ) -> ParticleFrame:
     """A dlp_ros/ParticleArray -> ParticleFrame of K = ``n_particles`` slots, inverting the pixel
-    mapping of :meth:`ParticleFrame.message_fields`.
+    mapping of :meth:`ParticleFrame.message_fields` (the model card's ``resize``).
 
     Particles are placed by their ``id`` (slots 0..K-1); slots without a particle stay switched
     off (transparency 0); ``on`` is not read (the decoder takes the continuous transparency).
@@ -215,7 +227,8 @@ def particle_frame(
     depth = np.zeros((k, 1), np.float32)
     transparency = np.zeros((k, 1), np.float32)
     features = np.zeros((k, n_features), np.float32)
-    size = np.array([width, height], np.float64)
+    view = InputView(width, height, resize)
+    span = view.span()  # (2,) input pixels per model image side
     for p in msg.particles:
         feats = np.asarray(p.features, dtype=np.float32)
         if feats.shape != (n_features,):
@@ -223,10 +236,10 @@ def particle_frame(
                 f'particle {p.id} has {feats.size} features, the model needs {n_features}'
             )
         i = int(p.id)
-        mu[i] = np.array([p.u, p.v], np.float64) / size * 2.0 - 1.0
+        mu[i] = view.to_normalised(np.array([p.u, p.v], np.float64))
         std = np.maximum(np.array([p.u_std, p.v_std], np.float64), 1e-6)
-        logvar[i] = 2.0 * np.log(2.0 * std / size)
-        frac = min(max(float(p.scale) / math.sqrt(width * height), 1e-6), 1.0 - 1e-6)
+        logvar[i] = 2.0 * np.log(2.0 * std / span)
+        frac = min(max(float(p.scale) / math.sqrt(span[0] * span[1]), 1e-6), 1.0 - 1e-6)
         scale[i] = math.log(frac / (1.0 - frac))
         depth[i, 0] = p.depth
         transparency[i, 0] = p.transparency

@@ -500,12 +500,13 @@ def restamp(msg: Any, published_to_bag: dict[int, int]) -> int | None:
 
 
 def record(out: Path, final: Path, episode: Episode, played: Played, received: Received,
-           size: int) -> tuple[PerceptionRecorder, dict[str, Any]]:  # fmt: skip
-    """Write the received messages (stamped back) with the recorder; latency figures."""
+           size: int, resize: str) -> tuple[PerceptionRecorder, dict[str, Any]]:  # fmt: skip
+    """Write the received messages (stamped back) with the recorder; latency figures (``size``,
+    ``resize``: the model card's image size and mode, for the true frames)."""
     from rclpy.serialization import serialize_message
 
     stamps = sorted(episode.frames)
-    truth = TrueFrames(stamps, [episode.frames[s] for s in stamps], size)
+    truth = TrueFrames(stamps, [episode.frames[s] for s in stamps], size, resize)
     recorder = PerceptionRecorder(out, episode.storage, truth, inputs=episode.frames,
                                   fps=episode.fps, final=final)  # fmt: skip
     latency, first_latency, stages = [], None, {'decode': [], 'encode': []}
@@ -678,7 +679,8 @@ def run(args: argparse.Namespace) -> int:
         if session is not None:
             session.close()
     received = session.received
-    recorder, figures = record(tmp, out, episode, played, received, card.image.size)
+    recorder, figures = record(tmp, out, episode, played, received, card.image.size,
+                               card.image.resize)  # fmt: skip
     summary = {
         'tool': 'dlp_ros.demo (dlp_ros/demo.py)',
         'bag': str(args.bag),

@@ -11,21 +11,47 @@ import numpy as np
 
 from dlp_ros.errors import ImageError
 
-# encoding -> (channels, conversion to RGB or None when already RGB)
-RAW_ENCODINGS: dict[str, tuple[int, int | None]] = {
+# encoding -> (channels, conversion to RGB or None when already RGB), 8 bits per channel
+RGB8_ENCODINGS: dict[str, tuple[int, int | None]] = {
     'rgb8': (3, None),
     'bgr8': (3, cv2.COLOR_BGR2RGB),
     'mono8': (1, cv2.COLOR_GRAY2RGB),
     'rgba8': (4, cv2.COLOR_RGBA2RGB),
     'bgra8': (4, cv2.COLOR_BGRA2RGB),
+    # packed 4:2:2, 2 bytes per pixel; ROS's 'yuv422' is UYVY (U Y0 V Y1), 'yuv422_yuy2' YUYV
+    'yuv422': (2, cv2.COLOR_YUV2RGB_UYVY),
+    'uyvy': (2, cv2.COLOR_YUV2RGB_UYVY),
+    'yuv422_yuy2': (2, cv2.COLOR_YUV2RGB_YUY2),
+    'yuyv': (2, cv2.COLOR_YUV2RGB_YUY2),
+    # one 8-bit sample per pixel in a 2x2 colour filter (named by its top-left 2x2, row-major);
+    # OpenCV names a pattern by the second row's middle pixels, as cv_bridge maps them
+    'bayer_rggb8': (1, cv2.COLOR_BayerBG2RGB),
+    'bayer_bggr8': (1, cv2.COLOR_BayerRG2RGB),
+    'bayer_gbrg8': (1, cv2.COLOR_BayerGR2RGB),
+    'bayer_grbg8': (1, cv2.COLOR_BayerGB2RGB),
 }
+# 16-bit single channel, scaled to 8 bits over the full range (v * 255 / 65535, rounded): the
+# same for every frame, so training and the node see the same pixels
+MONO16_ENCODINGS = ('mono16', '16UC1')
+RAW_ENCODINGS: tuple[str, ...] = (*RGB8_ENCODINGS, *MONO16_ENCODINGS)
 COMPRESSED_FORMATS = ('jpeg', 'png')
 
 
+def _bytes_per_pixel(encoding: str) -> int:
+    return 2 if encoding in MONO16_ENCODINGS else RGB8_ENCODINGS[encoding][0]
+
+
 def decode_raw(
-    encoding: str, height: int, width: int, step: int, data: bytes | np.ndarray
+    encoding: str,
+    height: int,
+    width: int,
+    step: int,
+    data: bytes | np.ndarray,
+    bigendian: bool = False,
 ) -> np.ndarray:
     """Decode the fields of a sensor_msgs/Image into an (H, W, 3) uint8 RGB array.
+
+    ``bigendian`` (the message's ``is_bigendian``) matters for the 16-bit encodings only.
 
     Raises:
         ImageError: unsupported encoding, zero size, a step too small or data too short.
@@ -37,8 +63,7 @@ def decode_raw(
         )
     if height <= 0 or width <= 0:
         raise ImageError(f'image has zero size ({width}x{height})')
-    channels, conversion = RAW_ENCODINGS[encoding]
-    row = width * channels
+    row = width * _bytes_per_pixel(encoding)
     if step < row:
         raise ImageError(f'image step {step} is smaller than width*channels = {row} ({encoding})')
     buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes | bytearray) else data
@@ -52,12 +77,27 @@ def decode_raw(
     rows = np.lib.stride_tricks.as_strided(
         buf, shape=(height, row), strides=(step, 1), writeable=False
     )
+    if encoding in MONO16_ENCODINGS:
+        return _mono16_to_rgb(np.ascontiguousarray(rows), bigendian)
+    channels, conversion = RGB8_ENCODINGS[encoding]
     img = rows.reshape(height, width, channels)  # (H, W, C)
     if conversion is None:
         return np.ascontiguousarray(img)
+    if channels == 2 and width % 2:
+        raise ImageError(f'{encoding} packs pixel pairs: the width must be even, got {width}')
     if channels == 1:
         img = img[..., 0]
-    return cv2.cvtColor(np.ascontiguousarray(img), conversion)
+    try:
+        return cv2.cvtColor(np.ascontiguousarray(img), conversion)
+    except cv2.error as exc:
+        raise ImageError(f'cannot convert a {width}x{height} {encoding} image: {exc}') from exc
+
+
+def _mono16_to_rgb(rows: np.ndarray, bigendian: bool) -> np.ndarray:
+    """(H, 2W) uint8 bytes of 16-bit samples -> (H, W, 3) uint8 grey, v * 255 / 65535."""
+    values = rows.view('>u2' if bigendian else '<u2').astype(np.uint32)  # (H, W)
+    grey = ((values * 255 + 32767) // 65535).astype(np.uint8)
+    return cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB)
 
 
 def decode_compressed(fmt: str, data: bytes | np.ndarray) -> np.ndarray:
@@ -84,22 +124,25 @@ def decode_compressed(fmt: str, data: bytes | np.ndarray) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+ENCODABLE: dict[str, int | None] = {
+    'rgb8': None,
+    'bgr8': cv2.COLOR_RGB2BGR,
+    'mono8': cv2.COLOR_RGB2GRAY,
+    'rgba8': cv2.COLOR_RGB2RGBA,
+    'bgra8': cv2.COLOR_RGB2BGRA,
+}
+
+
 def encode_raw(rgb: np.ndarray, encoding: str) -> tuple[np.ndarray, int]:
-    """(H, W, 3) uint8 RGB -> (pixel data in ``encoding``, channels)."""
-    if encoding not in RAW_ENCODINGS:
+    """(H, W, 3) uint8 RGB -> (pixel data in ``encoding``, channels), for the encodings of
+    :data:`ENCODABLE` (what the recorders and the node's outputs write)."""
+    if encoding not in ENCODABLE:
         raise ImageError(
-            f'unsupported image encoding {encoding!r}; supported: {", ".join(RAW_ENCODINGS)}'
+            f'cannot encode images as {encoding!r}; supported: {", ".join(ENCODABLE)}'
         )
-    conversions = {
-        'rgb8': None,
-        'bgr8': cv2.COLOR_RGB2BGR,
-        'mono8': cv2.COLOR_RGB2GRAY,
-        'rgba8': cv2.COLOR_RGB2RGBA,
-        'bgra8': cv2.COLOR_RGB2BGRA,
-    }
-    conversion = conversions[encoding]
+    conversion = ENCODABLE[encoding]
     out = rgb if conversion is None else cv2.cvtColor(rgb, conversion)
-    return np.ascontiguousarray(out, dtype=np.uint8), RAW_ENCODINGS[encoding][0]
+    return np.ascontiguousarray(out, dtype=np.uint8), RGB8_ENCODINGS[encoding][0]
 
 
 def encode_compressed(rgb: np.ndarray, fmt: str = 'jpeg', quality: int = 95) -> bytes:
@@ -118,7 +161,8 @@ def encode_compressed(rgb: np.ndarray, fmt: str = 'jpeg', quality: int = 95) -> 
 def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
     """Resize (H, W, 3) to (size, size, 3): area averaging when shrinking, bilinear when growing.
 
-    The frame is squashed to a square (no crop), so pixel coordinates map back linearly.
+    The frame is squashed to a square (no crop): the ``squash`` mode of
+    :mod:`dlp_ros.input_view`, which also crops or pads before it.
     """
     h, w = rgb.shape[:2]
     if (h, w) == (size, size):

@@ -4,7 +4,7 @@ A bundle directory holds ``encoder.onnx``, ``background.onnx``, ``dynamics.onnx`
 ``decoder.onnx`` and ``model_card.yaml`` (written by ``python -m training export``)::
 
     schema_version: 1
-    image: {size: S, channels: rgb, range: [0, 1], resize: squash}
+    image: {size: S, channels: rgb, range: [0, 1], resize: squash|crop|pad}
     particles: {K: ..., F: ..., Fb: ...}
     dynamics: {history: H, action_dim: A, action_names: [...], dt: seconds}
     tracking: {method: ..., on_threshold: 0.5, claim_radius: ...}
@@ -36,6 +36,7 @@ import yaml
 from dlp_ros.compositing import MODES as COMPOSITING_MODES
 from dlp_ros.config_schema import checked, from_mapping
 from dlp_ros.errors import ConfigError, ModelCardError
+from dlp_ros.input_view import DEFAULT_RESIZE, RESIZE_MODES
 from dlp_ros.plain_values import plain
 
 SCHEMA_VERSION = 1
@@ -81,15 +82,16 @@ class GraphSpec:
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """Model input: S x S RGB in [0, 1], the camera frame squashed (resized, no crop)."""
+    """Model input: S x S RGB in [0, 1], made from the camera frame by ``resize`` (squash, crop
+    or pad: :mod:`dlp_ros.input_view`); a card without it was made by squash."""
 
     size: int = checked(ge=1)
     channels: str = checked('rgb', choices=('rgb',), say="'rgb' (what this runtime feeds)")
     range: tuple[float, float] = checked(
         (0.0, 1.0), choices=((0.0, 1.0),), say='[0, 1] (what this runtime feeds)'
     )
-    resize: str = checked(  # dlp_ros.image_codec.resize_rgb
-        'squash', choices=('squash',), say="'squash' (what this runtime does)"
+    resize: str = checked(  # dlp_ros.input_view
+        DEFAULT_RESIZE, choices=RESIZE_MODES, say=f'one of {", ".join(RESIZE_MODES)}'
     )
 
 

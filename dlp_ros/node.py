@@ -5,12 +5,13 @@ installed ``lib/dlp_ros/perception_node``:
 
 - configure: reads and validates the parameters (declared with descriptions and ranges at
   start-up, see :data:`dlp_ros.node_support.PARAMS`), loads the model bundle, and creates the
-  entities: subscribes to ``action_topic`` (if any), then to ``image`` (sensor_msgs/Image or
-  CompressedImage, sensor-data QoS, depth 1); lifecycle publishers of ``dlp/particles``,
-  ``dlp/prediction``, ``dlp/prediction/image``, ``dlp/markers`` (relative: in the node's
-  namespace), ``~/overlay`` and ``/diagnostics``; serves ``~/predict``, ``~/predict_batch``
-  (B candidate futures in one batched rollout) and ``~/render``. A bad bundle or parameter
-  fails the transition with a logged reason; the process stays up, except at an autostart with
+  entities: subscribes to ``action_topic`` (if any), then to ``image`` (sensor_msgs/Image) or,
+  with image_transport compressed, to the remapped ``image`` + ``/compressed`` (CompressedImage;
+  sensor-data QoS, depth 1); lifecycle publishers of ``dlp/particles``, ``dlp/prediction``,
+  ``dlp/prediction/image``, ``dlp/markers`` (relative: in the node's namespace), ``~/overlay``
+  and ``/diagnostics``; serves ``~/predict``, ``~/predict_batch`` (B candidate futures in one
+  batched rollout) and ``~/render``. A bad bundle or parameter fails the transition with a
+  logged reason; the process stays up, except at an autostart with
   ``exit_on_configure_failure`` (exit status 2).
 - activate: starts the worker threads and enables the publishers. While not active, the
   subscriptions ignore what arrives and the services refuse with a reason.
@@ -64,6 +65,15 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
 from dlp_ros import conversions
+from dlp_ros.camera_input import (
+    InputWatch,
+    OodWarning,
+    ViewLog,
+    check_resize_mode,
+    no_frames_reason,
+    other_transport_topic,
+    subscribed_topic,
+)
 from dlp_ros.errors import ConfigError, DlpError, ImageError
 from dlp_ros.markers import particle_markers
 from dlp_ros.msg import ParticleArray, Prediction
@@ -232,6 +242,9 @@ class PerceptionNode(LifecycleNode):
         self._service_group = MutuallyExclusiveCallbackGroup()
         self._bad_log = Throttle(LOG_PERIOD_S)
         self._error_log = Throttle(LOG_PERIOD_S)
+        self._input_watch = InputWatch(0.0)  # the no_frames_warn watchdog (configure)
+        self._ood_log = OodWarning(LOG_PERIOD_S)
+        self._view_log = ViewLog(1, 'squash')  # the input-to-model mapping, logged per size
         self._last_prediction = -math.inf
         self._last_frames = -math.inf
         self._diag_last = (0, 0, 0)  # (bad, errors, lost_transport) at the last diagnostics
@@ -326,6 +339,7 @@ class PerceptionNode(LifecycleNode):
         try:
             config = self._read_config()
             rt = DlpRuntime.load(config.model_bundle, config.providers, config.threads)
+            check_resize_mode(config.resize_mode, rt.card.image.resize, config.model_bundle)
         except (DlpError, OSError, ValueError) as exc:
             return self._configure_failed(str(exc))
         except Exception as exc:  # noqa: BLE001 - never leave the transition unexplained
@@ -424,7 +438,9 @@ class PerceptionNode(LifecycleNode):
             )
         sub = self.create_subscription(
             CompressedImage if compressed else Image,
-            'image',
+            # remapping `image` renames that name only: image_transport's <base>/compressed is
+            # built from the resolved (remapped) base
+            subscribed_topic(self.resolve_topic_name('image'), config.image_transport),
             self._on_image_info if MESSAGE_INFO else self._on_image,
             qos,
             qos_overriding_options=QoSOverridingOptions.with_default_policies(),
@@ -432,6 +448,8 @@ class PerceptionNode(LifecycleNode):
         )
         self._entities.append(sub)
         self._input_topic = sub.topic_name
+        self._input_watch = InputWatch(config.no_frames_warn)
+        self._view_log = ViewLog(rt.card.image.size, rt.card.image.resize)
         for key, msg_type, topic in (
             ('particles', ParticleArray, PARTICLES_TOPIC),
             ('prediction', Prediction, PREDICTION_TOPIC),
@@ -471,6 +489,7 @@ class PerceptionNode(LifecycleNode):
             thread.start()
         if self._timer is not None:
             self._timer.reset()
+        self._input_watch.reset(time.monotonic())
         self._active = True
         compressed = self.config.image_transport == 'compressed'
         self.get_logger().info(
@@ -611,8 +630,16 @@ class PerceptionNode(LifecycleNode):
         decode_ms = (decoded - t0) * 1e3 + seen.preprocess_ms
         width, height = seen.size
         on = pipeline.rt.card.tracking.on_threshold
+        resize = pipeline.rt.card.image.resize  # particles in input pixels in every mode
         out = conversions.particle_array(
-            seen.frame, msg.header, width, height, decode_ms, seen.encode_ms, on
+            seen.frame,
+            msg.header,
+            width,
+            height,
+            decode_ms,
+            seen.encode_ms,
+            resize=resize,
+            on_threshold=on,
         )
         self._pubs['particles'].publish(out)
         if self._pubs['markers'].get_subscription_count() > 0:
@@ -626,14 +653,19 @@ class PerceptionNode(LifecycleNode):
 
         overlay = self._pubs['overlay']
         if config.overlay and overlay.get_subscription_count() > 0:
-            overlay.publish(
-                conversions.rgb_to_image(draw_overlay(rgb, seen.frame, on), msg.header)
-            )
+            drawn = draw_overlay(rgb, seen.frame, on, resize=resize)
+            overlay.publish(conversions.rgb_to_image(drawn, msg.header))
+        mapping = self._view_log.check(width, height)
+        if mapping:
+            self.get_logger().info(mapping)
         if config.ood_every_n and (count - 1) % config.ood_every_n == 0:
             score = ood_score(pipeline.rt.recon_mse(seen.x, seen.frame),
                               pipeline.rt.card.validation.recon_mse)  # fmt: skip
             with self._stats.lock:
                 self._stats.ood = score
+            warning = self._ood_log.check(score, config.ood_warn, done, self._input_topic)
+            if warning:
+                self.get_logger().warning(warning)
         rate = config.prediction_rate
         if (
             rate > 0
@@ -695,9 +727,10 @@ class PerceptionNode(LifecycleNode):
         the rollout, the rendering and the message."""
         t0 = time.perf_counter()
         forecast = pipeline.predict(snap, frames, actions)
-        on = pipeline.rt.card.tracking.on_threshold
+        card = pipeline.rt.card
         msg = conversions.prediction(snap.header, snap.size, forecast.dt, forecast.steps,
-                                     forecast.images, on_threshold=on)  # fmt: skip
+                                     forecast.images, resize=card.image.resize,
+                                     on_threshold=card.tracking.on_threshold)  # fmt: skip
         msg.predict_ms = float((time.perf_counter() - t0) * 1e3)
         return msg
 
@@ -771,9 +804,10 @@ class PerceptionNode(LifecycleNode):
             forecast = pipeline.predict_batch(snap, actions)
             width, height = snap.size
             on = pipeline.rt.card.tracking.on_threshold
+            resize = pipeline.rt.card.image.resize
             current = conversions.particle_array(snap.history[-1], snap.header, width, height,
-                                                 on_threshold=on)  # fmt: skip
-            conversions.batch_response(response, current, forecast.dt, forecast.fields)
+                                                 resize=resize, on_threshold=on)  # fmt: skip
+            conversions.batch_response(response, current, forecast.dt, forecast.fields, resize)
         except (DlpError, ValueError) as exc:
             response.message = str(exc)
             return response
@@ -797,7 +831,8 @@ class PerceptionNode(LifecycleNode):
             return response
         p = rt.card.particles
         try:
-            frame = conversions.particle_frame(request.particles, p.K, p.F, p.Fb)
+            frame = conversions.particle_frame(request.particles, p.K, p.F, p.Fb,
+                                               rt.card.image.resize)  # fmt: skip
             image = rt.render([frame])[0]  # (S, S, 3)
         except (DlpError, ValueError) as exc:
             response.message = f'cannot render these particles: {exc}'
@@ -825,6 +860,7 @@ class PerceptionNode(LifecycleNode):
             # without sequence numbers the middleware's own count is all there is
             lost = s.gaps.lost if s.gaps.supported else s.lost_transport
             lost_transport = s.lost_transport
+        self._watch_input(received, config.image_transport)
         p50, p99 = s.latency.percentiles(50, 99)
         in_rate, out_rate = s.input_rate.rate(), s.output_rate.rate()
         callback_rate = s.callback_rate.rate()
@@ -880,6 +916,23 @@ class PerceptionNode(LifecycleNode):
         )
         header = Header(stamp=self.get_clock().now().to_msg())
         publisher.publish(DiagnosticArray(header=header, status=[status]))
+
+    def _watch_input(self, received: int, transport: str) -> None:
+        """Log a throttled WARN when no frame came for ``no_frames_warn`` seconds, naming the
+        types of the publishers on the camera topic (and on the other transport's topic)."""
+        topic = self._input_topic
+
+        def reason() -> str:
+            other = other_transport_topic(topic, transport)
+            publishers = {
+                name: [info.topic_type for info in self.get_publishers_info_by_topic(name)]
+                for name in (topic, other)
+            }
+            return no_frames_reason(topic, transport, publishers)
+
+        warning = self._input_watch.check(time.monotonic(), received, reason)
+        if warning:
+            self.get_logger().warning(warning)
 
     # ------------------------------------------------------------------------- start-up
 

@@ -100,10 +100,31 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
         'image_transport',
         'raw',
-        "Message type of the input topic `image`: 'raw' = sensor_msgs/Image (rgb8, bgr8, "
-        "mono8, rgba8, bgra8), 'compressed' = sensor_msgs/CompressedImage (jpeg, png). "
-        'Remap `image` to the camera topic (for compressed: .../compressed).',
+        "Input transport of the base topic `image` (remap it to the camera's base topic, e.g. "
+        "/camera/image_raw): 'raw' subscribes `image` as sensor_msgs/Image (rgb8, bgr8, mono8, "
+        'rgba8, bgra8, yuv422/uyvy, yuv422_yuy2/yuyv, bayer_rggb8/bggr8/gbrg8/grbg8, mono16, '
+        "16UC1), 'compressed' subscribes `image/compressed` as sensor_msgs/CompressedImage "
+        '(jpeg, png), as image_transport names them. Read at configure.',
         choices=('raw', 'compressed'),
+    ),
+    ParamSpec(
+        'no_frames_warn',
+        5.0,
+        'Seconds without a camera frame (while active) before a WARN log naming the subscribed '
+        'topic and the types of its publishers (a publisher of the other image_transport type '
+        'is named as such); repeated when the reason changes, else every 30 s. 0 = off.',
+        0.0,
+        1e6,
+    ),
+    ParamSpec(
+        'resize_mode',
+        '',
+        "How a camera frame becomes the model's square input: 'squash' (the whole frame, "
+        "aspect ratio not kept), 'crop' (the centred square of the short side), 'pad' (the "
+        "frame centred on a black square). Empty = the model card's image.resize; another mode "
+        "than the card's fails configure. Particles are in input-image pixels in every mode. "
+        'Read at configure.',
+        choices=('', 'squash', 'crop', 'pad'),
     ),
     ParamSpec(
         'input_reliability',
@@ -213,7 +234,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
         'ood_warn',
         4.0,
-        'OOD score above which /diagnostics reports WARN.',
+        'OOD score above which /diagnostics reports WARN and the node logs a WARN with the '
+        'score and this threshold (at most one per 5 s).',
         0.0,
         1e9,
         applies=LIVE,
@@ -228,6 +250,8 @@ class NodeConfig:
 
     model_bundle: str
     image_transport: str
+    no_frames_warn: float
+    resize_mode: str
     input_reliability: str
     horizon: int
     prediction_rate: float

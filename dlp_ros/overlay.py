@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 from dlp_ros.errors import ImageError
+from dlp_ros.input_view import DEFAULT_RESIZE
 from dlp_ros.particles import ParticleFrame
 from dlp_ros.tracking import ON_THRESHOLD
 
@@ -29,6 +30,7 @@ def draw_overlay(
     frame: ParticleFrame,
     on_threshold: float = ON_THRESHOLD,
     labels: bool = True,
+    resize: str = DEFAULT_RESIZE,
 ) -> np.ndarray:
     """Particles that are on (transparency > ``on_threshold``) drawn on a copy of ``rgb``.
 
@@ -38,6 +40,7 @@ def draw_overlay(
     Args:
         rgb: (H, W, 3) uint8 RGB, the frame the particles were encoded from (any size).
         frame: its particles.
+        resize: how the model saw ``rgb`` (the model card's ``image.resize``).
 
     Returns:
         (H, W, 3) uint8 RGB.
@@ -49,8 +52,8 @@ def draw_overlay(
         raise ImageError(f'draw_overlay expects uint8 RGB, got dtype {rgb.dtype}')
     h, w = rgb.shape[:2]
     out = np.ascontiguousarray(rgb).copy()
-    uv = frame.pixels(w, h)  # (K, 2)
-    std = frame.pixel_std(w, h)  # (K, 2)
+    uv = frame.pixels(w, h, resize)  # (K, 2)
+    std = frame.pixel_std(w, h, resize)  # (K, 2)
     thick = max(1, round(min(h, w) / 256))
     font = max(0.3, min(h, w) / 400)
     for k in np.flatnonzero(frame.transparency[:, 0] > on_threshold):

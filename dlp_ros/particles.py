@@ -1,10 +1,12 @@
 """One frame of particles as numpy arrays, and its pixel-space / message-shaped views.
 
 Units (see ``training.models.dlp``): positions ``mu`` are normalised (x, y) in [-1, 1] over the
-model input, which is the whole camera frame squashed to a square (no crop), so they map to the
-input image's pixels linearly: u = (mu_x + 1) / 2 * width, v = (mu_y + 1) / 2 * height (u right,
-v down, origin at the top-left corner of the top-left pixel). ``sigmoid(scale)`` is a particle's
-box side as a fraction of the image side, per axis.
+model input, the region of the camera frame the model card's resize mode shows it
+(:mod:`dlp_ros.input_view`), so they map to the input image's pixels linearly: u = ox + (mu_x +
+1) / 2 * sx, v = oy + (mu_y + 1) / 2 * sy, with origin (ox, oy) and span (sx, sy) of that region
+(squash: (0, 0) and (width, height)); u right, v down, origin at the top-left corner of the
+top-left pixel. ``sigmoid(scale)`` is a particle's box side as a fraction of the model image
+side, per axis.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from dlp_ros.input_view import DEFAULT_RESIZE, InputView
 from dlp_ros.tracking import ON_THRESHOLD
 
 FIELDS = ('mu', 'logvar', 'scale', 'depth', 'transparency', 'features', 'bg_features')
@@ -62,28 +65,36 @@ class ParticleFrame:
         """K."""
         return int(self.mu.shape[0])
 
-    def pixels(self, width: int, height: int) -> np.ndarray:
-        """(K, 2) positions (u, v) in pixels of a width x height input image."""
-        return ((self.mu + 1.0) / 2.0 * np.array([width, height], np.float32)).astype(np.float32)
+    def pixels(self, width: int, height: int, resize: str = DEFAULT_RESIZE) -> np.ndarray:
+        """(K, 2) positions (u, v) in pixels of a width x height input image that the model saw
+        through ``resize`` (the card's ``image.resize``)."""
+        return InputView(width, height, resize).to_pixels(self.mu)
 
-    def pixel_std(self, width: int, height: int) -> np.ndarray:
-        """(K, 2) standard deviations of (u, v) in pixels: exp(logvar / 2) / 2 * (W, H)."""
-        size = np.array([width, height], np.float32)
-        return (np.exp(0.5 * self.logvar) / 2.0 * size).astype(np.float32)
+    def pixel_std(self, width: int, height: int, resize: str = DEFAULT_RESIZE) -> np.ndarray:
+        """(K, 2) standard deviations of (u, v) in pixels: exp(logvar / 2) / 2 * (sx, sy), the
+        span of the model's view (squash: (W, H))."""
+        span = InputView(width, height, resize).span().astype(np.float32)
+        return (np.exp(0.5 * self.logvar) / 2.0 * span).astype(np.float32)
 
-    def scale_px(self, width: int, height: int) -> np.ndarray:
+    def scale_px(self, width: int, height: int, resize: str = DEFAULT_RESIZE) -> np.ndarray:
         """(K,) side of each particle's square glimpse in pixels of a width x height image.
 
-        The box is sigmoid(scale_x) * width by sigmoid(scale_y) * height; the square of the same
-        area (their geometric mean) is returned.
+        The box is sigmoid(scale_x) * sx by sigmoid(scale_y) * sy (the span of the model's
+        view; squash: W and H); the square of the same area (their geometric mean) is returned.
         """
+        sx, sy = InputView(width, height, resize).span()
         frac = 1.0 / (1.0 + np.exp(-self.scale.astype(np.float64)))  # (K, 2)
-        return np.sqrt(frac[:, 0] * width * frac[:, 1] * height).astype(np.float32)
+        return np.sqrt(frac[:, 0] * sx * frac[:, 1] * sy).astype(np.float32)
 
     def message_fields(
-        self, width: int, height: int, on_threshold: float = ON_THRESHOLD
+        self,
+        width: int,
+        height: int,
+        resize: str = DEFAULT_RESIZE,
+        on_threshold: float = ON_THRESHOLD,
     ) -> dict[str, Any]:
-        """The fields of a dlp_ros/msg/ParticleArray (no header, no timings) as plain Python.
+        """The fields of a dlp_ros/msg/ParticleArray (no header, no timings) as plain Python,
+        in pixels of the width x height input seen through ``resize``.
 
         ``on`` is transparency > ``on_threshold`` (the model card's tracking.on_threshold).
 
@@ -92,8 +103,9 @@ class ParticleFrame:
             depth, transparency, on, features (F,) float32}, ...] ordered by id,
             'background_features': (Fb,) float32}.
         """
-        uv, std = self.pixels(width, height), self.pixel_std(width, height)  # (K, 2) each
-        side = self.scale_px(width, height)  # (K,)
+        uv = self.pixels(width, height, resize)  # (K, 2)
+        std = self.pixel_std(width, height, resize)  # (K, 2)
+        side = self.scale_px(width, height, resize)  # (K,)
         particles = [
             {
                 'id': k,

@@ -30,7 +30,8 @@ import onnxruntime as ort
 
 from dlp_ros.compositing import Motion, compose, to_uint8
 from dlp_ros.errors import ConfigError, ImageError, ModelCardError
-from dlp_ros.image_codec import resize_rgb, to_model_input
+from dlp_ros.image_codec import to_model_input
+from dlp_ros.input_view import resize_frame
 from dlp_ros.model_card import (
     BACKGROUND,
     DECODER,
@@ -124,7 +125,8 @@ class DlpRuntime:
             raise ImageError(f'preprocess expects uint8 RGB, got dtype {rgb.dtype}')
         if rgb.shape[0] == 0 or rgb.shape[1] == 0:
             raise ImageError(f'image has zero size ({rgb.shape[1]}x{rgb.shape[0]})')
-        return to_model_input(resize_rgb(rgb, self.card.image.size))[None]
+        image = self.card.image  # resized in the card's mode, as the training data was
+        return to_model_input(resize_frame(rgb, image.size, image.resize))[None]
 
     def tracker(self) -> Tracker:
         """A new per-stream tracker (no state yet)."""

@@ -2,7 +2,7 @@
 
     ros2 launch dlp_ros perception.launch.py camera_topic:=/camera/color/image_raw
     ros2 launch dlp_ros perception.launch.py image_transport:=compressed \\
-        camera_topic:=/camera/color/image_raw/compressed model_bundle:=/path/to/bundle
+        camera_topic:=/camera/color/image_raw model_bundle:=/path/to/bundle   # .../compressed
 
 The node configures and activates itself (parameter ``autostart``, on in config/perception.yaml);
 with autostart off, drive it through its lifecycle services (``~/change_state``). The launch
@@ -30,16 +30,16 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(
             'camera_topic',
             default_value='/camera/image_raw',
-            description='Camera topic the node subscribes to (remaps its `image` input). With '
-            'image_transport:=compressed, the sensor_msgs/CompressedImage topic '
-            '(e.g. /camera/image_raw/compressed).',
+            description="Base camera topic (remaps the node's `image`): raw subscribes it, "
+            'image_transport:=compressed subscribes <camera_topic>/compressed, as image_transport '
+            'names them (e.g. /camera/image_raw and /camera/image_raw/compressed).',
         ),
         DeclareLaunchArgument(
             'image_transport',
             default_value='raw',
             choices=['raw', 'compressed'],
-            description='Input message type: raw (sensor_msgs/Image) or compressed '
-            '(sensor_msgs/CompressedImage, jpeg/png).',
+            description='Input transport: raw (sensor_msgs/Image on camera_topic) or '
+            'compressed (sensor_msgs/CompressedImage, jpeg/png, on camera_topic/compressed).',
         ),
         DeclareLaunchArgument(
             'model_bundle',

@@ -49,6 +49,7 @@ import dlp_ros
 from dlp_ros.compositing import MODES as COMPOSITING_MODES
 from dlp_ros.config_schema import checked, from_args
 from dlp_ros.errors import DlpError
+from dlp_ros.input_view import DEFAULT_RESIZE
 from dlp_ros.model_card import (
     BACKGROUND,
     BATCH,
@@ -96,6 +97,7 @@ class BundleInfo:
     action_names: tuple[str, ...] = ()
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    resize: str = DEFAULT_RESIZE  # the data set's (build-dataset --resize): image.resize
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -234,7 +236,7 @@ def export_bundle(
         dims = (c.K, c.F, c.Fb, d.history, d.action_dim)
         graphs = expected_graphs(c.S, *dims)
         card = ModelCard(
-            image=ImageSpec(c.S),
+            image=ImageSpec(c.S, resize=info.resize),
             particles=ParticleSpec(c.K, c.F, c.Fb),
             dynamics=DynamicsSpec(d.history, d.action_dim, names, float(info.dt)),
             tracking=TrackingSpec(METHOD, ON_THRESHOLD, float(c.anchor_scale)),
@@ -464,6 +466,7 @@ def describe_runs(
         action_names=tuple(latents.get('action_names') or ()),
         training=training,
         metrics=metrics,
+        resize=str(dataset.get('resize') or DEFAULT_RESIZE),  # a data set without it: squash
     )
 
 
@@ -519,7 +522,7 @@ def _dataset_summary(data: str | None) -> dict[str, Any]:
         s = splits.setdefault(e.get('split', '?'), {'episodes': 0, 'frames': 0})
         s['episodes'] += 1
         s['frames'] += int(e.get('frames', 0))
-    keys = ('fps', 'frame_shape', 'topic', 'message_type', 'action', 'ground_truth')
+    keys = ('fps', 'frame_shape', 'resize', 'topic', 'message_type', 'action', 'ground_truth')
     return {**{k: m.get(k) for k in keys if k in m}, 'splits': splits}
 
 

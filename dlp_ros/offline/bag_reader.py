@@ -125,7 +125,8 @@ def decode_frame(msgtype: str, raw: bytes) -> np.ndarray:
     except Exception as exc:  # rosbags raises assorted errors on malformed CDR
         raise ImageError(f'malformed {msgtype} message ({len(raw)} bytes): {exc}') from exc
     if msgtype == IMAGE:
-        return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+        return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                          bool(msg.is_bigendian))  # fmt: skip
     return decode_compressed(msg.format, msg.data)
 
 

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from dlp_ros.errors import ConfigError, DlpError, ImageError
+from dlp_ros.input_view import DEFAULT_RESIZE, InputView
 from dlp_ros.offline.perception_outputs import DrawnParticles, draw_particles, enlarge, label
 from dlp_ros.overlay import colour
 from dlp_ros.particles import ParticleFrame
@@ -93,6 +94,7 @@ class Manipulation:
     edited: np.ndarray  # (S, S, 3) uint8 RGB
     particles: ParticleFrame
     edited_particles: ParticleFrame
+    resize: str = DEFAULT_RESIZE  # how the model saw ``original`` (the card's image.resize)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -110,9 +112,15 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def edit_particles(
-    frame: ParticleFrame, moves: list[Move], removes: list[int], width: int, height: int
+    frame: ParticleFrame,
+    moves: list[Move],
+    removes: list[int],
+    width: int,
+    height: int,
+    resize: str = DEFAULT_RESIZE,
 ) -> ParticleFrame:
-    """A copy of ``frame`` with the moves (pixels of a width x height image) and removals.
+    """A copy of ``frame`` with the moves (pixels of a width x height image the model saw
+    through ``resize``) and removals.
 
     Raises:
         ConfigError: an id outside 0..K-1, an id moved twice, or both moved and removed.
@@ -131,11 +139,12 @@ def edit_particles(
     if both:
         raise ConfigError(f'particle(s) {both} both moved and removed')
     mu, transparency = frame.mu.copy(), frame.transparency.copy()  # (K, 2), (K, 1)
+    span = InputView(width, height, resize).span()  # input pixels per model image side
     for m in moves:
         if transparency[m.pid, 0] <= ON_THRESHOLD:
             logger.warning('particle %d is off (transparency %.2f): moving it shows little',
                            m.pid, transparency[m.pid, 0])  # fmt: skip
-        mu[m.pid] += np.array([2.0 * m.dx / width, 2.0 * m.dy / height], np.float32)
+        mu[m.pid] += np.array([2.0 * m.dx / span[0], 2.0 * m.dy / span[1]], np.float32)
         if np.any(np.abs(mu[m.pid]) > 1.0):
             logger.warning('particle %d moved outside the image', m.pid)
     transparency[list(removes), 0] = 0.0
@@ -148,9 +157,10 @@ def manipulate(
     """Encode ``rgb``, apply the edit, decode both particle sets."""
     height, width = rgb.shape[:2]
     frame = PerceptionPipeline(rt).step(rgb, stamp=0).frame
-    edited = edit_particles(frame, moves, removes, width, height)
+    resize = rt.card.image.resize
+    edited = edit_particles(frame, moves, removes, width, height, resize)
     recon, edited_img = rt.render([frame, edited])  # (S, S, 3) each
-    return Manipulation(rgb, recon, edited_img, frame, edited)
+    return Manipulation(rgb, recon, edited_img, frame, edited, resize)
 
 
 def side_by_side(result: Manipulation, moves: list[Move], removes: list[int]) -> np.ndarray:
@@ -160,15 +170,16 @@ def side_by_side(result: Manipulation, moves: list[Move], removes: list[int]) ->
         (H', 3 W' + 4, 3) uint8 RGB, panels enlarged to a shorter side >= MIN_PANEL_SIDE.
     """
     height, width = result.original.shape[:2]
+    view = InputView(width, height, result.resize)
 
-    def at_input_size(img: np.ndarray) -> np.ndarray:  # (S, S, 3) -> (H, W, 3), undo the squash
-        return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+    def at_input_size(img: np.ndarray) -> np.ndarray:  # (S, S, 3) -> (H, W, 3), undo the resize
+        return view.model_image_to_input(img)
 
     original, zoom = enlarge(result.original, MIN_PANEL_SIDE)
-    parts = DrawnParticles.of_fields(result.particles.message_fields(width, height))
+    parts = DrawnParticles.of_fields(result.particles.message_fields(width, height, view.mode))
     recon = draw_particles(at_input_size(result.reconstruction), parts, MIN_PANEL_SIDE)
     edited, _ = enlarge(at_input_size(result.edited), MIN_PANEL_SIDE)
-    uv = result.particles.pixels(width, height) * zoom  # (K, 2)
+    uv = result.particles.pixels(width, height, view.mode) * zoom  # (K, 2)
     for m in moves:
         start = (round(float(uv[m.pid, 0])), round(float(uv[m.pid, 1])))
         end = (round(start[0] + m.dx * zoom), round(start[1] + m.dy * zoom))

@@ -11,8 +11,9 @@ DDS: both have the same field names), and writes::
 
 The prediction PSNR compares predicted frame k of the prediction made at stamp t with the true
 camera frame stamped t + k * dt (the nearest one within half a frame period), both at the model's
-resolution S (the camera frame squashed by :func:`dlp_ros.image_codec.resize_rgb`, as the model
-sees it). The same comparison with the last observed frame as the "prediction" is the baseline.
+resolution S (the camera frame made S x S by :func:`dlp_ros.input_view.resize_frame` in the
+model card's mode, as the model sees it). The same comparison with the last observed frame as
+the "prediction" is the baseline.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import cv2
 import numpy as np
 
 from dlp_ros import image_quality
-from dlp_ros.image_codec import decode_raw, resize_rgb
+from dlp_ros.image_codec import decode_raw
+from dlp_ros.input_view import DEFAULT_RESIZE, resize_frame
 from dlp_ros.offline.bag_writer import BagWriter, split_stamp
 from dlp_ros.overlay import colour as id_colour
 
@@ -313,14 +315,21 @@ class TrueFrames:
     Args:
         stamps_ns: (T,) header stamps, increasing.
         frames: T (H, W, 3) uint8 RGB camera frames (any size).
-        size: the model's side S; frames are kept squashed to (S, S, 3).
+        size: the model's side S; frames are kept at (S, S, 3), made as the model's input is
+            (``resize``: the model card's ``image.resize``).
     """
 
-    def __init__(self, stamps_ns: Sequence[int], frames: Sequence[np.ndarray], size: int) -> None:
+    def __init__(
+        self,
+        stamps_ns: Sequence[int],
+        frames: Sequence[np.ndarray],
+        size: int,
+        resize: str = DEFAULT_RESIZE,
+    ) -> None:
         self.stamps = np.asarray(stamps_ns, dtype=np.int64)
         if self.stamps.size != len(frames):
             raise ValueError(f'{self.stamps.size} stamps for {len(frames)} frames')
-        self.frames = [resize_rgb(f, size) for f in frames]  # (S, S, 3) each
+        self.frames = [resize_frame(f, size, resize) for f in frames]  # (S, S, 3) each
         gaps = np.diff(self.stamps)
         self.period_ns = int(np.median(gaps)) if gaps.size else 0
 

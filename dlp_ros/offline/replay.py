@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from dlp_ros.errors import ConfigError, EpisodeError, ImageError
-from dlp_ros.image_codec import decode_compressed, decode_raw, resize_rgb
+from dlp_ros.image_codec import decode_compressed, decode_raw
+from dlp_ros.input_view import resize_frame
 from dlp_ros.model_card import ModelCard
 from dlp_ros.offline.bag_reader import (
     ACTION_TYPES,
@@ -155,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
 def decode_message(msgtype: str, msg: Any) -> np.ndarray:
     """A deserialised (rosbags) Image or CompressedImage -> (H, W, 3) uint8 RGB."""
     if msgtype == IMAGE:
-        return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data)
+        return decode_raw(msg.encoding, msg.height, msg.width, msg.step, msg.data,
+                          bool(msg.is_bigendian))  # fmt: skip
     return decode_compressed(msg.format, msg.data)
 
 
@@ -254,9 +256,10 @@ def open_actions(
                         dyn.action_dim), topic  # fmt: skip
 
 
-def read_truth(bag: Bag, conn: Any, size: int) -> tuple[TrueFrames, float]:
-    """Pass 1: every decodable frame, squashed to (S, S, 3) (only those are kept), by header
-    stamp; and the camera rate (Hz, from the median stamp interval)."""
+def read_truth(bag: Bag, conn: Any, size: int, resize: str) -> tuple[TrueFrames, float]:
+    """Pass 1: every decodable frame, resized to (S, S, 3) as the model sees it (``resize``:
+    the card's mode; only those are kept), by header stamp; and the camera rate (Hz, from the
+    median stamp interval)."""
     store = typestore()
     stamps: list[int] = []
     frames: list[np.ndarray] = []
@@ -268,9 +271,9 @@ def read_truth(bag: Bag, conn: Any, size: int) -> tuple[TrueFrames, float]:
             logger.debug('pass 1: bad frame (counted in pass 2): %s', exc)
             continue
         stamps.append(stamp_ns(msg.header))
-        frames.append(resize_rgb(rgb, size))
+        frames.append(resize_frame(rgb, size, resize))
     order = np.argsort(np.array(stamps, dtype=np.int64), kind='stable')
-    truth = TrueFrames([stamps[i] for i in order], [frames[i] for i in order], size)
+    truth = TrueFrames([stamps[i] for i in order], [frames[i] for i in order], size, resize)
     fps = 1e9 / truth.period_ns if truth.period_ns > 0 else 10.0
     return truth, fps
 
@@ -295,7 +298,7 @@ def replay(config: ReplayConfig) -> dict[str, Any]:
                 config, topic=camera_topic(bag, config.topic, card_camera_topic(card))
             )
             conn = bag.connection(config.topic, IMAGE_TYPES, 'camera')
-            truth, fps = read_truth(bag, conn, card.image.size)
+            truth, fps = read_truth(bag, conn, card.image.size, card.image.resize)
             if not truth.stamps.size:
                 raise EpisodeError(f'bag {config.bag}: no decodable frame on {config.topic}')
             actions, action_topic = open_actions(bag, config, rt)
@@ -368,13 +371,14 @@ def _run_frames(
         total.append(sum(ms))
         timing = ms if config.stamp_timings else [0.0, 0.0, 0.0]
         width, height = seen.size
+        view = (width, height, rt.card.image.resize)  # particles in input pixels in every mode
         particles = particle_array_msg(
-            store, msg.header, seen.frame.message_fields(width, height, on), timing[0], timing[1]
+            store, msg.header, seen.frame.message_fields(*view, on), timing[0], timing[1]
         )
         recorder.add_particles(
             particles, bytes(store.serialize_cdr(particles, OUTPUT_TOPICS[PARTICLES_TOPIC])), rgb
         )
-        steps = [p.message_fields(width, height, on) for p in forecast.steps]
+        steps = [p.message_fields(*view, on) for p in forecast.steps]
         prediction = prediction_msg(
             store, msg.header, forecast.dt, steps, forecast.images, timing[2]
         )

@@ -233,6 +233,17 @@ def test_export_command_from_run_directories(
     assert not (tmp_path / 'b2').exists()
     assert main([*runs, str(tmp_path / 'b3'), '--compositing', 'warped']) == 0
     assert load_model_card(tmp_path / 'b3').prediction.compositing == 'warped'
+    assert card.image.resize == 'squash'  # no data set to say otherwise: squash
+    # the DLP's data set was built with --resize pad: the card says so
+    data = tmp_path / 'padded'
+    data.mkdir()
+    (data / 'manifest.yaml').write_text(yaml.safe_dump({'fps': 5.0, 'resize': 'pad',
+                                                        'frame_shape': [64, 64, 3]}))  # fmt: skip
+    (dlp_run / 'run.yaml').write_text(yaml.safe_dump({**run_yaml, 'data': str(data)}))
+    assert main([*runs, str(tmp_path / 'b4'), '--val-frames', '0']) == 0
+    padded = load_model_card(tmp_path / 'b4')
+    assert padded.image.resize == 'pad'
+    assert padded.training['dlp']['dataset']['resize'] == 'pad'
 
 
 def test_recon_mse_is_measured_on_given_frames(

@@ -164,16 +164,16 @@ class Client:
             self.executor.spin_once(timeout_sec=0.02)
 
     def camera(self, compressed: bool = False, best_effort: bool = False) -> Any:
-        """A camera publisher matched with the node's subscription on both sides.
+        """A camera publisher matched with the node's subscription on both sides (compressed:
+        on ``<image>/compressed``, the node's topic with image_transport=compressed).
 
         The publisher seeing the subscription is not enough: the node's reader may match the
         new writer later and silently discard what arrives before. A probe frame (a frame id
         of its own) is sent, and again after each second, until its particles come back.
         """
         qos = qos_profile_sensor_data if best_effort else 10
-        pub = self.node.create_publisher(
-            CompressedImage if compressed else Image, self.target.topics['image'], qos
-        )
+        topic = self.target.topics['image'] + ('/compressed' if compressed else '')
+        pub = self.node.create_publisher(CompressedImage if compressed else Image, topic, qos)
         self.spin_until(lambda: pub.get_subscription_count() > 0, 'the node to subscribe')
         probe_id, stamp = f'probe_{uuid.uuid4().hex[:8]}', time.time_ns()
         probe = jpeg_image(stamp, probe_id) if compressed else raw_image(stamp, probe_id)

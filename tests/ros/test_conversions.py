@@ -101,7 +101,7 @@ def test_image_to_rgb_raw_and_compressed(ros_msgs: object) -> None:
 @pytest.mark.parametrize(
     ('msg', 'match'),
     [
-        (Image(height=2, width=2, encoding='16UC1', step=4, data=bytes(8)), 'unsupported'),
+        (Image(height=2, width=2, encoding='32FC1', step=8, data=bytes(16)), 'unsupported'),
         (Image(height=0, width=0, encoding='rgb8', step=0), 'zero size'),
         (Image(height=4, width=4, encoding='rgb8', step=12, data=bytes(20)), 'truncated'),
         (CompressedImage(format='jpeg', data=b'\xff\xd8\xff\xe0garbage'), 'corrupt'),

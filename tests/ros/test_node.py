@@ -303,7 +303,7 @@ class TestRawInput:
         frame_id = unique_frame_id()
         pub = client.camera()
         bad = [
-            (raw_image(T0_NS, frame_id, encoding='16UC1'), "unsupported image encoding '16UC1'"),
+            (raw_image(T0_NS, frame_id, encoding='32FC1'), "unsupported image encoding '32FC1'"),
             (
                 raw_image(T0_NS, frame_id, width=0, height=0, step=0, data=array.array('B')),
                 'zero size',
@@ -372,7 +372,8 @@ class TestCompressedInput:
         node, client = compressed_node
         frame_id = unique_frame_id()
         stamps = [T0_NS + i * 33_333_333 for i in range(4)]
-        pub = client.camera(compressed=True)
+        pub = client.camera(compressed=True)  # on <image>/compressed, as image_transport names it
+        assert pub.topic_name == f'{node.topics["image"]}/compressed'
         send(client, pub, [jpeg_image(s, frame_id, i) for i, s in enumerate(stamps)])
         client.spin_until(lambda: len(client.particles_of(frame_id)) >= 2, 'particles')
         for msg in client.particles_of(frame_id):
@@ -386,6 +387,8 @@ class TestCompressedInput:
         assert pred.frames == []  # publish_frames is off
         answer = client.call(Predict, f'/{node.name}/predict', Predict.Request(horizon=2))
         assert answer.success and len(answer.prediction.steps) == 2, answer.message
+        diagnostics = fresh_diagnostics(client)
+        assert diagnostics['input_topic'] == f'{node.topics["image"]}/compressed'
 
     def test_corrupt_jpeg_is_counted_and_the_next_frame_is_processed(
         self, compressed_node: tuple[NodeProcess, Client]
@@ -409,6 +412,47 @@ class TestCompressedInput:
             send_bad_counted(client, pub, msg, reason)
         send_processed(client, pub, [jpeg_image(T0_NS + 10**9, frame_id)])
         node.assert_alive()
+
+
+# --- what is wrong with the camera input ---------------------------------------------------------
+def test_no_frames_warns_naming_the_publishers_types_then_ood_warns(
+    log_dir: Path, ros_domain_id: int, bundle_plain: Path
+) -> None:
+    """A compressed-input node without frames logs (throttled) that its topic has no publisher;
+    with a raw Image publisher on the base topic it points there; with one on its own topic it
+    names the wrong type. A frame then comes through, and with ood_warn 0 the node logs the
+    out-of-distribution score and the threshold."""
+    params = {'model_bundle': str(bundle_plain), 'image_transport': 'compressed', 'threads': 1,
+              'no_frames_warn': 1.0, 'ood_every_n': 1, 'ood_warn': 0.0,
+              'prediction_rate': 0.0}  # fmt: skip
+    started = _started(log_dir, ros_domain_id, params)
+    node, client = next(started)
+    try:
+        client.wait_outputs()
+        base, topic = node.topics['image'], f'{node.topics["image"]}/compressed'
+        client.spin_until(lambda: f's: topic {topic} has no publisher' in node.log(),
+                          'the no-publisher warning')  # fmt: skip
+        assert 'no camera frame for ' in node.log()
+        assert node.log().count('has no publisher') == 1  # throttled: said once
+        raw_base = client.node.create_publisher(Image, base, 10)
+        hint = (f'topic {topic} has no publisher; {base} has publishers of sensor_msgs/msg/Image '
+                '(image_transport=raw subscribes it)')  # fmt: skip
+        client.spin_until(lambda: hint in node.log(), 'the warning about the base topic')
+        client.node.destroy_publisher(raw_base)
+        wrong = client.node.create_publisher(Image, topic, 10)  # a real Image publisher
+        named = (f'topic {topic} has publishers of sensor_msgs/msg/Image but the node '
+                 'subscribes CompressedImage (image_transport=compressed)')  # fmt: skip
+        client.spin_until(lambda: named in node.log(), 'the wrong-type warning')
+        assert 'WARN' in next(line for line in node.log().splitlines() if named in line)
+        client.node.destroy_publisher(wrong)
+        assert 'out of distribution' not in node.log()
+        pub = client.camera(compressed=True)
+        send_processed(client, pub, [jpeg_image(T0_NS, unique_frame_id())])
+        client.spin_until(lambda: 'out of distribution: score' in node.log(), 'the OOD warning')
+        line = next(x for x in node.log().splitlines() if 'out of distribution: score' in x)
+        assert 'WARN' in line and '> ood_warn 0 on ' + topic in line, line
+    finally:
+        next(started, None)
 
 
 # --- lifecycle -----------------------------------------------------------------------------------

@@ -44,6 +44,14 @@ def test_a_good_bundle_loads(bundle: Path) -> None:
     assert load_model_card(bundle / CARD_FILE) == card  # the file itself works too
 
 
+@pytest.mark.parametrize('mode', ['squash', 'crop', 'pad'])
+def test_resize_modes_load_and_a_card_without_one_is_squash(bundle: Path, mode: str) -> None:
+    _edit(bundle, lambda d: d['image'].update(resize=mode))
+    assert load_model_card(bundle).image.resize == mode
+    _edit(bundle, lambda d: d['image'].pop('resize'))  # an older card
+    assert load_model_card(bundle).image.resize == 'squash'
+
+
 def test_unknown_schema_version(bundle: Path) -> None:
     _edit(bundle, lambda d: d.update(schema_version=2))
     message = _refused(
@@ -66,7 +74,7 @@ def test_missing_card_and_missing_graph(bundle: Path, tmp_path: Path) -> None:
         (lambda d: d['dynamics'].update(dt=-1), 'dynamics.dt'),
         (lambda d: d['dynamics'].update(action_names=['only_one']), 'dynamics.action_names'),
         (lambda d: d['image'].update(channels='bgr'), 'image.channels'),
-        (lambda d: d['image'].update(resize='crop'), 'image.resize'),
+        (lambda d: d['image'].update(resize='stretch'), 'image.resize'),
         (lambda d: d.pop('tracking'), 'tracking'),
         (lambda d: d.update(surprise=1), 'surprise'),
         (lambda d: d['validation'].update(recon_mse='low'), 'validation.recon_mse'),

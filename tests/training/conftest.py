@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -30,6 +31,29 @@ def smooth_frame(i: int, height: int, width: int) -> np.ndarray:
     g = 128 + 100 * np.cos(2 * np.pi * (y / height + i / 23))
     b = np.full_like(x, 30 + (37 * i) % 200)
     return np.stack([r, g, b], axis=-1).round().astype(np.uint8)
+
+
+def camera_bytes(rgb: np.ndarray, encoding: str) -> tuple[bytes, int]:
+    """(H, W, 3) uint8 RGB -> (pixel bytes, step) as a camera driver sends them in the 4:2:2,
+    Bayer and 16-bit encodings (4:2:2 by OpenCV, Bayer by keeping each filter's channel)."""
+    height, width = rgb.shape[:2]
+    if encoding in ('yuv422', 'uyvy', 'yuv422_yuy2', 'yuyv'):
+        order = (
+            cv2.COLOR_RGB2YUV_UYVY if encoding in ('yuv422', 'uyvy') else cv2.COLOR_RGB2YUV_YUY2
+        )
+        return cv2.cvtColor(rgb, order).tobytes(), 2 * width
+    if encoding.startswith('bayer_'):
+        mosaic = np.empty((height, width), np.uint8)
+        for i, colour in enumerate(encoding[6:10]):
+            dy, dx = divmod(i, 2)
+            mosaic[dy::2, dx::2] = rgb[dy::2, dx::2, 'rgb'.index(colour)]
+        return mosaic.tobytes(), width
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype('<u2') * 257  # mono16, 16UC1
+    return grey.tobytes(), 2 * width
+
+
+CAMERA_ENCODINGS = ('yuv422', 'uyvy', 'yuv422_yuy2', 'yuyv', 'bayer_rggb8', 'bayer_bggr8',
+                    'bayer_gbrg8', 'bayer_grbg8', 'mono16', '16UC1')  # fmt: skip
 
 
 def objects_at(i: int) -> list[ObjectState]:
@@ -96,9 +120,12 @@ def make_camera_bag(tmp_path: Path) -> MakeBag:
                     msg = w.image(stamp, 'cam', rgb, encoding)
                     if k in corrupt:
                         msg.data = msg.data[:10]
-                else:  # an encoding the builder does not support
+                else:  # CAMERA_ENCODINGS, or one the builder does not support
                     msg = w.image(stamp, 'cam', rgb, 'rgb8')
                     msg.encoding = encoding
+                    if encoding in CAMERA_ENCODINGS:
+                        data, msg.step = camera_bytes(rgb, encoding)
+                        msg.data = np.frombuffer(data, np.uint8)
                 # bag (receive) time: 1 us after the latest header stamp, so it always increases
                 w.write(CAMERA, latest + 1000, msg)
                 bag.frames.append(rgb)

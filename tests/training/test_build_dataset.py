@@ -20,6 +20,7 @@ from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
 from rosbags.rosbag2.storage_mcap import ChunkInfo, McapReader
 
 from dlp_ros.image_codec import resize_rgb
+from dlp_ros.input_view import resize_frame
 from dlp_ros.offline.bag_writer import BagWriter
 from dlp_ros.offline.typestore import typestore
 from training.__main__ import main
@@ -29,6 +30,9 @@ from training.data.episode_plan import assign_splits
 CAMERA = '/camera/image'  # the topic make_camera_bag writes (conftest.py)
 NS = 1_000_000_000
 MakeBag = Callable[..., Any]  # conftest.make_camera_bag
+# the encodings make_camera_bag writes as a camera driver would (conftest.camera_bytes)
+CAMERA_ENCODINGS = ('yuv422', 'uyvy', 'yuv422_yuy2', 'yuyv', 'bayer_rggb8', 'bayer_bggr8',
+                    'bayer_gbrg8', 'bayer_grbg8', 'mono16', '16UC1')  # fmt: skip
 STORAGES = ('mcap', 'sqlite3')
 RAW = ('rgb8', 'bgr8', 'mono8', 'rgba8', 'bgra8')
 
@@ -76,6 +80,39 @@ def test_frames_equal_source_pixels(
     assert ds.message_type == f'sensor_msgs/msg/{"CompressedImage" if compressed else "Image"}'
     assert ds.manifest['sources'][0]['storage'] == storage
     assert ds.manifest['sources'][0]['encoding'] == encoding
+
+
+@pytest.mark.parametrize('encoding', CAMERA_ENCODINGS)
+def test_camera_encodings_are_decoded(
+    make_camera_bag: MakeBag, tmp_path: Path, encoding: str
+) -> None:
+    """4:2:2, Bayer and 16-bit frames (real bytes: tests/training/conftest.camera_bytes) go
+    through the builder to close to their source pixels (grey for the 16-bit ones)."""
+    bag = make_camera_bag(encoding=encoding, n=3)
+    assert build_bag(bag.path, tmp_path / 'ds') == 0
+    ds, name = only_episode(tmp_path / 'ds')
+    assert ds.manifest['sources'][0]['encoding'] == encoding
+    for got, src in zip(ds.frames(name), bag.frames, strict=True):
+        want = expected_pixels(src, 'mono8' if encoding in ('mono16', '16UC1') else 'rgb8')
+        inner = (slice(2, -2), slice(2, -2))  # demosaicing guesses at the border
+        assert np.abs(got[inner].astype(int) - want[inner]).max() <= 12
+
+
+@pytest.mark.parametrize('mode', ['squash', 'crop', 'pad'])
+def test_resize_mode_is_applied_and_recorded(
+    make_camera_bag: MakeBag, tmp_path: Path, mode: str
+) -> None:
+    """--resize makes the frames as the runtime does (dlp_ros.input_view.resize_frame) and goes
+    into the manifest, whence export puts it in the model card."""
+    bag = make_camera_bag(size=(48, 64), n=3)
+    extra = () if mode == 'squash' else ('--resize', mode)  # squash is the default
+    assert build_bag(bag.path, tmp_path / 'ds', *extra, size=24) == 0
+    ds, name = only_episode(tmp_path / 'ds')
+    assert ds.manifest['resize'] == ds.resize == mode
+    for got, src in zip(ds.frames(name), bag.frames, strict=True):
+        np.testing.assert_array_equal(got, resize_frame(src, 24, mode))
+    if mode == 'pad':  # 8 black rows of 64 above and below: 3 of 24
+        assert (ds.frames(name)[:, :3] == 0).all() and (ds.frames(name)[:, -3:] == 0).all()
 
 
 def test_frames_are_resized(make_camera_bag: MakeBag, tmp_path: Path) -> None:
@@ -673,10 +710,11 @@ def test_clean_bag_has_no_bad_ranges(
 def test_unsupported_encoding(
     make_camera_bag: MakeBag, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    bag = make_camera_bag(encoding='16UC1')
+    bag = make_camera_bag(encoding='32FC1')
     assert build_bag(bag.path, tmp_path / 'ds') == 2
-    assert_fails(capsys, tmp_path / 'ds', "unsupported Image encoding '16UC1'",
-                 'rgb8, bgr8, mono8, rgba8, bgra8', 'jpeg, png')  # fmt: skip
+    assert_fails(capsys, tmp_path / 'ds', "unsupported Image encoding '32FC1'",
+                 'rgb8, bgr8, mono8, rgba8, bgra8, yuv422', 'bayer_rggb8', 'mono16, 16UC1',
+                 'jpeg, png')  # fmt: skip
 
 
 def test_stamps_going_backwards(

@@ -29,6 +29,7 @@ from tqdm import tqdm
 import dlp_ros
 from dlp_ros.config_schema import checked, from_args
 from dlp_ros.errors import ConfigError, EpisodeError
+from dlp_ros.input_view import DEFAULT_RESIZE, RESIZE_MODES
 from dlp_ros.offline.bag_reader import (
     ACTION_TYPES,
     IMAGE_TYPES,
@@ -65,6 +66,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help='rosbag2 directories, or folders: every bag below one, in path order')  # fmt: skip
     add('--topic', required=True, help='camera topic (sensor_msgs/Image or CompressedImage)')
     add('--size', type=int, default=64, help='output frames are SIZE x SIZE RGB (default 64)')
+    add('--resize', choices=RESIZE_MODES, default=DEFAULT_RESIZE,
+        help='how a frame becomes SIZE x SIZE: squash (the whole frame, default), crop (the '
+        'centred square) or pad (black letterbox); recorded in the manifest and by export in '
+        "the model card, and the node runs the model's mode")  # fmt: skip
     add('--fps', type=float, required=True, help='output frame rate (nearest-frame resampling)')
     add('--out', type=Path, required=True, help='dataset directory to create')
     add('--split-gap', type=float, metavar='SECONDS', help='start an episode after such a gap')
@@ -107,6 +112,7 @@ class BuildOptions:
     fps: float = checked(gt=0, finite=True, say='positive')
     out: Path
     size: int = checked(64, gt=0, say='positive')
+    resize: str = checked(DEFAULT_RESIZE, choices=RESIZE_MODES)
     split_gap: float | None = checked(None, gt=0, say='positive')
     marker_topic: str | None = None
     action_topic: str | None = None
@@ -262,9 +268,8 @@ def _build(opts: BuildOptions, damage: Damage) -> int:
             total=total, unit='frame', file=sys.stderr, disable=opts.no_progress, desc='frames'
         ) as bar:
             for plan in plans:
-                write_bag(
-                    plan, tmp, opts.topic, opts.size, opts.skip_bad_frames, stats, bar.update
-                )
+                write_bag(plan, tmp, opts.topic, opts.size, opts.skip_bad_frames, stats,
+                          bar.update, opts.resize)  # fmt: skip
         write_manifest(tmp, manifest(opts, plans, splits, stats, action, damage))
         publish(tmp, out, opts.overwrite, MANIFEST, 'dataset')
     except BaseException:
@@ -369,6 +374,7 @@ def manifest(
         'created_by': f'dlp_ros {dlp_ros.__version__}',
         'fps': float(opts.fps),
         'frame_shape': [opts.size, opts.size, 3],
+        'resize': opts.resize,
         'dtype': 'uint8',
         'topic': opts.topic,
         'message_type': plans[0].msgtype,

@@ -109,6 +109,8 @@ class Dataset:
         self.manifest = manifest
         self.fps = float(manifest['fps'])
         self.frame_shape: tuple[int, int, int] = tuple(manifest['frame_shape'])  # (S, S, 3)
+        # how the frames were made S x S (dlp_ros.input_view); a manifest without it: squash
+        self.resize: str = str(manifest.get('resize') or 'squash')
         self.topic: str = manifest['topic']
         self.message_type: str = manifest['message_type']
         self.mean = np.array(manifest['stats']['mean'], dtype=np.float32)  # (3,), 0..1 scale

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from dlp_ros.errors import EpisodeError, ImageError
-from dlp_ros.image_codec import resize_rgb
+from dlp_ros.input_view import DEFAULT_RESIZE, resize_frame
 from dlp_ros.offline.bag_reader import IMAGE_TYPES, Actions, Bag, decode_frame, header_stamp_ns
 from training.data.dataset import frames_file, labels_file
 from training.data.episode_plan import BagPlan, EpisodePlan
@@ -111,6 +111,7 @@ def _decode_pass(
     skip_bad: bool,
     stats: PixelStats,
     progress: Callable[[int], object],
+    resize: str = DEFAULT_RESIZE,
 ) -> set[int]:
     """Stream the topic once, filling ``routes``; return the source indices that failed."""
     conn = bag.connection(topic, IMAGE_TYPES, 'camera')
@@ -132,7 +133,7 @@ def _decode_pass(
                 f'{stamp} ns, expected {expected} ns'
             )
         try:
-            rgb = resize_rgb(decode_frame(plan.msgtype, raw), size)  # (S, S, 3)
+            rgb = resize_frame(decode_frame(plan.msgtype, raw), size, resize)  # (S, S, 3)
         except ImageError as exc:
             where = f'bag {plan.path}: frame #{index} on {topic} (stamp {stamp} ns)'
             if not skip_bad:
@@ -165,10 +166,12 @@ def write_bag(
     skip: bool,
     stats: PixelStats,
     progress: Callable[[int], object],
+    resize: str = DEFAULT_RESIZE,
 ) -> None:
-    """Decode, resize (to ``size`` x ``size``) and write the frames and labels of every episode
-    of one bag under root, reading the camera ``topic``; ``skip``: replace undecodable frames
-    by neighbours instead of failing (``--skip-bad-frames``)."""
+    """Decode, resize (to ``size`` x ``size`` in the ``resize`` mode, as the runtime does:
+    :mod:`dlp_ros.input_view`) and write the frames and labels of every episode of one bag under
+    root, reading the camera ``topic``; ``skip``: replace undecodable frames by neighbours
+    instead of failing (``--skip-bad-frames``)."""
     frames = [
         FrameFile(root / frames_file(e.name), (e.grid_ns.size, size, size, 3))
         for e in plan.episodes
@@ -180,7 +183,7 @@ def write_bag(
             while todo:
                 routes = _routes(plan.episodes, todo)
                 newly_bad = _decode_pass(
-                    bag, plan, topic, routes, frames, size, skip, stats, progress
+                    bag, plan, topic, routes, frames, size, skip, stats, progress, resize
                 )
                 if not newly_bad:
                     break
