@@ -91,7 +91,12 @@ def test_a_resize_mode_other_than_the_cards_fails_configure(
     tmp_path: Path, ros_domain_id: int, bundle_plain: Path
 ) -> None:
     bundle = bundle_with_resize(bundle_plain, tmp_path / 'crop', 'crop')
-    params = {'model_bundle': str(bundle), 'threads': 1, 'resize_mode': 'pad'}
+    params = {
+        'model_bundle': str(bundle),
+        'threads': 1,
+        'resize_mode': 'pad',
+        'exit_on_configure_failure': False,
+    }  # stays up, unconfigured
     started = harness.started(tmp_path, ros_domain_id, params)
     node, client = next(started)
     try:
