@@ -23,7 +23,8 @@ the node's 0.08 s budget allows on this CPU).
     python benchmarks/planning_offline.py --mode truth perception learned --seed 10000 \
         --episodes 12 [--bundle bundles/tabletop64] [--steps 80] [--out report.json]
 
-Prints one line per episode and a summary per mode; ``--out`` writes them as JSON.
+Prints one line per episode, a summary per mode, and the summaries as one JSON object on the
+last line; ``--out`` writes every episode as JSON too.
 """
 
 from __future__ import annotations
@@ -187,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         report = {'args': {k: str(v) for k, v in vars(args).items()}, 'summary': summary,
                   'episodes': [asdict(r) for r in results]}  # fmt: skip
         args.out.write_text(json.dumps(report, indent=1))
+    print(json.dumps(summary))
     return 0
 
 
