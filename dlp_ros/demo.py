@@ -71,6 +71,7 @@ from dlp_ros.offline.perception_outputs import (
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 DIAGNOSTICS_TOPIC = '/diagnostics'
+LEVELS = {0: 'OK', 1: 'WARN', 2: 'ERROR', 3: 'STALE'}  # diagnostic_msgs/DiagnosticStatus
 NS = 1_000_000_000
 # ROS type name -> (module, class) of the rclpy message classes the player can publish.
 PLAYABLE = {
@@ -253,8 +254,10 @@ class RosSession:
         def diagnostics(msg: Any) -> None:
             for status in msg.status:
                 if 'dlp' in status.name:
+                    level = status.level[0] if isinstance(status.level, bytes) else status.level
                     with got.lock:
                         got.diagnostics = {kv.key: kv.value for kv in status.values}
+                        got.diagnostics['status'] = f'{LEVELS.get(level, level)}: {status.message}'
 
         if particles:
             self.subscriptions.append(self.node.create_subscription(

@@ -540,6 +540,14 @@ def format_summary(summary: dict[str, Any]) -> str:
             f'{diag.get("bad_frames")} bad; provider {diag.get("provider")}'
         )
         lines.insert(1, node)
+        if diag.get('status'):
+            lines.insert(2, f'node status (last /diagnostics): {diag["status"]}')
+    ood = summary.get('ood') or {}
+    if ood.get('frames_scored'):
+        flag = (f'; {ood["frames_above_warn"]} above {ood["warn_above"]:g}: OUT OF DISTRIBUTION'
+                if ood.get('frames_above_warn') else '')  # fmt: skip
+        lines.insert(1, f'out-of-distribution score: median {ood["median"]:.2f}, max '
+                        f'{ood["max"]:.2f} over {ood["frames_scored"]} frames{flag}')  # fmt: skip
     out = Path(summary.get('out', '.'))
     outputs = summary.get('outputs') or {}
     lines += [f'  {name}: {out / path}' for name, path in outputs.items() if path]

@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ from dlp_ros.errors import ConfigError, EpisodeError, ImageError
 from dlp_ros.image_codec import decode_compressed, decode_raw
 from dlp_ros.input_view import resize_frame
 from dlp_ros.model_card import ModelCard
+from dlp_ros.node_support import PARAM_SPECS, ood_score
 from dlp_ros.offline.bag_reader import (
     ACTION_TYPES,
     IMAGE,
@@ -333,6 +336,28 @@ def replay(config: ReplayConfig) -> dict[str, Any]:
     return summary
 
 
+def ood_summary(scores: list[float]) -> dict[str, Any]:
+    """The out-of-distribution scores of the replay (every ``ood_every_n``-th frame, as the
+    node computes them): median, max, and the frames above the node's ``ood_warn``, logged as
+    the node would (one WARN for the whole replay)."""
+    warn = float(PARAM_SPECS['ood_warn'].default)
+    finite = [x for x in scores if math.isfinite(x)]
+    if not finite:
+        return {'frames_scored': 0, 'warn_above': warn}
+    above = sum(x > warn for x in finite)
+    if above:
+        logger.warning('out of distribution: %d of %d scored frames above %g (max %.1f): the '
+                       "model has not seen scenes like this bag's", above, len(finite), warn,
+                       max(finite))  # fmt: skip
+    return {
+        'frames_scored': len(finite),
+        'median': round(statistics.median(finite), 3),
+        'max': round(max(finite), 3),
+        'frames_above_warn': above,
+        'warn_above': warn,
+    }
+
+
 def _run_frames(
     bag: Bag,
     conn: Any,
@@ -346,8 +371,9 @@ def _run_frames(
     same tracker resets and action history); returns the frame counts and timings."""
     pipeline = PerceptionPipeline(rt)
     on = rt.card.tracking.on_threshold
+    every = int(PARAM_SPECS['ood_every_n'].default)  # the node's default cadence
     frames_in, bad = 0, 0
-    total, decode, encode, predict = [], [], [], []
+    total, decode, encode, predict, ood = [], [], [], [], []
     for _, raw in bag.messages(conn):
         frames_in += 1
         t0 = time.perf_counter()
@@ -361,6 +387,8 @@ def _run_frames(
             bad += 1
             logger.warning('frame %d on %s: dropped: %s', frames_in - 1, config.topic, exc)
             continue
+        if (frames_in - bad - 1) % every == 0:
+            ood.append(ood_score(rt.recon_mse(seen.x, seen.frame), rt.card.validation.recon_mse))
         snap = pipeline.snapshot(config.horizon)
         assert snap is not None  # a frame was just processed
         forecast = pipeline.predict(snap, frames=config.frames)
@@ -391,6 +419,7 @@ def _run_frames(
     return {
         'frames_in': frames_in,
         'bad_frames': bad,
+        'ood': ood_summary(ood),
         'latency_ms': {
             'what': 'runtime per frame: decode + encode + predict and render',
             **percentiles(total),

@@ -4,6 +4,7 @@ summary; deterministic."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -246,3 +247,24 @@ def test_camera_encodings_replay(
     assert (summary['frames_in'], summary['bad_frames'], summary['particles_out']) == (3, 0, 3)
     for _, _, msg in read_bag(tmp_path / 'o' / 'bag')[PARTICLES_TOPIC]:
         assert (msg.image_width, msg.image_height) == (WIDTH, HEIGHT)
+
+
+def test_the_summary_scores_out_of_distribution_frames(
+    make_camera_bag: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every ood_every_n-th frame is scored as the node scores it (reconstruction MSE over the
+    card's validation recon_mse); frames above ood_warn are counted and one WARN is logged."""
+    shipped = Path(__file__).resolve().parents[2] / 'bundles' / 'tabletop64'
+    bag = make_camera_bag(n=12, size=(HEIGHT, WIDTH))
+    with caplog.at_level(logging.WARNING, logger='dlp_ros.offline.replay'):
+        summary = replay(ReplayConfig(bag=bag.path, bundle=shipped, out=tmp_path / 'out',
+                                      topic=CAMERA, horizon=2))  # fmt: skip
+    ood = summary['ood']
+    rt = DlpRuntime.load(shipped, providers='cpu', threads=1)
+    x = rt.preprocess(bag.frames[0])
+    want = rt.recon_mse(x, rt.tracker().update(x)) / rt.card.validation.recon_mse
+    assert ood['frames_scored'] == 2  # frames 0 and 10
+    assert ood['max'] >= round(want, 3) - 1e-3 >= 0  # frame 0's score is one of the two
+    assert (ood['frames_above_warn'] > 0) == (ood['max'] > ood['warn_above'])
+    warned = [r for r in caplog.records if 'out of distribution' in r.getMessage()]
+    assert len(warned) == (1 if ood['frames_above_warn'] else 0)
