@@ -52,6 +52,12 @@ def test_tiny_run_writes_checkpoints_metrics_and_grids(balls_data: Path, tmp_pat
     model, config, info = load_dlp(out)
     assert info['step'] == 20 and config.train.max_steps == 20
     assert config.model.K == 4
+    # Tensors and plain values only (weights_only loads them): no class of this package is
+    # pickled, so runs stay loadable whatever its modules are called (it was `training` once).
+    checkpoints = sorted((out / 'checkpoints').glob('*.pt'))
+    assert checkpoints
+    for path in checkpoints:
+        assert torch.load(path, map_location='cpu', weights_only=True)['step'] == 20
     # a new run refuses a non-empty directory
     assert main([*argv, '--no-progress']) == 2
 

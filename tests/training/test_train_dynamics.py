@@ -132,6 +132,9 @@ def test_tiny_run_writes_checkpoints_metrics_and_baselines(tiny_run: Path) -> No
     best = load_checkpoint(tiny_run / 'checkpoints' / 'best.pt')
     assert best['metrics']['position_rmse_mean'] == min(x['position_rmse_mean'] for x in val)
     assert (tiny_run / 'config.yaml').is_file() and (tiny_run / 'run.yaml').is_file()
+    # Tensors and plain values only: no class of this package is pickled (see test_train_dlp).
+    for name in ('best', 'last'):
+        torch.load(tiny_run / 'checkpoints' / f'{name}.pt', map_location='cpu', weights_only=True)
 
 
 def test_curriculum_horizon_increases(tiny_run: Path) -> None:
