@@ -92,3 +92,12 @@ def test_the_wheel_entry_points_and_requirements(wheel: zipfile.ZipFile) -> None
     for extra in ('ros-cpu', 'ros-gpu', 'ros-train'):
         assert extras[extra] and not any('opencv' in r for r in extras[extra]), extras[extra]
     assert not any('torch' in r for extra in ('cpu', 'gpu') for r in extras[extra])
+
+
+def test_the_offline_tools_name_their_extra_when_rosbags_is_missing() -> None:
+    """dlp-replay is installed with every extra; without rosbags (a robot's [cpu] install) it
+    says what to install instead of a bare import error deep in the bag reader."""
+    code = "import sys; sys.modules['rosbags'] = None; import dlp_ros.offline.replay"
+    run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode != 0
+    assert "needs rosbags: pip install 'dlp-ros[offline]'" in run.stderr, run.stderr
