@@ -2,7 +2,7 @@
 
 Writes a camera bag of ``--frames`` frames (``--size`` x ``--size``, raw rgb8 at 30 Hz; with
 ``--jpeg`` also a jpeg one) in mcap and in sqlite3 storage into a temporary directory, then runs
-``python -m training build-dataset`` on each in a child process and reads that child's peak RSS
+``python -m dlp_training build-dataset`` on each in a child process and reads that child's peak RSS
 (``ru_maxrss`` from ``os.wait4``), so the number covers the whole build and nothing else. A child
 that only imports the builder gives the baseline (interpreter + numpy/OpenCV/rosbags).
 
@@ -97,7 +97,7 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix='dlp_bench_') as tmp:
         base_wall, base_rss, _, _ = run_child(
-            [sys.executable, '-c', 'import training.__main__, training.data.build']
+            [sys.executable, '-c', 'import dlp_training.__main__, dlp_training.data.build']
         )
         print(f'baseline: importing the builder: {base_rss:.0f} MB peak RSS, {base_wall:.2f} s')
         for encoding in encodings:
@@ -105,7 +105,7 @@ def main() -> int:
                 bag = Path(tmp) / f'bench_{encoding}_{storage}'
                 bag_mb = write_bag(bag, storage, encoding, args.frames, args.size)
                 out = Path(tmp) / f'ds_{encoding}_{storage}'
-                cmd = [sys.executable, '-m', 'training', 'build-dataset', '--bags', str(bag),
+                cmd = [sys.executable, '-m', 'dlp_training', 'build-dataset', '--bags', str(bag),
                        '--topic', TOPIC, '--size', str(args.build_size), '--fps', str(FPS),
                        '--out', str(out), '--no-progress']  # fmt: skip
                 wall, rss, code, tail = run_child(cmd)

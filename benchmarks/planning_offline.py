@@ -1,6 +1,6 @@
 """Where closed-loop pushing fails: the planner's maths, the perception, or the dynamics.
 
-The same loop as ``python -m training evaluate-planning`` (tabletop scene, lockstep at 10 Hz,
+The same loop as ``python -m dlp_training evaluate-planning`` (tabletop scene, lockstep at 10 Hz,
 success = the object's centre within the task's tolerance of the goal, at most ``--steps``
 commands, the push_planner's CEM of :mod:`dlp_ros.mpc` with its default parameters) run in one
 process, without DDS, so that each part can be swapped for the truth:
@@ -144,7 +144,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     add = parser.add_argument
     add('--mode', nargs='+', choices=MODES, default=list(MODES))
     add('--bundle', type=Path, default=ROOT / 'bundles' / 'tabletop64')
-    add('--seed', type=int, default=10000, help='first episode seed (held out from training)')
+    add('--seed', type=int, default=10000, help='first episode seed (held out from dlp_training)')
     add('--episodes', type=int, default=12)
     add('--steps', type=int, default=80, help='most commands per episode')
     add('--iterations', type=int, default=1, help='CEM iterations per decision')

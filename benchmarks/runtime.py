@@ -15,7 +15,7 @@ tracker's numpy slot assignment, the prediction loop, the uint8 conversion) is t
 
 Bundles: ``--bundle DIR`` (repeatable) uses an exported bundle and the torch models of the runs
 its card names. Sizes without a bundle get random weights in the architecture of
-``config/train/dlp_tabletop64.yaml`` / ``dlp_tabletop128.yaml`` with the dynamics of
+``dlp_training/configs/dlp_tabletop64.yaml`` / ``dlp_tabletop128.yaml`` with the dynamics of
 ``dynamics_tabletop64.yaml`` (2 actions), exported to a temporary directory (said in the output).
 
 ``--tune`` also measures onnxruntime session-option variants (encode and predict10_frames).
@@ -51,12 +51,12 @@ from dlp_ros.model_card import ModelCard  # noqa: E402
 from dlp_ros.particles import FIELDS, ParticleFrame  # noqa: E402
 from dlp_ros.providers import SessionConfig  # noqa: E402
 from dlp_ros.runtime import DlpRuntime  # noqa: E402
-from training.dlp_config import load_dlp  # noqa: E402
-from training.dynamics_config import load_dynamics  # noqa: E402
-from training.export import export_random_bundle  # noqa: E402
-from training.models.dlp import Dlp, DlpConfig, DlpDecoder  # noqa: E402
-from training.models.dynamics import DynamicsConfig, DynamicsStep, ParticleDynamics  # noqa: E402
-from training.models.tracking import DlpBackgroundEncoder, DlpTrackingEncoder  # noqa: E402
+from dlp_training.dlp_config import load_dlp  # noqa: E402
+from dlp_training.dynamics_config import load_dynamics  # noqa: E402
+from dlp_training.export import export_random_bundle  # noqa: E402
+from dlp_training.models.dlp import Dlp, DlpConfig, DlpDecoder  # noqa: E402
+from dlp_training.models.dynamics import DynamicsConfig, DynamicsStep, ParticleDynamics  # noqa: E402
+from dlp_training.models.tracking import DlpBackgroundEncoder, DlpTrackingEncoder  # noqa: E402
 
 HORIZON = 10
 OPS = ('encode', 'step', 'decode', 'predict10', 'predict10_frames')
@@ -180,9 +180,11 @@ def torch_models(card: ModelCard) -> tuple[Dlp, ParticleDynamics]:
 
 def random_bundle(size: int, out: Path) -> tuple[ModelCard, Dlp, ParticleDynamics]:
     name = {64: 'dlp_tabletop64', 128: 'dlp_tabletop128'}[size]
-    model = yaml.safe_load((ROOT / f'config/train/{name}.yaml').read_text())['model']
+    model = yaml.safe_load((ROOT / f'dlp_training/configs/{name}.yaml').read_text())['model']
     dlp_cfg = DlpConfig.from_dict({**model, 'S': size})  # S: the dataset's in train-dlp
-    dyn = yaml.safe_load((ROOT / 'config/train/dynamics_tabletop64.yaml').read_text())['model']
+    dyn = yaml.safe_load((ROOT / 'dlp_training/configs/dynamics_tabletop64.yaml').read_text())[
+        'model'
+    ]
     dyn_cfg = DynamicsConfig.from_dlp(dlp_cfg, **dyn)  # K, F, Fb from the DLP
     return export_random_bundle(dlp_cfg, dyn_cfg, out)
 

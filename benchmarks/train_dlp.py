@@ -1,6 +1,7 @@
 """Training throughput of DLP for each ready config: images/s of forward + backward + Adam step.
 
-    python benchmarks/train_dlp.py [--configs config/train/dlp_balls64.yaml ...] [--steps 30]
+    python benchmarks/train_dlp.py [--configs dlp_training/configs/dlp_balls64.yaml ...] \\
+        [--steps 30]
 
 Random images of the config's size and batch; the first steps are warm-up and not timed; the median
 step time gives images/s. Prints one line per config and a JSON object on the last line.
@@ -16,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from training.config import load_config
-from training.dlp_config import DlpRunConfig
-from training.models.dlp import Dlp
+from dlp_training.config import load_config
+from dlp_training.dlp_config import DlpRunConfig
+from dlp_training.models.dlp import Dlp
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ['dlp_balls64', 'dlp_tabletop64', 'dlp_tabletop128']
@@ -58,7 +59,7 @@ def measure(path: Path, steps: int, warmup: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    configs = [ROOT / 'config' / 'train' / f'{n}.yaml' for n in DEFAULT]
+    configs = [ROOT / 'dlp_training' / 'configs' / f'{n}.yaml' for n in DEFAULT]
     parser.add_argument('--configs', nargs='+', type=Path, default=configs)
     parser.add_argument('--steps', type=int, default=30, help='timed steps per config')
     parser.add_argument('--threads', type=int, default=2, help='torch CPU threads')

@@ -647,7 +647,7 @@ def run(args: argparse.Namespace) -> int:
     found = args.bundle or default_bundle()  # '' when none is installed
     if not found or not (Path(found) / 'model_card.yaml').is_file():
         raise ConfigError(f'no model bundle at {found or "(none installed)"} (pass --bundle DIR: '
-                          'python -m training export writes one)')  # fmt: skip
+                          'python -m dlp_training export writes one)')  # fmt: skip
     bundle = Path(found)
     card = load_model_card(bundle, check_graphs=False)
     action_topic = args.action_topic

@@ -175,7 +175,7 @@ def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
 def to_model_input(rgb: np.ndarray) -> np.ndarray:
     """uint8 RGB frames (..., S, S, 3) -> model input (..., 3, S, S) float32 in [0, 1] (x / 255).
 
-    The one conversion shared by training (``training.frames``, ``encode-dataset``,
+    The one conversion shared by training (``dlp_training.frames``, ``encode-dataset``,
     ``evaluate-dlp``) and the runtime (:meth:`dlp_ros.runtime.DlpRuntime.preprocess`, after
     :func:`resize_rgb`), so a frame gives the same tensor in both.
 

@@ -1,7 +1,7 @@
 """The model card of a bundle: what the runtime needs to know about the exported graphs.
 
 A bundle directory holds ``encoder.onnx``, ``background.onnx``, ``dynamics.onnx``,
-``decoder.onnx`` and ``model_card.yaml`` (written by ``python -m training export``)::
+``decoder.onnx`` and ``model_card.yaml`` (written by ``python -m dlp_training export``)::
 
     schema_version: 1
     image: {size: S, channels: rgb, range: [0, 1], resize: squash|crop|pad}

@@ -34,7 +34,7 @@ from dlp_ros.errors import ConfigError
 from dlp_ros.node_support import ParamSpec
 
 logger = logging.getLogger(__name__)
-MAX_SPEED = 0.3  # m/s: the tabletop pusher's command limit (training/data/tabletop.py)
+MAX_SPEED = 0.3  # m/s: the tabletop pusher's command limit (dlp_training/data/tabletop.py)
 # (B, N, A) commands -> (u, v, presence), each (B, N, K)
 Rollout = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 

@@ -65,6 +65,7 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
 from dlp_ros import conversions
+from dlp_ros.bundle_paths import shipped_bundle
 from dlp_ros.camera_input import (
     InputWatch,
     OodWarning,
@@ -125,13 +126,15 @@ FORWARDED_LOGGERS = ('dlp_ros', 'py.warnings')
 
 
 def default_bundle() -> str:
-    """share/dlp_ros/bundles/tabletop64 of the installed package ('' when not installed)."""
+    """share/dlp_ros/bundles/tabletop64 of the package in the ament index (colcon, apt); without
+    one, the shipped bundle of a pip-installed wheel or a checkout ('' when there is none)."""
     try:
         from ament_index_python.packages import get_package_share_directory
 
         return str(Path(get_package_share_directory('dlp_ros')) / 'bundles' / DEFAULT_BUNDLE)
     except Exception:  # noqa: BLE001 - PackageNotFoundError, or no ament index at all
-        return ''
+        shipped = shipped_bundle(DEFAULT_BUNDLE)
+        return str(shipped) if shipped is not None else ''
 
 
 def descriptor(spec: ParamSpec) -> ParameterDescriptor:
@@ -324,11 +327,11 @@ class PerceptionNode(LifecycleNode):
             if config.model_bundle == default_bundle():
                 raise ConfigError(
                     f'the default model bundle {str(bundle)!r} is not installed: set the '
-                    'parameter model_bundle to a bundle directory (python -m training export)'
+                    'parameter model_bundle to a bundle directory (python -m dlp_training export)'
                 )
             raise ConfigError(
                 f'model_bundle {str(bundle)!r} is not a directory (a bundle holds '
-                'model_card.yaml and the .onnx graphs: python -m training export)'
+                'model_card.yaml and the .onnx graphs: python -m dlp_training export)'
             )
         return config
 

@@ -94,7 +94,7 @@ PARAMS: tuple[ParamSpec, ...] = (
         'model_bundle',
         '',
         'Model bundle directory: encoder/background/dynamics/decoder .onnx and model_card.yaml '
-        f'(python -m training export). Empty = the installed share/dlp_ros/bundles/'
+        f'(python -m dlp_training export). Empty = the installed share/dlp_ros/bundles/'
         f'{DEFAULT_BUNDLE}.',
     ),
     ParamSpec(

@@ -1,6 +1,6 @@
 """One frame of particles as numpy arrays, and its pixel-space / message-shaped views.
 
-Units (see ``training.models.dlp``): positions ``mu`` are normalised (x, y) in [-1, 1] over the
+Units (see ``dlp_training.models.dlp``): positions ``mu`` are normalised (x, y) in [-1, 1] over the
 model input, the region of the camera frame the model card's resize mode shows it
 (:mod:`dlp_ros.input_view`), so they map to the input image's pixels linearly: u = ox + (mu_x +
 1) / 2 * sx, v = oy + (mu_y + 1) / 2 * sy, with origin (ox, oy) and span (sx, sy) of that region
@@ -144,7 +144,7 @@ def stack(frames: Sequence[ParticleFrame], reseeded: bool = False) -> dict[str, 
     """Frames -> the seven fields stacked over time: mu (T, K, 2), ..., bg_features (T, Fb).
 
     ``reseeded`` adds the (T, K) flags under 'reseeded'. The keys are exactly those of
-    ``training.models.dlp.Particles`` otherwise.
+    ``dlp_training.models.dlp.Particles`` otherwise.
     """
     if not frames:
         raise ValueError('stack needs at least one ParticleFrame')

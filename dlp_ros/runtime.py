@@ -9,10 +9,10 @@ futures = rt.predict_batch(tracker.history, 10, actions)  # actions (B, 10, A) -
 images = rt.render(preds)                   # (N, S, S, 3) uint8 RGB
 ```
 
-:class:`Tracker` runs, per frame, exactly the loop of ``training.models.tracking`` (its module
+:class:`Tracker` runs, per frame, exactly the loop of ``dlp_training.models.tracking`` (its module
 docstring): the tracking encoder at the previous frame's means, the numpy slot assignment
 (:mod:`dlp_ros.tracking`), then the background encoder; :meth:`DlpRuntime.predict_batch` slides
-the dynamics graph over an H-frame window like ``training.models.dynamics.rollout``, for B
+the dynamics graph over an H-frame window like ``dlp_training.models.dynamics.rollout``, for B
 candidate command sequences at once (the graph's batch axis); :meth:`DlpRuntime.predict` is its
 one-candidate case.
 """
@@ -336,8 +336,8 @@ class DlpRuntime:
 class Tracker:
     """Per-stream tracking state: the previous frame's means and the last H frames.
 
-    :meth:`update` is the runtime loop of ``training.models.tracking`` (its module docstring), so
-    a sequence of frames gives the same particles as ``track_sequence``.
+    :meth:`update` is the runtime loop of ``dlp_training.models.tracking`` (its module docstring),
+    so a sequence of frames gives the same particles as ``track_sequence``.
     """
 
     def __init__(self, runtime: DlpRuntime) -> None:

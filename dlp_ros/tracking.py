@@ -4,8 +4,8 @@ Per frame the tracking encoder gives K *tracked* particles (anchored at the prev
 means) and K *detections* (anchored at the frame's top-K prior proposals). :func:`assign_slots`
 decides which slots keep their tracked particle and which are re-seeded by a detection that no
 tracked particle covers; :func:`gather_slots` builds the frame's particles from that decision.
-Frame 0 takes every detection (:func:`first_frame_slots`). ``training.models.tracking`` runs the
-same functions around the torch model (``track_sequence``), :class:`dlp_ros.runtime.Tracker`
+Frame 0 takes every detection (:func:`first_frame_slots`). ``dlp_training.models.tracking`` runs
+the same functions around the torch model (``track_sequence``), :class:`dlp_ros.runtime.Tracker`
 around the ONNX graphs, so both give the same identities.
 """
 

@@ -45,7 +45,7 @@ def generate_launch_description() -> LaunchDescription:
             'model_bundle',
             default_value=PathJoinSubstitution([share, 'bundles', 'tabletop64']),
             description='Model bundle directory (model_card.yaml + encoder/background/dynamics/'
-            'decoder .onnx, from `python -m training export`).',
+            'decoder .onnx, from `python -m dlp_training export`).',
         ),
         DeclareLaunchArgument(
             'params_file',

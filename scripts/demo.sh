@@ -22,20 +22,20 @@ cd "$ROOT"
 BUNDLE="${DLP_BUNDLE:-$ROOT/install/dlp_ros/share/dlp_ros/bundles/tabletop64}"
 if [ ! -f "$BUNDLE/model_card.yaml" ]; then
   echo "demo: no model bundle at $BUNDLE" >&2
-  echo "  set DLP_BUNDLE=DIR (python -m training export --dlp RUN --dynamics RUN --out DIR)" >&2
+  echo "  set DLP_BUNDLE=DIR (python -m dlp_training export --dlp RUN --dynamics RUN --out DIR)" >&2
   exit 1
 fi
 # A domain of its own (unless the caller chose one); DDS discovery stays on loopback (env.sh).
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$(( 101 + $$ % 100 ))}"
 
 if [ ! -f "$OUT/bags/record.yaml" ]; then
-  python -m training record-synthetic tabletop --episodes 4 --frames 50 --size 64 \
+  python -m dlp_training record-synthetic tabletop --episodes 4 --frames 50 --size 64 \
     --storage mcap --seed 0 --out "$OUT/bags" --overwrite
 fi
 if [ ! -f "$OUT/dataset/manifest.yaml" ]; then
-  python -m training build-dataset --bags "$OUT"/bags/episode_*/ --topic /camera/image_raw \
+  python -m dlp_training build-dataset --bags "$OUT"/bags/episode_*/ --topic /camera/image_raw \
     --action-topic /tabletop/command --size 64 --fps 10 --out "$OUT/dataset" --overwrite
-  python -m training preview-dataset --data "$OUT/dataset" --out "$OUT/dataset_preview.png"
+  python -m dlp_training preview-dataset --data "$OUT/dataset" --out "$OUT/dataset_preview.png"
 fi
 
 # The node on episode 0 over ROS 2 (dlp_ros/demo.py starts and stops the node itself).

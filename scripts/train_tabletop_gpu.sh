@@ -34,13 +34,13 @@ record() {  # size -> $out/bags<size>, $out/data<size>
         local first=$(( j * per )) n=$per
         (( first >= EPISODES )) && break
         (( first + n > EPISODES )) && n=$(( EPISODES - first ))
-        $PY -m training record-synthetic tabletop --episodes $n --frames "$FRAMES" \
+        $PY -m dlp_training record-synthetic tabletop --episodes $n --frames "$FRAMES" \
             --size "$size" --seed $(( SEED + first )) --out "$out/bags$size/part$(printf %02d $j)" \
             >"$out/record$size.$j.log" 2>&1 &
         pids+=($!)
     done
     for p in "${pids[@]}"; do wait "$p"; done
-    $PY -m training build-dataset --bags "$out/bags$size" --topic /camera/image_raw \
+    $PY -m dlp_training build-dataset --bags "$out/bags$size" --topic /camera/image_raw \
         --action-topic /tabletop/command --fps 10 --size "$size" --out "$out/data$size" \
         --no-progress 2>&1 | tail -1
     rm -rf "$out/bags$size"
@@ -63,17 +63,17 @@ EOF
 
 dlp() {  # name size prior (every step checked: `set -e` does not act inside `if`)
     local name=$1 size=$2 prior=$3 run="$out/dlp_$1" steps
-    local config=config/train/dlp_tabletop$size.yaml
+    local config=dlp_training/configs/dlp_tabletop$size.yaml
     local both=(--set train.eval_every=1000 --set train.log_every="$LOG_EVERY" --no-progress)
-    $PY -m training train-dlp --config "$config" --data "$out/data$size" --out "$run" \
+    $PY -m dlp_training train-dlp --config "$config" --data "$out/data$size" --out "$run" \
         --set model.transparency_prior_mean="$prior" --set train.batch_size=128 \
         --set train.checkpoint_every=1000 --set train.max_steps="$PROBE_DLP" "${both[@]}" ||
         return 1
     steps=$(steps_for "$run" "$DLP_S" 128) || return 1
     log "dlp $name: probe done, resuming to max_steps=$steps"
-    $PY -m training train-dlp --out "$run" --resume --set train.max_steps="$steps" \
+    $PY -m dlp_training train-dlp --out "$run" --resume --set train.max_steps="$steps" \
         --set train.time_limit_min="$(minutes "$DLP_S")" "${both[@]}" || return 1
-    $PY -m training encode-dataset --dlp "$run" --data "$out/data$size" \
+    $PY -m dlp_training encode-dataset --dlp "$run" --data "$out/data$size" \
         --out "$out/latents_$name" --device "$DEVICE" --threads 2 --no-progress
 }
 
@@ -81,14 +81,14 @@ dynamics() {  # name
     local name=$1 run="$out/dyn_$1" steps
     local both=(--set train.eval_every=500 --set train.checkpoint_every=1000
                 --set train.log_every="$LOG_EVERY" --no-progress)
-    $PY -m training train-dynamics --config config/train/dynamics_tabletop64.yaml \
+    $PY -m dlp_training train-dynamics --config dlp_training/configs/dynamics_tabletop64.yaml \
         --latents "$out/latents_$name" --out "$run" --set model.hidden_dim=128 --set train.batch_size=64 \
         --set train.max_steps="$PROBE_DYN" "${both[@]}" || return 1
     steps=$(steps_for "$run" "$DYN_S" 64) || return 1
     log "dynamics $name: probe done, resuming to max_steps=$steps"
-    $PY -m training train-dynamics --out "$run" --resume --set train.max_steps="$steps" \
+    $PY -m dlp_training train-dynamics --out "$run" --resume --set train.max_steps="$steps" \
         --set train.time_limit_min="$(minutes "$DYN_S")" "${both[@]}" || return 1
-    $PY -m training export --dlp "$out/dlp_$name" --dynamics "$run" --out "$out/bundle_$name"
+    $PY -m dlp_training export --dlp "$out/dlp_$name" --dynamics "$run" --out "$out/bundle_$name"
 }
 
 variant() {  # name:size:prior

@@ -15,8 +15,8 @@ import yaml
 from dlp_ros.model_card import ModelCard
 
 if TYPE_CHECKING:  # torch and training are imported when a bundle is built, not at collection
-    from training.models.dlp import Dlp, DlpConfig
-    from training.models.dynamics import DynamicsConfig, ParticleDynamics
+    from dlp_training.models.dlp import Dlp, DlpConfig
+    from dlp_training.models.dynamics import DynamicsConfig, ParticleDynamics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,12 +30,12 @@ class Bundle:
 
 
 def _tiny_configs(size: int, action_dim: int) -> tuple[DlpConfig, DynamicsConfig]:
-    """config/train/dlp_tiny.yaml and dynamics_tiny.yaml, at 64 or 128 px."""
-    from training.models.dlp import DlpConfig  # noqa: PLC0415
-    from training.models.dynamics import DynamicsConfig  # noqa: PLC0415
+    """dlp_training/configs/dlp_tiny.yaml and dynamics_tiny.yaml, at 64 or 128 px."""
+    from dlp_training.models.dlp import DlpConfig  # noqa: PLC0415
+    from dlp_training.models.dynamics import DynamicsConfig  # noqa: PLC0415
 
-    dlp = yaml.safe_load((ROOT / 'config/train/dlp_tiny.yaml').read_text())['model']
-    dyn = yaml.safe_load((ROOT / 'config/train/dynamics_tiny.yaml').read_text())['model']
+    dlp = yaml.safe_load((ROOT / 'dlp_training/configs/dlp_tiny.yaml').read_text())['model']
+    dyn = yaml.safe_load((ROOT / 'dlp_training/configs/dynamics_tiny.yaml').read_text())['model']
     if size == 128:  # 16 px patches; one more background stage
         dlp.update(S=128, patch_size=16, bg_encoder_channels=[8, 8, 16, 16, 16],
                    bg_decoder_channels=[16, 8, 8, 8, 8])  # fmt: skip
@@ -61,7 +61,7 @@ def _blob_frames(size: int, t_len: int = 8, seed: int = 0) -> np.ndarray:
 def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Bundle]:
     """{64: bundle with 2 actions, 128: bundle without actions}."""
     torch = pytest.importorskip('torch')
-    from training.export import export_random_bundle  # noqa: PLC0415
+    from dlp_training.export import export_random_bundle  # noqa: PLC0415
 
     torch.set_num_threads(1)
     out = {}

@@ -3,17 +3,18 @@ those inside functions included, followed through this project's own modules) an
 that must load without ROS, in fresh interpreters (nothing leaks in from other tests):
 
 1. the runtime core (``dlp_ros`` less the ROS face and ``dlp_ros.offline``) imports neither torch,
-   ROS client libraries (rclpy, message packages), rosbags nor ``training``, nor the ROS face or
-   ``dlp_ros.offline``;
+   ROS client libraries (rclpy, message packages), rosbags nor ``dlp_training``, nor the ROS face
+   or ``dlp_ros.offline``;
 2. ``dlp_ros.offline`` (torch-free offline ROS tooling) imports neither torch, ROS client libraries
-   nor ``training``, nor the ROS face;
-3. ``training`` imports no ROS client library and no ROS-face module;
+   nor ``dlp_training``, nor the ROS face;
+3. ``dlp_training`` imports no ROS client library and no ROS-face module;
 4. the ROS face (``dlp_ros.node``, ``dlp_ros.planner_node``, ``dlp_ros.conversions``,
    ``dlp_ros.markers``, ``dlp_ros.demo``, ``dlp_ros.dds_shm`` and the simulator's ROS modules
-   ``dlp_ros.sim.node``, ``.client``, ``.evaluate``) imports neither torch nor ``training``;
+   ``dlp_ros.sim.node``, ``.client``, ``.evaluate``) imports neither torch nor ``dlp_training``;
 5. the simulation (``dlp_ros.sim`` less its ROS modules: the MuJoCo scene) imports neither torch,
-   ROS client libraries, rosbags nor ``training``, nor the ROS face or ``dlp_ros.offline``; and the
-   runtime core imports neither the simulation nor mujoco (a robot runs the node without them).
+   ROS client libraries, rosbags nor ``dlp_training``, nor the ROS face or ``dlp_ros.offline``;
+   and the runtime core imports neither the simulation nor mujoco (a robot runs the node without
+   them).
 
 The planner's maths (``dlp_ros.mpc``) is part of the runtime core: rule 1 holds for it.
 """
@@ -32,7 +33,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ('dlp_ros', 'training')
+PACKAGES = ('dlp_ros', 'dlp_training')
 ROS_FACE = frozenset({
     'dlp_ros.node', 'dlp_ros.node_process', 'dlp_ros.planner_node', 'dlp_ros.conversions',
     'dlp_ros.markers', 'dlp_ros.demo', 'dlp_ros.dds_shm', 'dlp_ros.sim.node',
@@ -63,7 +64,7 @@ def is_ros_client(name: str) -> bool:
 
 
 def is_training(name: str) -> bool:
-    return _under(name, 'training')
+    return _under(name, 'dlp_training')
 
 
 def is_ros_face(name: str) -> bool:
@@ -231,22 +232,24 @@ def test_checker_catches_violations(tmp_path: Path) -> None:
         'dlp_ros/clean.py': 'import numpy\nfrom dlp_ros import errors\n',
         'dlp_ros/errors.py': 'import cv2\n',
         'dlp_ros/node.py': 'import rclpy\nfrom dlp_ros.msg import Particle\nimport torch.nn\n',
-        'dlp_ros/demo.py': 'from training import tools\n',
+        'dlp_ros/demo.py': 'from dlp_training import tools\n',
         'dlp_ros/offline/__init__.py': '',
         'dlp_ros/offline/tool.py': 'import rosbags\nfrom . import helper\n',
-        'dlp_ros/offline/helper.py': 'def f():\n    from training.data import build\n',
+        'dlp_ros/offline/helper.py': 'def f():\n    from dlp_training.data import build\n',
         'dlp_ros/offline/ros.py': 'import rclpy\n',
-        'training/__init__.py': '',
-        'training/tools.py': '',
-        'training/data/__init__.py': '',
-        'training/data/build.py': 'import torch\nfrom dlp_ros.offline import tool\n',
-        'training/ros_user.py': 'from dlp_ros import node\n',
-        'training/bag.py': 'def f():\n    from geometry_msgs.msg import Twist\n',
-        'training/record.py': 'from dlp_ros.sim import scene\n',
+        'dlp_training/__init__.py': '',
+        'dlp_training/tools.py': '',
+        'dlp_training/data/__init__.py': '',
+        'dlp_training/data/build.py': 'import torch\nfrom dlp_ros.offline import tool\n',
+        'dlp_training/ros_user.py': 'from dlp_ros import node\n',
+        'dlp_training/bag.py': 'def f():\n    from geometry_msgs.msg import Twist\n',
+        'dlp_training/record.py': 'from dlp_ros.sim import scene\n',
         'dlp_ros/sim/__init__.py': '',
         'dlp_ros/sim/scene.py': 'import mujoco\nimport numpy\nfrom dlp_ros import errors\n',
         'dlp_ros/sim/ros_user.py': 'from sensor_msgs.msg import Image\n',
-        'dlp_ros/sim/node.py': 'import rclpy\nfrom dlp_ros.sim import scene\nimport training\n',
+        'dlp_ros/sim/node.py': (
+            'import rclpy\nfrom dlp_ros.sim import scene\nimport dlp_training\n'
+        ),
         'dlp_ros/physics.py': 'import mujoco\n',
         'dlp_ros/sim_user.py': 'def f():\n    from dlp_ros.sim.scene import Scene\n',
     })  # fmt: skip
@@ -256,23 +259,23 @@ def test_checker_catches_violations(tmp_path: Path) -> None:
         'dlp_ros.core imports torch (dlp_ros/util.py:2 via dlp_ros.core -> dlp_ros.util) [runtime',
         'dlp_ros.util imports torch (dlp_ros/util.py:2) [runtime core',
         'dlp_ros.reader imports dlp_ros.offline.tool (dlp_ros/reader.py:1) [runtime core',
-        'dlp_ros.offline.tool imports training.data.build (dlp_ros/offline/helper.py:2 via '
+        'dlp_ros.offline.tool imports dlp_training.data.build (dlp_ros/offline/helper.py:2 via '
         'dlp_ros.offline.tool -> dlp_ros.offline.helper) [dlp_ros.offline',
         'dlp_ros.offline.ros imports rclpy (dlp_ros/offline/ros.py:1) [dlp_ros.offline',
-        'training.ros_user imports dlp_ros.node (training/ros_user.py:1) [training',
-        'training.bag imports geometry_msgs.msg (training/bag.py:2) [training',
+        'dlp_training.ros_user imports dlp_ros.node (dlp_training/ros_user.py:1) [training',
+        'dlp_training.bag imports geometry_msgs.msg (dlp_training/bag.py:2) [training',
         'dlp_ros.node imports torch.nn (dlp_ros/node.py:3) [ROS face',
-        'dlp_ros.demo imports training.tools (dlp_ros/demo.py:1) [ROS face',
+        'dlp_ros.demo imports dlp_training.tools (dlp_ros/demo.py:1) [ROS face',
         'dlp_ros.sim.ros_user imports sensor_msgs.msg (dlp_ros/sim/ros_user.py:1) [dlp_ros.sim',
-        'dlp_ros.sim.node imports training (dlp_ros/sim/node.py:3) [ROS face',
+        'dlp_ros.sim.node imports dlp_training (dlp_ros/sim/node.py:3) [ROS face',
         'dlp_ros.physics imports mujoco (dlp_ros/physics.py:1) [runtime core',
         'dlp_ros.sim_user imports dlp_ros.sim.scene (dlp_ros/sim_user.py:2) [runtime core',
     ]
     for line in expected:
         assert line in found, f'missing {line!r} in:\n{found}'
-    for allowed in ('dlp_ros.clean ', 'dlp_ros.errors ', 'training.data.build ',
+    for allowed in ('dlp_ros.clean ', 'dlp_ros.errors ', 'dlp_training.data.build ',
                     'dlp_ros.offline.tool imports rosbags', 'dlp_ros.node imports rclpy',
-                    'dlp_ros.node imports dlp_ros.msg', 'training.record ',
+                    'dlp_ros.node imports dlp_ros.msg', 'dlp_training.record ',
                     'dlp_ros.sim.scene ', 'dlp_ros.sim.node imports rclpy',
                     'dlp_ros.sim.node imports dlp_ros.sim.scene'):  # fmt: skip
         assert not any(line.startswith(allowed) for line in lines), f'{allowed!r} in:\n{found}'
@@ -307,11 +310,12 @@ def _part(select: Callable[[str], bool]) -> list[str]:
     [
         (
             is_core,
-            ['torch', 'torch_geometric', 'training', 'rclpy', 'rosbags', 'mujoco', OFFLINE, SIM,
-             *ROS_FACE],
+            ['torch', 'torch_geometric', 'dlp_training', 'rclpy', 'rosbags', 'mujoco', OFFLINE,
+             SIM, *ROS_FACE],
         ),
-        (is_offline, ['torch', 'torch_geometric', 'training', 'rclpy', *ROS_FACE]),
-        (is_sim, ['torch', 'torch_geometric', 'training', 'rclpy', 'rosbags', OFFLINE, *ROS_FACE]),
+        (is_offline, ['torch', 'torch_geometric', 'dlp_training', 'rclpy', *ROS_FACE]),
+        (is_sim, ['torch', 'torch_geometric', 'dlp_training', 'rclpy', 'rosbags', OFFLINE,
+                  *ROS_FACE]),
     ],
     ids=['runtime core', 'dlp_ros.offline', 'dlp_ros.sim'],
 )  # fmt: skip
@@ -330,7 +334,7 @@ def test_importing_the_ros_face_loads_no_torch_or_training() -> None:
         or importlib.util.find_spec('dlp_ros.msg') is None
     ):
         pytest.skip('needs rclpy and the built dlp_ros messages (source scripts/env.sh)')
-    loaded = {m: h for m, h in _loads(_part(is_ros_face), ['torch', 'training']).items() if h}
+    loaded = {m: h for m, h in _loads(_part(is_ros_face), ['torch', 'dlp_training']).items() if h}
     assert not loaded, f'importing the ROS face pulled in: {loaded}'
 
 

@@ -19,7 +19,7 @@ ROS_PACKAGES = {'rclpy', 'rcl_interfaces', 'builtin_interfaces', 'ament_index_py
 # lifecycle services rclpy's LifecycleNode serves
 IMPLIED = {'rosidl_default_runtime', 'lifecycle_msgs'}
 TESTS = sorted((ROOT / 'tests').rglob('*.py'))
-FIRST_PARTY = {'dlp_ros', 'training', 'conftest'}
+FIRST_PARTY = {'dlp_ros', 'dlp_training', 'conftest'}
 # Python libraries with a rosdep key: import name -> key
 ROSDEP_KEYS = {'numpy': 'python3-numpy', 'cv2': 'python3-opencv', 'yaml': 'python3-yaml',
                'pytest': 'python3-pytest', 'catkin_pkg': 'python3-catkin-pkg'}  # fmt: skip

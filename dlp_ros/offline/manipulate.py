@@ -1,7 +1,7 @@
 """``manipulate``: edit a frame through its particles (torch-free, with the runtime).
 
 ```
-python -m training manipulate --bundle DIR --image IN.png --move 2:10,-5 [--move ...]
+python -m dlp_training manipulate --bundle DIR --image IN.png --move 2:10,-5 [--move ...]
     [--remove 3 ...] --out OUT.png
 ```
 
@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dlp_ros.bundle_paths import bundle_path
 from dlp_ros.errors import ConfigError, DlpError, ImageError
 from dlp_ros.input_view import DEFAULT_RESIZE, InputView
 from dlp_ros.offline.perception_outputs import DrawnParticles, draw_particles, enlarge, label
@@ -62,7 +63,9 @@ def parse_move(text: str) -> Move:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add('--bundle', type=Path, required=True, help='model bundle (python -m training export)')
+    add('--bundle', type=bundle_path, required=True,
+        help='model bundle: a directory (python -m dlp_training export) or the name of a '
+             'shipped one (tabletop64, balls64)')  # fmt: skip
     add('--image', type=Path, required=True, help='input image (PNG or JPEG, any size)')
     add(
         '--move',

@@ -1,4 +1,4 @@
-"""``dlp-replay`` (``python -m training replay``): the perception node's pipeline on a recorded
+"""``dlp-replay`` (``python -m dlp_training replay``): the perception node's pipeline on a recorded
 bag, offline, without ROS, deterministically.
 
 Per camera frame of ``--bag`` (sensor_msgs/Image or CompressedImage, mcap or sqlite3), with the
@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from dlp_ros.bundle_paths import bundle_path
 from dlp_ros.errors import ConfigError, EpisodeError, ImageError
 from dlp_ros.image_codec import decode_compressed, decode_raw
 from dlp_ros.input_view import resize_frame
@@ -102,7 +103,9 @@ class ReplayConfig:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add('--bag', type=Path, required=True, help='input rosbag2 directory (mcap or sqlite3)')
-    add('--bundle', type=Path, required=True, help='model bundle (python -m training export)')
+    add('--bundle', type=bundle_path, required=True,
+        help='model bundle: a directory (python -m dlp_training export) or the name of a '
+             'shipped one (tabletop64, balls64)')  # fmt: skip
     add('--out', type=Path, required=True, help='output directory (new)')
     add('--topic', default=None,
         help=f"camera topic, Image or CompressedImage (default: the bag's only image topic, "

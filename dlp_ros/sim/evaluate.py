@@ -2,7 +2,7 @@
 the push planner as separate processes, episodes scored from the simulator's ground truth.
 
 ```
-python -m training evaluate-planning --bundle DIR --episodes 20 --seed S --out DIR
+python -m dlp_training evaluate-planning --bundle DIR --episodes 20 --seed S --out DIR
     [--planner-model service sim no_action random] [--steps 150] [--tolerance 3]
 python -m dlp_ros.sim.evaluate ...                      (the same program)
 ```

@@ -25,15 +25,15 @@ from dlp_ros.model_card import (
 )
 from dlp_ros.particles import FIELDS, ParticleFrame, stack
 from dlp_ros.runtime import DlpRuntime
-from training import export
-from training.__main__ import main
-from training.checkpoint import save_checkpoint
-from training.config import to_dict
-from training.dlp_config import DlpRunConfig
-from training.dynamics_config import DynamicsRunConfig, DynamicsTrainConfig
-from training.models.dlp import Particles
-from training.models.dynamics import rollout
-from training.models.tracking import DlpTrackingEncoder, track_sequence
+from dlp_training import export
+from dlp_training.__main__ import main
+from dlp_training.checkpoint import save_checkpoint
+from dlp_training.config import to_dict
+from dlp_training.dlp_config import DlpRunConfig
+from dlp_training.dynamics_config import DynamicsRunConfig, DynamicsTrainConfig
+from dlp_training.models.dlp import Particles
+from dlp_training.models.dynamics import rollout
+from dlp_training.models.tracking import DlpTrackingEncoder, track_sequence
 
 onnx = pytest.importorskip('onnx')
 SIZES = (64, 128)

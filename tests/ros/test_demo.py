@@ -41,13 +41,13 @@ FRAMES = 10
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight bundle taking 2 actions (S = 64, K = 4, H = 2)."""
     torch = pytest.importorskip('torch')
-    from training.export import export_random_bundle
-    from training.models.dlp import DlpConfig
-    from training.models.dynamics import DynamicsConfig
+    from dlp_training.export import export_random_bundle
+    from dlp_training.models.dlp import DlpConfig
+    from dlp_training.models.dynamics import DynamicsConfig
 
     torch.set_num_threads(1)
-    dlp = yaml.safe_load((ROOT / 'config/train/dlp_tiny.yaml').read_text())['model']
-    dyn = yaml.safe_load((ROOT / 'config/train/dynamics_tiny.yaml').read_text())['model']
+    dlp = yaml.safe_load((ROOT / 'dlp_training/configs/dlp_tiny.yaml').read_text())['model']
+    dyn = yaml.safe_load((ROOT / 'dlp_training/configs/dynamics_tiny.yaml').read_text())['model']
     path = tmp_path_factory.mktemp('demo') / 'bundle'
     export_random_bundle(
         DlpConfig.from_dict(dlp),

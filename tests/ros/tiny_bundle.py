@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-# Sizes of config/train/dlp_tiny.yaml and dynamics_tiny.yaml (K = 4, F = 4, Fb = 4, S = 64).
+# Sizes of dlp_training/configs/dlp_tiny.yaml and dynamics_tiny.yaml (K = F = Fb = 4, S = 64).
 DLP_TINY = {
     'S': 64,
     'K': 4,
@@ -45,9 +45,9 @@ def make_tiny_bundle(out: Path, action_dim: int = 0, dt: float = 0.05, seed: int
     import torch
     import yaml
 
-    from training.export import BundleInfo, export_bundle
-    from training.models.dlp import Dlp, DlpConfig
-    from training.models.dynamics import DynamicsConfig, ParticleDynamics
+    from dlp_training.export import BundleInfo, export_bundle
+    from dlp_training.models.dlp import Dlp, DlpConfig
+    from dlp_training.models.dynamics import DynamicsConfig, ParticleDynamics
 
     torch.manual_seed(seed)
     dlp = Dlp(DlpConfig(**DLP_TINY)).eval()

@@ -23,7 +23,7 @@ from dlp_ros.pipeline import (
 from dlp_ros.runtime import DlpRuntime
 
 NS = 1_000_000_000
-H = 2  # history of the tiny dynamics (config/train/dynamics_tiny.yaml)
+H = 2  # history of the tiny dynamics (dlp_training/configs/dynamics_tiny.yaml)
 
 
 @pytest.fixture(scope='module')

@@ -10,8 +10,8 @@ import torch
 
 from dlp_ros.image_codec import resize_rgb, to_model_input
 from dlp_ros.runtime import DlpRuntime
-from training import dlp_sources, encode_dataset
-from training.frames import FrameSource
+from dlp_training import dlp_sources, encode_dataset
+from dlp_training.frames import FrameSource
 
 
 def test_to_model_input_equals_the_torch_conversion_for_every_value() -> None:

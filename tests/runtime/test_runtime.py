@@ -20,7 +20,7 @@ from dlp_ros.errors import ConfigError, ImageError
 from dlp_ros.overlay import draw_overlay
 from dlp_ros.particles import FIELDS, ParticleFrame, stack
 from dlp_ros.runtime import DlpRuntime
-from training.models.tracking import track_sequence
+from dlp_training.models.tracking import track_sequence
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -289,7 +289,7 @@ for i in range(3):
 rt.render(rt.predict(tracker.history, 2))
 draw_overlay(np.zeros((48, 80, 3), np.uint8), frame)
 print(json.dumps(sorted(m for m in sys.modules
-                        if m.split('.')[0] in ('torch', 'training', 'torch_geometric'))))
+                        if m.split('.')[0] in ('torch', 'dlp_training', 'torch_geometric'))))
 """
     out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
                          check=True, timeout=120)  # fmt: skip

@@ -17,8 +17,8 @@ import torch
 from dlp_ros.image_codec import COMPRESSED_FORMATS
 from dlp_ros.offline.bag_writer import BagWriter
 from dlp_ros.sim.scene import ObjectState
-from training.checkpoint import load_checkpoint
-from training.data.ground_truth import gt_path, write_ground_truth
+from dlp_training.checkpoint import load_checkpoint
+from dlp_training.data.ground_truth import gt_path, write_ground_truth
 
 CAMERA = '/camera/image'
 NS = 1_000_000_000
@@ -140,8 +140,9 @@ def make_camera_bag(tmp_path: Path) -> MakeBag:
     return make
 
 
-# Checks of the shared training loop (training.loop) that test_train_dlp and test_train_dynamics
-# run on their own model: ``run(out, extra_args)`` trains a tiny run into ``out``.
+# Checks of the shared training loop (dlp_training.loop) that test_train_dlp and
+# test_train_dynamics run on their own model: ``run(out, extra_args)`` trains a tiny run into
+# ``out``.
 Run = Callable[[Path, list[str]], None]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.data.balls import COLOURS, BallsScene
+from dlp_training.data.balls import COLOURS, BallsScene
 
 
 def _run(seed: int, frames: int, size: int = 64) -> list:

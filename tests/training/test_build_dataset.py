@@ -23,9 +23,9 @@ from dlp_ros.image_codec import resize_rgb
 from dlp_ros.input_view import resize_frame
 from dlp_ros.offline.bag_writer import BagWriter
 from dlp_ros.offline.typestore import typestore
-from training.__main__ import main
-from training.data.dataset import Dataset, DatasetError
-from training.data.episode_plan import assign_splits
+from dlp_training.__main__ import main
+from dlp_training.data.dataset import Dataset, DatasetError
+from dlp_training.data.episode_plan import assign_splits
 
 CAMERA = '/camera/image'  # the topic make_camera_bag writes (conftest.py)
 NS = 1_000_000_000

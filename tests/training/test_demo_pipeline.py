@@ -7,8 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from training.__main__ import main
-from training.data.dataset import Dataset
+from dlp_training.__main__ import main
+from dlp_training.data.dataset import Dataset
 
 
 def test_tabletop_bags_to_dataset_to_preview(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from dlp_ros.errors import ConfigError
-from training.models.dlp import DLP_PRESETS, Dlp, DlpConfig, DlpDecoder, DlpEncoder, Particles
-from training.models.dlp_parts import PatchPrior, crop_glimpses, paste_glimpses, pixel_centres
+from dlp_training.models.dlp import DLP_PRESETS, Dlp, DlpConfig, DlpDecoder, DlpEncoder, Particles
+from dlp_training.models.dlp_parts import PatchPrior, crop_glimpses, paste_glimpses, pixel_centres
 
 TINY = {
     'S': 32,

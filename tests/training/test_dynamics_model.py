@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from dlp_ros.errors import ConfigError
-from training.models.dlp import DlpConfig, Particles
-from training.models.dynamics import (
+from dlp_training.models.dlp import DlpConfig, Particles
+from dlp_training.models.dynamics import (
     DynamicsConfig,
     DynamicsStep,
     ParticleDynamics,
@@ -22,12 +22,12 @@ from training.models.dynamics import (
     rollout,
     rollout_loss,
 )
-from training.models.dynamics_layers import (
+from dlp_training.models.dynamics_layers import (
     DenseInteractionLayer,
     batch_edge_index,
     fully_connected_edge_index,
 )
-from training.models.pyg_layers import InteractionLayer
+from dlp_training.models.pyg_layers import InteractionLayer
 
 torch.set_num_threads(1)
 
@@ -140,7 +140,8 @@ def test_pyg_layer_equals_dense_layer_and_ignores_edge_order(aggr: str, edge_dim
 
 def test_training_and_export_do_not_import_torch_geometric() -> None:
     code = (
-        'import sys, training.models.dynamics, training.export, training.train_dynamics; '
+        'import sys, dlp_training.models.dynamics, dlp_training.export, '
+        'dlp_training.train_dynamics; '
         "print('torch_geometric' in sys.modules)"
     )
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)

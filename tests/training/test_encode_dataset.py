@@ -10,14 +10,14 @@ import pytest
 import torch
 import yaml
 
-from training.__main__ import main
-from training.checkpoint import save_checkpoint
-from training.config import to_dict
-from training.data.dataset import Dataset
-from training.dlp_config import DlpRunConfig
-from training.latents import LatentDataset, LatentsError
-from training.models.dlp import Dlp, DlpConfig
-from training.models.tracking import METHOD, track_sequence
+from dlp_training.__main__ import main
+from dlp_training.checkpoint import save_checkpoint
+from dlp_training.config import to_dict
+from dlp_training.data.dataset import Dataset
+from dlp_training.dlp_config import DlpRunConfig
+from dlp_training.latents import LatentDataset, LatentsError
+from dlp_training.models.dlp import Dlp, DlpConfig
+from dlp_training.models.tracking import METHOD, track_sequence
 
 torch.set_num_threads(1)
 TINY = DlpConfig(S=64, K=4, n_proposals=6, prior_channels=(8, 8),

@@ -12,15 +12,15 @@ import pytest
 import torch
 import yaml
 
-from training.__main__ import main
-from training.checkpoint import save_checkpoint
-from training.config import to_dict
-from training.data.dataset import Dataset
-from training.dlp_config import DlpRunConfig
-from training.evaluate_dlp import Encoded, object_metrics
-from training.export import export_random_bundle
-from training.models.dlp import Dlp, DlpConfig
-from training.models.dynamics import DynamicsConfig
+from dlp_training.__main__ import main
+from dlp_training.checkpoint import save_checkpoint
+from dlp_training.config import to_dict
+from dlp_training.data.dataset import Dataset
+from dlp_training.dlp_config import DlpRunConfig
+from dlp_training.evaluate_dlp import Encoded, object_metrics
+from dlp_training.export import export_random_bundle
+from dlp_training.models.dlp import Dlp, DlpConfig
+from dlp_training.models.dynamics import DynamicsConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -183,8 +183,10 @@ def test_object_metrics_of_particles_on_the_ground_truth(dataset: Path) -> None:
 
 def test_bundle_gives_the_run_metrics(dataset: Path, tmp_path: Path) -> None:
     """evaluate-dlp --bundle (onnxruntime) measures what --run measures on the same weights."""
-    dlp_cfg = yaml.safe_load((ROOT / 'config/train/dlp_tiny.yaml').read_text())['model']
-    dyn_cfg = yaml.safe_load((ROOT / 'config/train/dynamics_tiny.yaml').read_text())['model']
+    dlp_cfg = yaml.safe_load((ROOT / 'dlp_training/configs/dlp_tiny.yaml').read_text())['model']
+    dyn_cfg = yaml.safe_load((ROOT / 'dlp_training/configs/dynamics_tiny.yaml').read_text())[
+        'model'
+    ]
     bundle = tmp_path / 'bundle'
     dlp_config = DlpConfig.from_dict({**dlp_cfg, 'S': 64})
     _, dlp, _ = export_random_bundle(

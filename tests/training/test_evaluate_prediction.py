@@ -14,15 +14,15 @@ import pytest
 import torch
 import yaml
 
-from training.__main__ import main
-from training.checkpoint import load_checkpoint, save_checkpoint
-from training.config import to_dict
-from training.data.dataset import Dataset, write_manifest
-from training.dlp_config import load_dlp
-from training.dynamics_config import DynamicsRunConfig, load_dynamics
-from training.flow_baseline import constant_flow
-from training.models.dynamics import ParticleDynamics
-from training.prediction import (
+from dlp_training.__main__ import main
+from dlp_training.checkpoint import load_checkpoint, save_checkpoint
+from dlp_training.config import to_dict
+from dlp_training.data.dataset import Dataset, write_manifest
+from dlp_training.dlp_config import load_dlp
+from dlp_training.dynamics_config import DynamicsRunConfig, load_dynamics
+from dlp_training.flow_baseline import constant_flow
+from dlp_training.models.dynamics import ParticleDynamics
+from dlp_training.prediction import (
     TorchPredictor,
     action_window,
     constant_velocity,
@@ -32,8 +32,8 @@ from training.prediction import (
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]
-DLP_TINY = ROOT / 'config' / 'train' / 'dlp_tiny.yaml'
-DYN_TINY = ROOT / 'config' / 'train' / 'dynamics_tiny.yaml'
+DLP_TINY = ROOT / 'dlp_training' / 'configs' / 'dlp_tiny.yaml'
+DYN_TINY = ROOT / 'dlp_training' / 'configs' / 'dynamics_tiny.yaml'
 FRAMES = 20  # per episode; the test split is one episode
 C, N = 3, 4  # context, horizon: two non-overlapping clips in the test episode
 ACTION_NAMES = ['linear.x', 'linear.y', 'linear.z', 'angular.x', 'angular.y', 'angular.z']
@@ -61,7 +61,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         path = dlp / 'checkpoints' / f'{name}.pt'
         state = load_checkpoint(path)
         head = [k for k in state['model'] if k.startswith('particle_encoder.head.')][-1]
-        state['model'][head][6] += 4.0  # transparency logit (training.models.dlp)
+        state['model'][head][6] += 4.0  # transparency logit (dlp_training.models.dlp)
         save_checkpoint(path, state)
     assert main(['encode-dataset', '--dlp', str(dlp), '--data', str(data), '--out', str(latents),
                  '--threads', '1', '--no-progress']) == 0  # fmt: skip

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from dlp_ros.model_card import load_model_card
-from training.__main__ import main
-from training.checkpoint import load_checkpoint, save_checkpoint
+from dlp_training.__main__ import main
+from dlp_training.checkpoint import load_checkpoint, save_checkpoint
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]
-DLP_TINY = ROOT / 'config' / 'train' / 'dlp_tiny.yaml'
-DYN_TINY = ROOT / 'config' / 'train' / 'dynamics_tiny.yaml'
+DLP_TINY = ROOT / 'dlp_training' / 'configs' / 'dlp_tiny.yaml'
+DYN_TINY = ROOT / 'dlp_training' / 'configs' / 'dynamics_tiny.yaml'
 # A learning rate too small to change a float32 weight: every validation scores the same, so
 # the best checkpoint stays the first validation's, as in a run that never improved.
 FROZEN = ['--set', 'train.lr=1e-12', '--set', 'train.max_steps=6', '--set', 'train.eval_every=2',
@@ -52,7 +52,7 @@ def with_presence(dlp: Path, out: Path, logit: float) -> Path:
     for name in ('best', 'last'):
         state = load_checkpoint(dlp / 'checkpoints' / f'{name}.pt')
         head = [k for k in state['model'] if k.startswith('particle_encoder.head.')][-1]
-        state['model'][head][6] += logit  # transparency logit (training.models.dlp)
+        state['model'][head][6] += logit  # transparency logit (dlp_training.models.dlp)
         save_checkpoint(out / 'checkpoints' / f'{name}.pt', state)
     return out
 

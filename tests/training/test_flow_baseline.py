@@ -1,4 +1,4 @@
-"""The constant optical-flow baseline (``training.flow_baseline``) on synthetic motion."""
+"""The constant optical-flow baseline (``dlp_training.flow_baseline``) on synthetic motion."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dlp_ros.image_quality import psnr_from_mse
-from training.flow_baseline import compose_maps, constant_flow, farneback_flow
+from dlp_training.flow_baseline import compose_maps, constant_flow, farneback_flow
 
 S, SIDE = 64, 14
 

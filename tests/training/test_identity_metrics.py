@@ -1,11 +1,11 @@
-"""IDF1 and identity switches (``training.identity_metrics``) on hand-made tracks."""
+"""IDF1 and identity switches (``dlp_training.identity_metrics``) on hand-made tracks."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from training.identity_metrics import IdentityAccumulator, track_ids
+from dlp_training.identity_metrics import IdentityAccumulator, track_ids
 
 T = 10
 GATE = 3.0  # px

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from training.models.dlp import Dlp, DlpConfig
-from training.models.dlp_parts import (
+from dlp_training.models.dlp import Dlp, DlpConfig
+from dlp_training.models.dlp_parts import (
     composite,
     composite_normalised,
     paste_glimpses,

@@ -12,12 +12,12 @@ import yaml
 
 from dlp_ros.config_schema import renamed_keys
 from dlp_ros.errors import ConfigError
-from training.config import from_dict
-from training.dlp_config import DlpRunConfig
-from training.dynamics_config import DynamicsRunConfig
-from training.models.dlp import DlpConfig
-from training.models.dynamics import DynamicsConfig
-from training.runs import take_sizes
+from dlp_training.config import from_dict
+from dlp_training.dlp_config import DlpRunConfig
+from dlp_training.dynamics_config import DynamicsRunConfig
+from dlp_training.models.dlp import DlpConfig
+from dlp_training.models.dynamics import DynamicsConfig
+from dlp_training.runs import take_sizes
 
 ROOT = Path(__file__).resolve().parents[2]
 OLD_DLP = {'image_size': 64, 'n_particles': 4, 'n_proposals': 6, 'feature_dim': 4,

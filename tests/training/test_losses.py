@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.distributions import Normal, SigmoidTransform, TransformedDistribution, kl_divergence
 
-from training.losses import (
+from dlp_training.losses import (
     chamfer_kl,
     gaussian_kl,
     pairwise_gaussian_kl,

@@ -1,4 +1,4 @@
-"""``python -m training manipulate``: move and remove particles of an encoded image, decode."""
+"""``python -m dlp_training manipulate``: move and remove particles of an encoded image, decode."""
 
 from __future__ import annotations
 
@@ -19,22 +19,22 @@ from dlp_ros.offline.manipulate import (
     side_by_side,
 )
 from dlp_ros.runtime import DlpRuntime
-from training.__main__ import main as train_main
+from dlp_training.__main__ import main as train_main
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope='module')
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random-weight bundle (config/train/*_tiny.yaml sizes, S = 64, no actions)."""
+    """A tiny random-weight bundle (dlp_training/configs/*_tiny.yaml sizes, S = 64, no actions)."""
     torch = pytest.importorskip('torch')
-    from training.export import export_random_bundle
-    from training.models.dlp import DlpConfig
-    from training.models.dynamics import DynamicsConfig
+    from dlp_training.export import export_random_bundle
+    from dlp_training.models.dlp import DlpConfig
+    from dlp_training.models.dynamics import DynamicsConfig
 
     torch.set_num_threads(1)
-    dlp = yaml.safe_load((ROOT / 'config/train/dlp_tiny.yaml').read_text())['model']
-    dyn = yaml.safe_load((ROOT / 'config/train/dynamics_tiny.yaml').read_text())['model']
+    dlp = yaml.safe_load((ROOT / 'dlp_training/configs/dlp_tiny.yaml').read_text())['model']
+    dyn = yaml.safe_load((ROOT / 'dlp_training/configs/dynamics_tiny.yaml').read_text())['model']
     path = tmp_path_factory.mktemp('manipulate') / 'bundle'
     dlp_cfg = DlpConfig.from_dict(dlp)
     export_random_bundle(dlp_cfg, DynamicsConfig.from_dlp(dlp_cfg, **dyn), path, seed=3)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dlp_ros import image_quality
-from training.metrics import (
+from dlp_training.metrics import (
     LocalisationAccumulator,
     fit_linear_map,
     gaussian_window,

@@ -1,6 +1,6 @@
-"""A non-finite loss stops training (training.runs.optimisation_step): on one process, and under
-DDP with two real gloo processes where only rank 1 sees it, which must stop both ranks without a
-hang (no rank may be left waiting in the gradient all-reduce)."""
+"""A non-finite loss stops training (dlp_training.runs.optimisation_step): on one process, and
+under DDP with two real gloo processes where only rank 1 sees it, which must stop both ranks
+without a hang (no rank may be left waiting in the gradient all-reduce)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dlp_ros.errors import DlpError
-from training.runs import optimisation_step
+from dlp_training.runs import optimisation_step
 
 ROOT = Path(__file__).resolve().parents[2]
 HANG_S = 60  # both ranks exit well within this; more means a rank hung
@@ -37,9 +37,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from training import distributed as dist
+from dlp_training import distributed as dist
 from dlp_ros.offline.cli import main_of
-from training.runs import optimisation_step
+from dlp_training.runs import optimisation_step
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

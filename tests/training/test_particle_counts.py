@@ -1,11 +1,11 @@
-"""Duplicate particles and on-counts (``training.particle_counts``) on hand-made frames."""
+"""Duplicate particles and on-counts (``dlp_training.particle_counts``) on hand-made frames."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from training.particle_counts import CountAccumulator, frame_duplicates
+from dlp_training.particle_counts import CountAccumulator, frame_duplicates
 
 GT_XY = np.array([[10.0, 10.0], [40.0, 40.0], [10.0, 50.0]])  # (3, 2) px
 RADIUS = np.full(3, 4.0)

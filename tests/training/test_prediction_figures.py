@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.prediction import PredictionClip
-from training.prediction_figures import (
+from dlp_training.prediction import PredictionClip
+from dlp_training.prediction_figures import (
     CELL,
     STILL_CELL,
     Strip,
@@ -14,7 +14,7 @@ from training.prediction_figures import (
     still,
     still_steps,
 )
-from training.visualize import CAPTION, upscale
+from dlp_training.visualize import CAPTION, upscale
 
 HEADER = 20  # prediction_figures._header
 C, N, S = 3, 4, 16

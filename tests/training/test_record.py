@@ -12,9 +12,9 @@ from rosbags.rosbag2 import Reader
 
 from dlp_ros.image_codec import decode_compressed, decode_raw
 from dlp_ros.offline.typestore import typestore
-from training.__main__ import main
-from training.data.balls import BallsScene
-from training.data.ground_truth import gt_path, read_ground_truth
+from dlp_training.__main__ import main
+from dlp_training.data.balls import BallsScene
+from dlp_training.data.ground_truth import gt_path, read_ground_truth
 
 
 def _messages(bag: Path) -> dict[str, list[tuple[int, object]]]:

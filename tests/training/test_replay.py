@@ -31,15 +31,16 @@ NS = 1_000_000_000
 
 @pytest.fixture(scope='module')
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random-weight bundle (config/train/*_tiny.yaml sizes, S = 64) taking 2 actions."""
+    """A tiny random-weight bundle (dlp_training/configs/*_tiny.yaml sizes, S = 64) with 2
+    actions."""
     torch = pytest.importorskip('torch')
-    from training.export import export_random_bundle
-    from training.models.dlp import DlpConfig
-    from training.models.dynamics import DynamicsConfig
+    from dlp_training.export import export_random_bundle
+    from dlp_training.models.dlp import DlpConfig
+    from dlp_training.models.dynamics import DynamicsConfig
 
     torch.set_num_threads(1)
-    dlp = yaml.safe_load((ROOT / 'config/train/dlp_tiny.yaml').read_text())['model']
-    dyn = yaml.safe_load((ROOT / 'config/train/dynamics_tiny.yaml').read_text())['model']
+    dlp = yaml.safe_load((ROOT / 'dlp_training/configs/dlp_tiny.yaml').read_text())['model']
+    dyn = yaml.safe_load((ROOT / 'dlp_training/configs/dynamics_tiny.yaml').read_text())['model']
     path = tmp_path_factory.mktemp('replay') / 'bundle'
     export_random_bundle(
         DlpConfig.from_dict(dlp),

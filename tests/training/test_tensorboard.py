@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import tensorboard_log
-from training.__main__ import main
+from dlp_training import tensorboard_log
+from dlp_training.__main__ import main
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]
-DLP_TINY = ROOT / 'config' / 'train' / 'dlp_tiny.yaml'
-DYN_TINY = ROOT / 'config' / 'train' / 'dynamics_tiny.yaml'
+DLP_TINY = ROOT / 'dlp_training' / 'configs' / 'dlp_tiny.yaml'
+DYN_TINY = ROOT / 'dlp_training' / 'configs' / 'dynamics_tiny.yaml'
 SHORT = ['--set', 'train.max_steps=10', '--set', 'train.log_every=5',
          '--set', 'train.eval_every=5', '--set', 'train.checkpoint_every=5',
          '--set', 'train.threads=1']  # fmt: skip
@@ -89,7 +89,7 @@ def test_without_tensorboard_it_says_so_once(
 ) -> None:  # fmt: skip
     monkeypatch.setattr(tensorboard_log, 'summary_writer_class', lambda: None)
     monkeypatch.setattr(tensorboard_log, '_said_off', False)
-    with caplog.at_level(logging.INFO, logger='training.tensorboard_log'):
+    with caplog.at_level(logging.INFO, logger='dlp_training.tensorboard_log'):
         for name in ('a', 'b'):
             assert main(['train-dynamics', '--config', str(DYN_TINY), '--latents',
                          str(data['latents']), '--out', str(tmp_path / name), '--no-progress',

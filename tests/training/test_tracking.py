@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from training.models.dlp import Dlp, DlpConfig
-from training.models.dlp_parts import pixel_centres
-from training.models.tracking import (
+from dlp_training.models.dlp import Dlp, DlpConfig
+from dlp_training.models.dlp_parts import pixel_centres
+from dlp_training.models.tracking import (
     DlpBackgroundEncoder,
     DlpTrackingEncoder,
     assign_slots,

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.__main__ import main
-from training.checkpoint import load_checkpoint
-from training.distributed import parameter_digest
-from training.dlp_config import load_dlp
+from dlp_training.__main__ import main
+from dlp_training.checkpoint import load_checkpoint
+from dlp_training.distributed import parameter_digest
+from dlp_training.dlp_config import load_dlp
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / 'config' / 'train' / 'dlp_tiny.yaml'
+TINY = ROOT / 'dlp_training' / 'configs' / 'dlp_tiny.yaml'
 
 
 @pytest.fixture(scope='module')
@@ -36,7 +36,7 @@ def balls_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train_cmd(data: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, '-m', 'training', 'train-dlp', '--config', str(TINY), '--data',
+    return [sys.executable, '-m', 'dlp_training', 'train-dlp', '--config', str(TINY), '--data',
             str(data), '--out', str(out), '--no-progress', *extra]  # fmt: skip
 
 
@@ -52,6 +52,12 @@ def test_tiny_run_writes_checkpoints_metrics_and_grids(balls_data: Path, tmp_pat
     model, config, info = load_dlp(out)
     assert info['step'] == 20 and config.train.max_steps == 20
     assert config.model.K == 4
+    # Tensors and plain values only (weights_only loads them): no class of this package is
+    # pickled, so runs stay loadable whatever its modules are called (it was `training` once).
+    checkpoints = sorted((out / 'checkpoints').glob('*.pt'))
+    assert checkpoints
+    for path in checkpoints:
+        assert torch.load(path, map_location='cpu', weights_only=True)['step'] == 20
     # a new run refuses a non-empty directory
     assert main([*argv, '--no-progress']) == 2
 
@@ -74,7 +80,7 @@ def test_resume_after_kill_is_exact(balls_data: Path, tmp_path: Path) -> None:
     state = load_checkpoint(last)  # the kill never leaves a broken checkpoint
     assert 8 <= state['step'] < 30, state['step']
 
-    resume = [sys.executable, '-m', 'training', 'train-dlp', '--out', str(killed), '--resume',
+    resume = [sys.executable, '-m', 'dlp_training', 'train-dlp', '--out', str(killed), '--resume',
               '--no-progress']  # fmt: skip
     subprocess.run(resume, check=True, capture_output=True)
     a, _, info_a = load_dlp(straight, 'last')
@@ -105,7 +111,7 @@ def test_two_ddp_processes_stay_in_sync(balls_data: Path, tmp_path: Path) -> Non
     out = tmp_path / 'ddp'
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
-           '--master_port', str(29500 + os.getpid() % 1000), '-m', 'training', 'train-dlp',
+           '--master_port', str(29500 + os.getpid() % 1000), '-m', 'dlp_training', 'train-dlp',
            '--config', str(TINY), '--data', str(balls_data), '--out', str(out), '--no-progress',
            '--set', 'train.max_steps=6', '--set', 'train.threads=1']  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)

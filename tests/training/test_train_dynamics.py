@@ -20,21 +20,21 @@ import pytest
 import torch
 import yaml
 
-from training.__main__ import main
-from training.checkpoint import load_checkpoint, save_checkpoint
-from training.clips import ClipSource
-from training.config import to_dict
-from training.data.dataset import write_manifest
-from training.distributed import parameter_digest
-from training.dlp_config import DlpRunConfig
-from training.dynamics_config import load_dynamics
-from training.encode_dataset import StatsAccumulator
-from training.latents import FORMAT, VERSION, LatentDataset, episode_file
-from training.models.dlp import Dlp, DlpConfig
+from dlp_training.__main__ import main
+from dlp_training.checkpoint import load_checkpoint, save_checkpoint
+from dlp_training.clips import ClipSource
+from dlp_training.config import to_dict
+from dlp_training.data.dataset import write_manifest
+from dlp_training.distributed import parameter_digest
+from dlp_training.dlp_config import DlpRunConfig
+from dlp_training.dynamics_config import load_dynamics
+from dlp_training.encode_dataset import StatsAccumulator
+from dlp_training.latents import FORMAT, VERSION, LatentDataset, episode_file
+from dlp_training.models.dlp import Dlp, DlpConfig
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / 'config' / 'train' / 'dynamics_tiny.yaml'
+TINY = ROOT / 'dlp_training' / 'configs' / 'dynamics_tiny.yaml'
 K, F, FB, T = 4, 4, 4, 16  # sizes of dynamics_tiny.yaml; frames per episode
 SPLITS = ('train', 'train', 'train', 'train', 'val', 'val')
 ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
@@ -111,7 +111,7 @@ def _metrics(out: Path, split: str) -> list[dict[str, Any]]:
 
 
 def _cmd(latents: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, '-m', 'training', 'train-dynamics', '--config', str(TINY),
+    return [sys.executable, '-m', 'dlp_training', 'train-dynamics', '--config', str(TINY),
             '--latents', str(latents), '--out', str(out), '--no-progress', *extra]  # fmt: skip
 
 
@@ -132,6 +132,9 @@ def test_tiny_run_writes_checkpoints_metrics_and_baselines(tiny_run: Path) -> No
     best = load_checkpoint(tiny_run / 'checkpoints' / 'best.pt')
     assert best['metrics']['position_rmse_mean'] == min(x['position_rmse_mean'] for x in val)
     assert (tiny_run / 'config.yaml').is_file() and (tiny_run / 'run.yaml').is_file()
+    # Tensors and plain values only: no class of this package is pickled (see test_train_dlp).
+    for name in ('best', 'last'):
+        torch.load(tiny_run / 'checkpoints' / f'{name}.pt', map_location='cpu', weights_only=True)
 
 
 def test_curriculum_horizon_increases(tiny_run: Path) -> None:
@@ -158,7 +161,7 @@ def test_resume_after_kill_is_exact(latents: Path, tmp_path: Path) -> None:
     state = load_checkpoint(last)  # the kill never leaves a broken checkpoint
     assert 8 <= state['step'] < 200, state['step']
 
-    resume = [sys.executable, '-m', 'training', 'train-dynamics', '--out', str(killed),
+    resume = [sys.executable, '-m', 'dlp_training', 'train-dynamics', '--out', str(killed),
               '--resume', '--no-progress']  # fmt: skip
     subprocess.run(resume, check=True, capture_output=True, env=ENV)
     a, _, info_a = load_dynamics(straight, 'last')
@@ -262,7 +265,7 @@ def test_camera_only_latents_train_without_actions(
     argv = ['train-dynamics', '--config', str(TINY), '--latents', str(latents), '--out', str(out),
             '--no-progress', '--set', 'model.action_dim=2', '--set', 'train.action_columns=[0, 1]',
             '--set', 'train.max_steps=5']  # fmt: skip
-    with caplog.at_level(logging.INFO, logger='training.train_dynamics'):
+    with caplog.at_level(logging.INFO, logger='dlp_training.train_dynamics'):
         assert main(argv) == 0
     said = [r.getMessage() for r in caplog.records if 'camera-only' in r.getMessage()]
     assert len(said) == 1 and 'model.action_dim: 0' in said[0], said
@@ -278,7 +281,7 @@ def test_camera_only_latents_train_without_actions(
 def test_two_ddp_processes_stay_in_sync(latents: Path, tmp_path: Path) -> None:
     out = tmp_path / 'ddp'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
-           '--master_port', str(29500 + os.getpid() % 1000 + 7), '-m', 'training',
+           '--master_port', str(29500 + os.getpid() % 1000 + 7), '-m', 'dlp_training',
            'train-dynamics', '--config', str(TINY), '--latents', str(latents), '--out', str(out),
            '--no-progress', '--set', 'train.max_steps=6']  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=120)

@@ -1,0 +1,167 @@
+"""``record-synthetic``: synthetic episodes as real rosbag2 bags, with ground truth beside them.
+
+Output layout (written to a hidden sibling directory, renamed into place when complete)::
+
+    OUT/record.yaml              what was recorded and how (scene, arguments, topics)
+    OUT/episode_0000/            rosbag2 directory (metadata.yaml + .mcap or .db3)
+    OUT/episode_0000.gt.csv      ground truth per frame and object
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from dlp_ros.config_schema import checked, from_args
+from dlp_ros.errors import DlpError
+from dlp_ros.offline.bag_writer import STORAGES, BagWriter
+from dlp_ros.sim.scene import ObjectState, Scene
+from dlp_training.data.ground_truth import gt_path, write_ground_truth
+
+logger = logging.getLogger(__name__)
+
+CAMERA_TOPIC = '/camera/image_raw'
+CAMERA_FRAME = 'camera'
+EPOCH_NS = 1_700_000_000 * 10**9  # first stamp of episode 0; episode i starts i hours later
+
+
+def make_scene(name: str, size: int, fps: float) -> Scene:
+    """Instantiate a scene by name (imports MuJoCo only for ``tabletop``)."""
+    if name == 'balls':
+        from dlp_training.data.balls import BallsScene
+
+        return BallsScene(size=size, fps=fps)
+    if name == 'tabletop':
+        from dlp_ros.sim.tabletop import TabletopScene
+
+        return TabletopScene(size=size, fps=fps)
+    raise DlpError(f'unknown scene {name!r}; choose balls or tabletop')
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('scene', choices=['balls', 'tabletop'], help='which synthetic scene')
+    parser.add_argument('--episodes', type=int, required=True, help='number of episodes (bags)')
+    parser.add_argument('--out', type=Path, required=True, help='output directory (new)')
+    parser.add_argument('--storage', choices=sorted(STORAGES), default='mcap')
+    parser.add_argument('--size', type=int, choices=[64, 128], default=64, help='image side, px')
+    parser.add_argument('--seed', type=int, default=0, help='random seed (episode i uses S+i)')
+    parser.add_argument('--frames', type=int, default=None, help='frames per episode '
+                        '(default: 100 for balls, 50 for tabletop)')  # fmt: skip
+    parser.add_argument('--fps', type=float, default=10.0, help='camera rate, Hz')
+    parser.add_argument('--compressed', choices=['jpeg', 'png'], default=None,
+                        help='write CompressedImage on <topic>/compressed instead')  # fmt: skip
+    parser.add_argument('--overwrite', action='store_true', help='replace an existing --out')
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    """The record-synthetic command line, validated (the fields are its options)."""
+
+    scene: str = checked(choices=('balls', 'tabletop'))
+    episodes: int = checked(ge=1)
+    out: Path
+    storage: str = checked('mcap', choices=tuple(sorted(STORAGES)))
+    size: int = checked(64, choices=(64, 128))
+    seed: int = 0
+    # None: 100 for balls, 50 for tabletop (:attr:`frames_per_episode`).
+    frames: int | None = checked(None, ge=2)
+    fps: float = checked(10.0, gt=0, finite=True)
+    compressed: str | None = checked(None, choices=('jpeg', 'png', None))
+    overwrite: bool = False
+
+    @property
+    def frames_per_episode(self) -> int:
+        return self.frames or (100 if self.scene == 'balls' else 50)
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = from_args(RecordOptions, args)
+    frames = opts.frames_per_episode
+    out = opts.out
+    if out.exists() and not opts.overwrite:
+        raise DlpError(f'{out} already exists; choose a new --out or pass --overwrite')
+    partial = out.with_name(f'.{out.name}.partial')
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        summary = record(opts, partial)
+        (partial / 'record.yaml').write_text(yaml.safe_dump(summary, sort_keys=False))
+        if out.exists():
+            shutil.rmtree(out)
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    print(f'recorded {opts.episodes} {opts.scene} episode(s) x {frames} frames -> {out}')  # noqa: T201
+    return 0
+
+
+def record(opts: RecordOptions, out: Path) -> dict:
+    """Record ``opts.episodes`` bags into ``out``; returns the summary written to record.yaml."""
+    scene_name, episodes = opts.scene, opts.episodes
+    frames = opts.frames_per_episode
+    scene = make_scene(scene_name, opts.size, opts.fps)
+    camera_topic = CAMERA_TOPIC + ('/compressed' if opts.compressed else '')
+    camera_type = 'sensor_msgs/msg/' + ('CompressedImage' if opts.compressed else 'Image')
+    topics = {camera_topic: camera_type}
+    action_topic = f'/{scene_name}/command' if scene.action_names else None
+    if action_topic:
+        topics[action_topic] = 'geometry_msgs/msg/TwistStamped'
+    period_ns = round(1e9 / opts.fps)
+    bar = tqdm(total=episodes * frames, unit='frame', desc=f'record {scene_name}',
+               file=sys.stderr, disable=None)  # fmt: skip
+    try:
+        for ep in range(episodes):
+            scene.reset(np.random.default_rng(opts.seed + ep))
+            bag = out / f'episode_{ep:04d}'
+            truth: list[tuple[int, list[ObjectState]]] = []
+            with BagWriter(bag, opts.storage, topics) as writer:
+                for t in range(frames):
+                    stamp = EPOCH_NS + ep * 3600 * 10**9 + t * period_ns
+                    frame = scene.step()
+                    if opts.compressed:
+                        msg = writer.compressed_image(
+                            stamp, CAMERA_FRAME, frame.rgb, opts.compressed
+                        )
+                    else:
+                        msg = writer.image(stamp, CAMERA_FRAME, frame.rgb)
+                    writer.write(camera_topic, stamp, msg)
+                    if action_topic and frame.action is not None:
+                        writer.write(action_topic, stamp, _twist(writer, stamp, frame.action))
+                    truth.append((stamp, frame.objects))
+                    bar.update()
+            write_ground_truth(gt_path(bag), truth)
+    finally:
+        bar.close()
+        scene.close()
+    return {
+        'scene': scene_name,
+        'episodes': episodes,
+        'frames_per_episode': frames,
+        'size': opts.size,
+        'fps': opts.fps,
+        'seed': opts.seed,
+        'storage': opts.storage,
+        'topics': topics,
+        'action_names': list(scene.action_names),
+        'ground_truth': 'episode_NNNN.gt.csv: frame,stamp_ns,id,name,x,y,radius,visible (px)',
+    }
+
+
+def _twist(writer: BagWriter, stamp_ns: int, action: np.ndarray) -> object:
+    """geometry_msgs/TwistStamped carrying the scene's (vx, vy) command in linear.x/y."""
+    types = writer.store.types
+    vec = types['geometry_msgs/msg/Vector3']
+    linear = vec(x=float(action[0]), y=float(action[1]) if action.size > 1 else 0.0, z=0.0)
+    twist = types['geometry_msgs/msg/Twist'](linear=linear, angular=vec(x=0.0, y=0.0, z=0.0))
+    return types['geometry_msgs/msg/TwistStamped'](
+        header=writer.header(stamp_ns, 'table'), twist=twist
+    )

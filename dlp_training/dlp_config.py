@@ -1,0 +1,47 @@
+"""The configuration of a DLP training run: the model and the optimisation, one YAML file.
+
+```yaml
+model: {...}   # dlp_training.models.dlp.DlpConfig fields
+train: {...}   # DlpTrainConfig fields below (dlp_training.loop.ScheduleConfig + its own)
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dlp_ros.config_schema import checked
+from dlp_training.loop import ScheduleConfig
+from dlp_training.models.dlp import Dlp, DlpConfig
+from dlp_training.runs import load_run_model
+
+
+@dataclass(frozen=True)
+class DlpTrainConfig(ScheduleConfig):
+    """Optimisation and bookkeeping of ``train-dlp``: the shared schedule (batch_size counts
+    images, eval_every draws the PNG grid too) and the fields below."""
+
+    max_steps: int = checked(20000, ge=1)
+    lr: float = checked(2e-3, gt=0)
+    # Steps of the model's warm-up phase (fixed decoder scale + glimpse reconstruction).
+    warmup_steps: int = checked(1000, ge=0)
+    # Validation images used per evaluation.
+    eval_images: int = checked(128, ge=1)
+
+
+@dataclass
+class DlpRunConfig:
+    """Everything ``train-dlp`` needs besides the data."""
+
+    model: DlpConfig = field(default_factory=DlpConfig)
+    train: DlpTrainConfig = field(default_factory=DlpTrainConfig)
+
+
+def load_dlp(run_dir: Path, which: str = 'best') -> tuple[Dlp, DlpRunConfig, dict[str, Any]]:
+    """The trained model of a ``train-dlp`` run directory, in eval mode, on the CPU.
+
+    Returns the model, its run config and the checkpoint's other entries (step, metrics).
+    """
+    return load_run_model(run_dir, which, DlpRunConfig, lambda c: Dlp(c.model))

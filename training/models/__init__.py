@@ -1,5 +1,0 @@
-"""Models of dlp_ros: the DLP per-frame VAE (``dlp``) and, later, the particle dynamics."""
-
-from training.models.dlp import DLP_PRESETS, Dlp, DlpConfig, DlpDecoder, DlpEncoder, Particles
-
-__all__ = ['DLP_PRESETS', 'Dlp', 'DlpConfig', 'DlpDecoder', 'DlpEncoder', 'Particles']
