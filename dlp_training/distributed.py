@@ -24,6 +24,8 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
+from dlp_ros.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 
@@ -44,21 +46,41 @@ class Context:
         return self.world_size > 1
 
 
-def setup() -> Context:
-    """Join the process group when started by torchrun; pick the device."""
+DEVICES = ('auto', 'cpu', 'cuda')
+
+
+def setup(device: str = 'auto') -> Context:
+    """Join the process group when started by torchrun; pick the device (``auto``: CUDA when
+    torch sees a GPU, else the CPU; ``cuda`` without a usable GPU is an error) and log it.
+
+    Raises:
+        ConfigError: an unknown ``device``, or ``cuda`` where torch sees no GPU.
+    """
+    if device not in DEVICES:
+        raise ConfigError(f'--device must be one of {", ".join(DEVICES)}, got {device!r}')
     world = int(os.environ.get('WORLD_SIZE', '1'))
     rank = int(os.environ.get('RANK', '0'))
-    if torch.cuda.is_available():
+    if device == 'cuda' and not torch.cuda.is_available():
+        raise ConfigError(
+            '--device cuda: torch sees no CUDA GPU (torch ' + torch.__version__ + ', built for '
+            f'CUDA {torch.version.cuda or "none: a CPU-only wheel"}); install a CUDA build of '
+            'torch (docs/your-data.md) or use --device cpu'
+        )
+    if device != 'cpu' and torch.cuda.is_available():
         local = int(os.environ.get('LOCAL_RANK', '0'))
         torch.cuda.set_device(local)
-        device = torch.device('cuda', local)
+        chosen = torch.device('cuda', local)
+        name = torch.cuda.get_device_name(local)
     else:
-        device = torch.device('cpu')
+        chosen = torch.device('cpu')
+        name = f'{torch.get_num_threads()} threads'
+    if rank == 0:
+        logger.info('training on %s (%s; --device %s)', chosen, name, device)
     if world > 1 and not tdist.is_initialized():
-        backend = 'nccl' if device.type == 'cuda' else 'gloo'
+        backend = 'nccl' if chosen.type == 'cuda' else 'gloo'
         tdist.init_process_group(backend=backend)
-        logger.info('rank %d/%d joined (%s, %s)', rank, world, backend, device)
-    return Context(rank, world, device)
+        logger.info('rank %d/%d joined (%s, %s)', rank, world, backend, chosen)
+    return Context(rank, world, chosen)
 
 
 def wrap(model: nn.Module, ctx: Context) -> nn.Module:
@@ -120,10 +142,11 @@ def teardown(ctx: Context, *, barrier: bool = True) -> None:
 
 
 @contextmanager
-def process_group() -> Iterator[Context]:
-    """:func:`setup` on entry; on an exception :func:`teardown` without a barrier (then the
-    exception goes on), otherwise a normal teardown if the body did not already do it."""
-    ctx = setup()
+def process_group(device: str = 'auto') -> Iterator[Context]:
+    """:func:`setup` (on ``device``) on entry; on an exception :func:`teardown` without a
+    barrier (then the exception goes on), otherwise a normal teardown if the body did not
+    already do it."""
+    ctx = setup(device)
     try:
         yield ctx
     except BaseException:

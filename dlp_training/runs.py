@@ -22,15 +22,15 @@ from dlp_ros.config_schema import from_args, renamed_keys
 from dlp_ros.errors import ConfigError, DlpError
 from dlp_training.checkpoint import load_checkpoint, run_checkpoint
 from dlp_training.config import apply_overrides, from_dict, read_config, shipped_configs
-from dlp_training.distributed import rank_and_size, ranks_where
+from dlp_training.distributed import DEVICES, rank_and_size, ranks_where
 
 C = TypeVar('C')
 M = TypeVar('M', bound=nn.Module)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, data_flag: str, data_help: str) -> None:
-    """``--config --<data_flag> --out --set --resume --no-progress`` (the data path goes to
-    :attr:`RunOptions.data` whatever its flag)."""
+    """``--config --<data_flag> --out --set --resume --no-progress --device`` (the data path
+    goes to :attr:`RunOptions.data` whatever its flag)."""
     parser.add_argument(
         '--config',
         type=Path,
@@ -43,6 +43,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, data_flag: str, data_help
                         help='override a config value, e.g. --set train.lr=1e-3')  # fmt: skip
     parser.add_argument('--resume', action='store_true', help='continue the run in --out')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    parser.add_argument('--device', choices=DEVICES, default='auto',
+                        help='auto (a CUDA GPU when torch sees one, else the CPU), cpu or cuda; '
+                        'the run logs the one it uses')  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class RunOptions:
     set: tuple[str, ...] = ()
     resume: bool = False
     no_progress: bool = False
+    device: str = 'auto'
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunOptions:

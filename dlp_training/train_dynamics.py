@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     """Train on this process, in the process group when started by torchrun: an error leaves the
     group without a barrier, so that no rank waits for one that stopped."""
     opts = RunOptions.from_args(args)
-    with dist.process_group() as ctx:
+    with dist.process_group(opts.device) as ctx:
         return train_on(opts, ctx)
 
 

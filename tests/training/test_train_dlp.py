@@ -4,6 +4,7 @@ and two DDP processes (gloo, CPU) that stay in sync."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -60,6 +61,22 @@ def test_tiny_run_writes_checkpoints_metrics_and_grids(balls_data: Path, tmp_pat
         assert torch.load(path, map_location='cpu', weights_only=True)['step'] == 20
     # a new run refuses a non-empty directory
     assert main([*argv, '--no-progress']) == 2
+
+
+def test_the_device_is_chosen_and_logged(
+    balls_data: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    argv = ['train-dlp', '--config', str(TINY), '--data', str(balls_data), '--no-progress',
+            '--set', 'train.max_steps=2']  # fmt: skip
+    with caplog.at_level(logging.INFO, logger='dlp_training.distributed'):
+        assert main([*argv, '--out', str(tmp_path / 'cpu'), '--device', 'cpu']) == 0
+    assert any(r.getMessage().startswith('training on cpu') for r in caplog.records)
+    if not torch.cuda.is_available():
+        assert main([*argv, '--out', str(tmp_path / 'cuda'), '--device', 'cuda']) == 2
+        assert '--device cuda: torch sees no CUDA GPU' in capsys.readouterr().err
 
 
 def test_resume_after_kill_is_exact(balls_data: Path, tmp_path: Path) -> None:
