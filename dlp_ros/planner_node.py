@@ -29,6 +29,7 @@ import array
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,7 @@ from dlp_ros.msg import ParticleArray, PushGoal
 from dlp_ros.node import descriptor
 from dlp_ros.node_process import run_until_signal
 from dlp_ros.node_support import LatencyWindow
+from dlp_ros.service_call import call_service
 from dlp_ros.srv import PredictBatch
 
 NODE_NAME = 'push_planner'
@@ -81,6 +83,17 @@ class PlannerStats:
     planning: LatencyWindow = field(default_factory=LatencyWindow)
     last_ms: float = float('nan')
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def sleep_poll(ready: Any, seconds: float) -> bool:
+    """Wait until ``ready()`` (True) or ``seconds`` passed (False); the executor spins in another
+    thread."""
+    end = time.monotonic() + seconds
+    while not ready():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.001)
+    return True
 
 
 def particle_arrays(msg: ParticleArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -214,14 +227,11 @@ class PushPlanner(Node):
             b, n = actions.shape[:2]
             flat = array.array('f', np.ascontiguousarray(actions, np.float32).tobytes())
             request = PredictBatch.Request(horizon=n, candidates=b, actions=flat)
-            done = threading.Event()
-            future = client.call_async(request)
-            future.add_done_callback(lambda _: done.set())
-            if not done.wait(c.service_timeout):
-                client.remove_pending_request(future)
-                raise PlanningError(f'{c.predict_service}: no answer within '
-                                    f'{c.service_timeout:g} s')  # fmt: skip
-            answer = future.result()
+            try:  # a reply lost to discovery is asked for again (dlp_ros.service_call)
+                answer = call_service(client, request, sleep_poll, c.service_timeout)
+            except DlpError as exc:
+                raise PlanningError(f'{c.predict_service}: {exc} (service_timeout '
+                                    f'{c.service_timeout:g} s)') from exc  # fmt: skip
             if answer is None or not answer.success:
                 why = answer.message if answer is not None else 'no answer'
                 raise PlanningError(f'{c.predict_service} refused: {why}')
