@@ -148,6 +148,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     add('--episodes', type=int, default=12)
     add('--steps', type=int, default=80, help='most commands per episode')
     add('--iterations', type=int, default=1, help='CEM iterations per decision')
+    add('--samples', type=int, default=64, help='candidates per CEM iteration (B)')
+    add('--horizon', type=int, default=10, help='steps per candidate (N)')
     add('--threads', type=int, default=1, help='onnxruntime threads')
     add('--out', type=Path, help='write the results as JSON here')
     return parser.parse_args(argv)
@@ -156,7 +158,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.WARNING)
-    config = PlannerConfig.from_values({'time_budget': 60.0, 'iterations': args.iterations})
+    config = PlannerConfig.from_values({'time_budget': 60.0, 'iterations': args.iterations,
+                                        'samples': args.samples, 'horizon': args.horizon,
+                                        'elites': min(8, args.samples)})  # fmt: skip
     sim = LockstepSim()
     pipe = None
     if set(args.mode) - {'truth'}:
