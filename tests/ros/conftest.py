@@ -11,7 +11,8 @@ The helpers reach the tests through the ``ros_msgs`` fixture (a :class:`RosMsgKi
 ``from conftest import ...``, which depends on pytest's import mode and on which conftest was
 imported last. ``peer_publisher.py`` runs in its own process and imports this file directly.
 The node tests share the tiny bundles here (``bundle_plain``, ``bundle_actions``) and the node
-process and client of ``node_harness.py``, which they load from its file.
+process and client of ``node_harness.py``, which they import as ``node_harness`` (tests/ros has
+no ``__init__.py``, so pytest's default prepend import mode puts it on ``sys.path``).
 """
 
 from __future__ import annotations

@@ -7,12 +7,9 @@ whose start-up configure fails.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -32,21 +29,9 @@ from dlp_ros.srv import Predict  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
-HERE = Path(__file__).resolve().parent
 
+import node_harness as harness  # noqa: E402  (tests/ros is on sys.path: no __init__.py)
 
-def load_harness() -> ModuleType:
-    """tests/ros/node_harness.py, loaded once per session from its file."""
-    name = 'dlp_ros_tests_node_harness'
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, HERE / 'node_harness.py')
-        assert spec is not None and spec.loader is not None
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-harness = load_harness()
 NodeProcess, Client = harness.NodeProcess, harness.Client
 raw_image, unique_frame_id = harness.raw_image, harness.unique_frame_id
 send_processed = harness.send_processed

@@ -8,11 +8,8 @@ a tiny random-weight bundle whose card says crop or pad, 64x48 camera frames.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -25,22 +22,11 @@ from dlp_ros.runtime import DlpRuntime  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
-HERE = Path(__file__).resolve().parent
 T0_NS = 1_732_000_000_987_654_321  # before the probe frame's stamp: tracking restarts here
 
 
-def load_harness() -> ModuleType:
-    """tests/ros/node_harness.py, loaded once per session from its file."""
-    name = 'dlp_ros_tests_node_harness'
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, HERE / 'node_harness.py')
-        assert spec is not None and spec.loader is not None
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
+import node_harness as harness  # noqa: E402  (tests/ros is on sys.path: no __init__.py)
 
-
-harness = load_harness()
 WIDTH, HEIGHT = harness.WIDTH, harness.HEIGHT  # 64x48: not square, so the modes differ
 
 

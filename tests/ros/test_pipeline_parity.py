@@ -7,11 +7,8 @@ frames: the particles are identical, frame for frame, so both restart tracking a
 from __future__ import annotations
 
 import array
-import importlib.util
 import logging
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -32,7 +29,6 @@ from dlp_ros.runtime import DlpRuntime  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
-HERE = Path(__file__).resolve().parent
 CAMERA = '/camera/image'
 T0_NS = 1_732_000_000_987_654_321
 STEP_NS = 33_333_333
@@ -52,18 +48,7 @@ SEQUENCE = [
 RESETS = {3: 'frame size changed', 6: 'time went back'}
 
 
-def load_harness() -> ModuleType:
-    """tests/ros/node_harness.py, loaded once per session from its file."""
-    name = 'dlp_ros_tests_node_harness'
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, HERE / 'node_harness.py')
-        assert spec is not None and spec.loader is not None
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-harness = load_harness()
+import node_harness as harness  # noqa: E402  (tests/ros is on sys.path: no __init__.py)
 
 
 def frames() -> list[np.ndarray]:

@@ -9,14 +9,11 @@ planner's commands are the perception node's action topic, so the loop is closed
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -42,18 +39,7 @@ MAX_SPEED = 0.3
 FRAMES = 6
 
 
-def load_harness() -> ModuleType:
-    """tests/ros/node_harness.py, loaded once per session from its file."""
-    name = 'dlp_ros_tests_node_harness'
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, HERE / 'node_harness.py')
-        assert spec is not None and spec.loader is not None
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-harness = load_harness()
+import node_harness as harness  # noqa: E402  (tests/ros is on sys.path: no __init__.py)
 
 
 def planner_executable() -> Path:

@@ -7,11 +7,8 @@ The installed ``lib/dlp_ros/perception_node`` in a process of its own on the tin
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -26,25 +23,13 @@ from dlp_ros.srv import Predict, PredictBatch  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
-HERE = Path(__file__).resolve().parent
 K, H, A = 4, 2, 2  # the tiny bundle (tests/ros/tiny_bundle.py)
 DT = 0.05
 T0_NS = 1_732_000_000_987_654_321
 COMMAND = (0.5, -0.25)  # the node's own command, in force at every history frame
 
 
-def load_harness() -> ModuleType:
-    """tests/ros/node_harness.py, loaded once per session from its file."""
-    name = 'dlp_ros_tests_node_harness'
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, HERE / 'node_harness.py')
-        assert spec is not None and spec.loader is not None
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-harness = load_harness()
+import node_harness as harness  # noqa: E402  (tests/ros is on sys.path: no __init__.py)
 
 
 @pytest.fixture(scope='module')
