@@ -29,7 +29,6 @@ import array
 import logging
 import queue
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +55,7 @@ from dlp_ros.msg import ParticleArray, PushGoal
 from dlp_ros.node import descriptor
 from dlp_ros.node_process import run_until_signal
 from dlp_ros.node_support import LatencyWindow
-from dlp_ros.service_call import call_service
+from dlp_ros.service_call import call_service, sleep_poll
 from dlp_ros.srv import PredictBatch
 
 NODE_NAME = 'push_planner'
@@ -83,17 +82,6 @@ class PlannerStats:
     planning: LatencyWindow = field(default_factory=LatencyWindow)
     last_ms: float = float('nan')
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def sleep_poll(ready: Any, seconds: float) -> bool:
-    """Wait until ``ready()`` (True) or ``seconds`` passed (False); the executor spins in another
-    thread."""
-    end = time.monotonic() + seconds
-    while not ready():
-        if time.monotonic() >= end:
-            return False
-        time.sleep(0.001)
-    return True
 
 
 def particle_arrays(msg: ParticleArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -36,6 +36,17 @@ ATTEMPT_S = 2.0  # s, the first wait before a request is sent again
 Poll = Callable[[Callable[[], bool], float], bool]
 
 
+def sleep_poll(ready: Callable[[], bool], seconds: float) -> bool:
+    """The :data:`Poll` of a caller whose executor spins in another thread: check ``ready()``
+    every millisecond; True once it holds, False after ``seconds``."""
+    end = time.monotonic() + seconds
+    while not ready():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.001)
+    return True
+
+
 def call_service(client: Any, request: Any, poll: Poll, timeout: float, *,
                  probe: Any = None, attempt_s: float = ATTEMPT_S) -> Any:  # fmt: skip
     """The response of ``request`` (module docstring), within ``timeout`` s in all.

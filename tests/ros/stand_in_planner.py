@@ -29,22 +29,12 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from dlp_ros.msg import ParticleArray, PushGoal
-from dlp_ros.service_call import call_service
+from dlp_ros.service_call import call_service, sleep_poll
 from dlp_ros.srv import PredictBatch
 
 SPEED = 0.3  # m/s
 DIRECTIONS = 16
 HORIZON = 5
-
-
-def sleep_poll(ready: Any, seconds: float) -> bool:
-    """Wait (the executor spins in its own thread) until ``ready()`` or ``seconds`` passed."""
-    end = time.monotonic() + seconds
-    while not ready():
-        if time.monotonic() >= end:
-            return False
-        time.sleep(0.002)
-    return True
 
 
 class StandIn:

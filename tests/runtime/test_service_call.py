@@ -4,15 +4,13 @@ client's reply reader). The real path is exercised by every service call of test
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from dlp_ros.errors import DlpError
-from dlp_ros.service_call import call_service
+from dlp_ros.service_call import call_service, sleep_poll
 
 
 @dataclass
@@ -53,18 +51,9 @@ class LossyServer:
         self.pending.remove(future)
 
 
-def poll(ready: Callable[[], bool], seconds: float) -> bool:
-    end = time.monotonic() + seconds
-    while not ready():
-        if time.monotonic() >= end:
-            return False
-        time.sleep(0.001)
-    return True
-
-
 def test_an_idempotent_request_is_asked_again_until_answered() -> None:
     server = LossyServer(lost=2)
-    answer = call_service(server, 'predict', poll, 5.0, attempt_s=0.01)
+    answer = call_service(server, 'predict', sleep_poll, 5.0, attempt_s=0.01)
     assert answer == ('done', 'predict')
     assert server.received == ['predict'] * 3
     assert server.pending == [], 'the unanswered requests are dropped'
@@ -72,13 +61,13 @@ def test_an_idempotent_request_is_asked_again_until_answered() -> None:
 
 def test_a_request_that_must_run_once_is_sent_after_an_answered_probe() -> None:
     server = LossyServer(lost=2)
-    answer = call_service(server, 'transition', poll, 5.0, probe='probe', attempt_s=0.01)
+    answer = call_service(server, 'transition', sleep_poll, 5.0, probe='probe', attempt_s=0.01)
     assert answer == ('done', 'transition')
     assert server.received == ['probe', 'probe', 'probe', 'transition']
 
 
 def test_no_answer_and_no_service_are_errors_naming_the_service() -> None:
     with pytest.raises(DlpError, match='no answer from /lossy'):
-        call_service(LossyServer(lost=10**6), 'x', poll, 0.1, attempt_s=0.02)
+        call_service(LossyServer(lost=10**6), 'x', sleep_poll, 0.1, attempt_s=0.02)
     with pytest.raises(DlpError, match='service /lossy is not available'):
-        call_service(LossyServer(lost=0, ready=False), 'x', poll, 0.05)
+        call_service(LossyServer(lost=0, ready=False), 'x', sleep_poll, 0.05)
