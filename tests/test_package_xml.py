@@ -19,7 +19,8 @@ ROS_PACKAGES = {'rclpy', 'rcl_interfaces', 'builtin_interfaces', 'ament_index_py
 # lifecycle services rclpy's LifecycleNode serves
 IMPLIED = {'rosidl_default_runtime', 'lifecycle_msgs'}
 TESTS = sorted((ROOT / 'tests').rglob('*.py'))
-FIRST_PARTY = {'dlp_ros', 'dlp_training', 'conftest'}
+# this project's packages and the tests' own modules (conftest, tests/ros/node_harness, ...)
+FIRST_PARTY = {'dlp_ros', 'dlp_training'} | {path.stem for path in TESTS}
 # Python libraries with a rosdep key: import name -> key
 ROSDEP_KEYS = {'numpy': 'python3-numpy', 'cv2': 'python3-opencv', 'yaml': 'python3-yaml',
                'pytest': 'python3-pytest', 'catkin_pkg': 'python3-catkin-pkg'}  # fmt: skip
