@@ -73,7 +73,7 @@ def setup(device: str = 'auto') -> Context:
         name = torch.cuda.get_device_name(local)
     else:
         chosen = torch.device('cpu')
-        name = f'{torch.get_num_threads()} threads'
+        name = 'the CPU; train.threads sets the threads'
     if rank == 0:
         logger.info('training on %s (%s; --device %s)', chosen, name, device)
     if world > 1 and not tdist.is_initialized():

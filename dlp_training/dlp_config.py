@@ -29,6 +29,11 @@ class DlpTrainConfig(ScheduleConfig):
     warmup_steps: int = checked(1000, ge=0)
     # Validation images used per evaluation.
     eval_images: int = checked(128, ge=1)
+    # Frames per training clip: 1 trains frame by frame; T > 1 trains on clips of T consecutive
+    # frames encoded as the runtime tracks them (Dlp.clip_loss), batch_size clips per step.
+    clip_length: int = checked(1, ge=1)
+    # Clips only: weight of the particles' appearance change from frame to frame.
+    track_feature_weight: float = checked(0.0, ge=0)
 
 
 @dataclass

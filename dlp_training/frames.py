@@ -51,6 +51,7 @@ class FrameSource:
                 ]
             )  # (N, 2): episode, frame
         self.count = sum(len(a) for a in arrays)
+        self._lengths = np.array([len(a) for a in arrays])  # (E,) frames per episode
         logger.info('%s split: %d frames of %d episodes', split, self.count, len(episodes))
 
     def gather(self, indices: np.ndarray) -> torch.Tensor:
@@ -65,6 +66,28 @@ class FrameSource:
         """Random batch for optimisation step ``step`` of process ``rank``."""
         rng = np.random.default_rng([seed, step, rank])
         return self.gather(rng.integers(0, self.count, size=batch_size))
+
+    def clip_batch(
+        self, n_clips: int, length: int, seed: int, step: int, rank: int = 0
+    ) -> torch.Tensor:
+        """Random clips of ``length`` consecutive frames of one episode, (B, T, 3, S, S), for
+        optimisation step ``step`` of process ``rank``."""
+        starts = self.clip_starts(length)
+        rng = np.random.default_rng([seed, step, rank])
+        first = starts[rng.integers(0, len(starts), size=n_clips)]  # (B,)
+        index = first[:, None] + np.arange(length)  # (B, T)
+        frames = self.gather(index.reshape(-1))  # (B * T, 3, S, S)
+        return frames.view(n_clips, length, *frames.shape[1:])
+
+    def clip_starts(self, length: int) -> np.ndarray:
+        """Indices of the frames that begin a clip of ``length`` frames within one episode."""
+        offsets = np.concatenate([[0], np.cumsum(self._lengths)[:-1]])  # (E,)
+        starts = [o + np.arange(n - length + 1) for o, n in zip(offsets, self._lengths)
+                  if n >= length]  # fmt: skip
+        if not starts:
+            raise DlpError(f'no episode has {length} frames for clips of that length (the '
+                           f'longest has {int(self._lengths.max())}): lower train.clip_length')  # fmt: skip
+        return np.concatenate(starts)
 
     def evenly_spaced(self, n: int) -> torch.Tensor:
         """``n`` frames spread over the split (a fixed evaluation set)."""

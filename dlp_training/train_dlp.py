@@ -71,6 +71,9 @@ def train_on(opts: RunOptions, ctx: dist.Context) -> int:
     config, data_dir, state = resolve(opts)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
+    if ctx.device.type == 'cpu' and ctx.rank == 0:
+        logger.info('%d torch threads (train.threads: %d, 0 = torch default)',
+                    torch.get_num_threads(), config.train.threads)  # fmt: skip
     task = DlpTask(config, data_dir, opts.out, ctx)
     train(task, config.train, opts.out, ctx, state, progress=not opts.no_progress)
     return 0
@@ -97,12 +100,18 @@ class DlpTask:
         self.grid: np.ndarray | None = None  # the last evaluation's picture
 
     def batch(self, step: int) -> torch.Tensor:
-        """Images (B, 3, S, S) of ``step`` on this rank."""
+        """Images (B, 3, S, S), or clips (B, T, 3, S, S), of ``step`` on this rank."""
         tc = self.config.train
+        if tc.clip_length > 1:
+            clips = self.frames.clip_batch(tc.batch_size, tc.clip_length, tc.seed, step,
+                                           self.ctx.rank)  # fmt: skip
+            return clips.to(self.ctx.device)
         return self.frames.batch(tc.batch_size, tc.seed, step, self.ctx.rank).to(self.ctx.device)
 
     def loss(self, batch: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.forward(batch, warmup=step < self.config.train.warmup_steps)
+        tc = self.config.train
+        return self.forward(batch, warmup=step < tc.warmup_steps,
+                            track_feature_weight=tc.track_feature_weight)  # fmt: skip
 
     def evaluate(self, step: int) -> tuple[dict[str, float], float]:
         """Validation loss/PSNR (posterior means) and the PNG grid; the score is the PSNR."""
@@ -114,14 +123,14 @@ class DlpTask:
         return {} if self.grid is None else {'val/grid': self.grid}
 
     def train_fields(self, batch: torch.Tensor, rate: float) -> dict[str, Any]:
-        return {'images_per_s': rate, 'wall_s': time.time()}
+        return {'images_per_s': rate * self.config.train.clip_length, 'wall_s': time.time()}
 
     def val_fields(self) -> dict[str, Any]:
         return {'wall_s': time.time()}
 
     def postfix(self, metrics: dict[str, float], batch: torch.Tensor, rate: float) -> dict:
         return {'loss': f'{metrics["loss"]:.1f}', 'psnr': f'{metrics["psnr"]:.1f}',
-                'img_s': f'{rate:.0f}'}  # fmt: skip
+                'img_s': f'{rate * self.config.train.clip_length:.0f}'}  # fmt: skip
 
     def checkpoint_fields(self) -> dict[str, Any]:
         return {'config': to_dict(self.config)}

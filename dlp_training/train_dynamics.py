@@ -193,6 +193,9 @@ def train_on(opts: RunOptions, ctx: dist.Context) -> int:
     config, latents_dir, state = resolve(opts)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
+    if ctx.device.type == 'cpu' and ctx.rank == 0:
+        logger.info('%d torch threads (train.threads: %d, 0 = torch default)',
+                    torch.get_num_threads(), config.train.threads)  # fmt: skip
     task = DynamicsTask(config, latents_dir, ctx)
     train(task, config.train, opts.out, ctx, state, progress=not opts.no_progress)
     return 0

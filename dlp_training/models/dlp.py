@@ -305,13 +305,15 @@ class Dlp(nn.Module):
 
     # --------------------------------------------------------------------------------- encoder
 
-    def posterior(self, image: Tensor) -> Posterior:
+    def posterior(self, image: Tensor, anchors: Tensor | None = None) -> Posterior:
         """Image (B, 3, S, S) -> posterior parameters and the prior proposals.
 
-        The K best prior proposals are the anchors; :meth:`glimpse_passes` refines them.
+        The anchors (B, K, 2) that :meth:`glimpse_passes` refines are the K best prior proposals,
+        or ``anchors`` when given (tracking: the previous frame's means).
         """
         props = self.proposals(image)  # (B, M, 2)
-        anchors = props[:, : self.config.K]  # (B, K, 2); the prior learns through them
+        if anchors is None:
+            anchors = props[:, : self.config.K]  # (B, K, 2); the prior learns through them
         mu, logvar, head = self.glimpse_passes(image, anchors)
         hb = self.background_head(image, mu, torch.sigmoid(head[..., 6:7]))
         return self.assemble(mu, logvar, head, hb, props)
@@ -426,17 +428,70 @@ class Dlp(nn.Module):
     # --------------------------------------------------------------------------------- loss
 
     def forward(
-        self, image: Tensor, warmup: bool = False, deterministic: bool = False
+        self,
+        image: Tensor,
+        warmup: bool = False,
+        deterministic: bool = False,
+        track_feature_weight: float = 0.0,
     ) -> tuple[Tensor, dict[str, float]]:
         """Loss of a batch (see the module docstring) and metrics for logging.
 
         Args:
-            image: (B, 3, S, S) in [0, 1].
+            image: frames (B, 3, S, S), or clips (B, T, 3, S, S) of consecutive frames, in
+                [0, 1]. A clip is encoded as the runtime tracks it (:meth:`clip_loss`).
             warmup: fixed decoder scale and the glimpse reconstruction term (first epoch).
             deterministic: decode the posterior means instead of samples (evaluation).
+            track_feature_weight: clips only, see :meth:`clip_loss`.
         """
+        if image.ndim == 5:
+            return self.clip_loss(image, warmup, deterministic, track_feature_weight)
+        return self.frame_loss(image, self.posterior(image), warmup, deterministic)
+
+    def clip_loss(
+        self,
+        clips: Tensor,
+        warmup: bool = False,
+        deterministic: bool = False,
+        track_feature_weight: float = 0.0,
+    ) -> tuple[Tensor, dict[str, float]]:
+        r"""Loss of clips (B, T, 3, S, S): the DDLP-style tracking posterior, trained.
+
+        Frame 0 is anchored at its top-K proposals; frame t > 0 at frame t - 1's posterior means
+        (no gradient through the anchors), as :func:`~dlp_training.models.tracking.track_sequence`
+        and the runtime encode a stream. So the glimpse encoders learn to re-find *their* object
+        near where it was, and a particle that leaves its object to sit on a neighbour costs that
+        object's reconstruction. The loss is the per-frame loss (:meth:`frame_loss`) averaged over
+        the T frames, plus ``track_feature_weight`` times the appearance change of each particle,
+        :math:`\sum_{k,f} (\phi_{t,k,f} - \mathrm{sg}(\phi_{t-1,k,f}))^2` (feature means), batch and
+        time averaged: a particle that jumps to another object changes its appearance.
+        """
+        if clips.ndim != 5 or clips.shape[1] < 2:
+            raise ValueError(f'clips must be (B, T >= 2, 3, S, S), got {tuple(clips.shape)}')
+        t_len = clips.shape[1]
+        loss, totals = clips.new_zeros(()), {}
+        anchors, previous = None, None
+        change = clips.new_zeros(())
+        for t in range(t_len):
+            post = self.posterior(clips[:, t], anchors)
+            step_loss, metrics = self.frame_loss(clips[:, t], post, warmup, deterministic)
+            loss = loss + step_loss / t_len
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + value / t_len
+            if previous is not None:
+                change = change + (post.features_mu - previous).pow(2).flatten(1).sum(-1).mean()
+            anchors, previous = post.mu.detach(), post.features_mu.detach()
+        change = change / (t_len - 1)
+        totals['feature_change'] = change.item()
+        if track_feature_weight:
+            loss = loss + track_feature_weight * change
+        totals['loss'] = loss.item()
+        return loss, totals
+
+    def frame_loss(
+        self, image: Tensor, post: Posterior, warmup: bool = False, deterministic: bool = False
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Loss of frames (B, 3, S, S) encoded as ``post`` (see :meth:`forward`)."""
         c = self.config
-        post = self.posterior(image)
         particles = self.sample(post, deterministic)
         reconstruction, rgba = self.render(particles, fixed_scale=warmup)  # (B, 3, S, S)
         rec = reconstruction_sse(reconstruction, image).mean()

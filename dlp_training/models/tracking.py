@@ -68,9 +68,7 @@ def posterior_at(model: Dlp, image: Tensor, anchors: Tensor) -> Posterior:
 
     With ``anchors = model.proposals(image)[:, :K]`` it equals ``model.posterior(image)``.
     """
-    mu, logvar, head = model.glimpse_passes(image, anchors)
-    hb = model.background_head(image, mu, torch.sigmoid(head[..., 6:7]))
-    return model.assemble(mu, logvar, head, hb, model.proposals(image))
+    return model.posterior(image, anchors)
 
 
 # ----------------------------------------------------------------------------- sequences

@@ -100,6 +100,40 @@ def test_posterior_at_the_top_proposals_is_dlp_posterior() -> None:
         assert torch.allclose(u, v, atol=1e-6), name
 
 
+def test_clip_loss_anchors_each_frame_at_the_previous_means() -> None:
+    """Training on clips encodes frame t > 0 as the tracker does: anchored at frame t - 1's
+    means; the loss is the frames' mean, plus the weighted appearance change."""
+    model, clips = _tiny(), torch.rand(2, 3, 3, 64, 64)  # (B, T, 3, S, S)
+    with torch.no_grad():
+        loss, metrics = model(clips, deterministic=True)
+        posts = [model.posterior(clips[:, 0])]
+        for t in (1, 2):
+            posts.append(model.posterior(clips[:, t], posts[-1].mu))
+        frames = [model.frame_loss(clips[:, t], p, deterministic=True)[0]
+                  for t, p in enumerate(posts)]  # fmt: skip
+        change = sum((b.features_mu - a.features_mu).pow(2).sum((1, 2)).mean()
+                     for a, b in zip(posts, posts[1:]))  # fmt: skip
+        weighted, _ = model(clips, deterministic=True, track_feature_weight=1e5)
+    assert torch.allclose(loss, sum(frames) / 3, rtol=1e-5)
+    assert metrics['feature_change'] == pytest.approx(float(change) / 2, rel=1e-4)
+    assert float(weighted - loss) == pytest.approx(1e5 * float(change) / 2, rel=1e-3)
+    # the anchors are the previous means, not the proposals: frame 1 differs from Dlp.encode's
+    assert not torch.allclose(posts[1].mu, model.posterior(clips[:, 1]).mu)
+    with pytest.raises(ValueError, match=r'T >= 2'):
+        model.clip_loss(clips[:, :1])
+
+
+def test_clip_loss_trains_the_tracked_passes() -> None:
+    """Gradients reach both glimpse encoders from a tracked frame alone (frame 0's loss cut)."""
+    model, clips = _tiny().train(), torch.rand(2, 2, 3, 64, 64)
+    post0 = model.posterior(clips[:, 0])
+    post1 = model.posterior(clips[:, 1], post0.mu.detach())
+    model.frame_loss(clips[:, 1], post1)[0].backward()
+    for part in (model.offset_encoder, model.particle_encoder):
+        grads = [p.grad for p in part.parameters() if p.grad is not None]
+        assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+
+
 def test_track_sequence_checks_frames() -> None:
     with pytest.raises(ValueError, match=r'\(T >= 1, 3, 64, 64\)'):
         track_sequence(_tiny(), torch.rand(2, 3, 32, 32))

@@ -13,9 +13,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from dlp_ros.errors import DlpError
 from dlp_training.__main__ import main
 from dlp_training.checkpoint import load_checkpoint
 from dlp_training.distributed import parameter_digest
@@ -61,6 +63,33 @@ def test_tiny_run_writes_checkpoints_metrics_and_grids(balls_data: Path, tmp_pat
         assert torch.load(path, map_location='cpu', weights_only=True)['step'] == 20
     # a new run refuses a non-empty directory
     assert main([*argv, '--no-progress']) == 2
+
+
+def test_a_clip_run_trains_on_clips_within_episodes(balls_data: Path, tmp_path: Path) -> None:
+    """train.clip_length > 1: batches of consecutive frames of one episode, the tracked loss
+    (its appearance-change metric logged), images counted per frame."""
+    from dlp_training.data.dataset import Dataset
+    from dlp_training.frames import FrameSource
+
+    source = FrameSource(Dataset.open(balls_data), 'train')
+    starts = source.clip_starts(4)
+    ends = np.cumsum(source._lengths)  # (E,) one past each episode's last frame
+    assert not np.isin(starts[:, None] + np.arange(1, 4), ends).any()  # no clip crosses one
+    assert len(starts) == source.count - 3 * len(ends)
+    clips = source.clip_batch(3, 4, seed=0, step=0)
+    assert clips.shape == (3, 4, 3, source.size, source.size)
+    assert torch.equal(clips, source.clip_batch(3, 4, seed=0, step=0))
+    with pytest.raises(DlpError, match='clip_length'):
+        source.clip_starts(10_000)
+    out = tmp_path / 'clips'
+    argv = ['train-dlp', '--config', str(TINY), '--data', str(balls_data), '--out', str(out),
+            '--no-progress', '--set', 'train.max_steps=10', '--set', 'train.clip_length=3',
+            '--set', 'train.batch_size=2', '--set', 'train.track_feature_weight=0.5']  # fmt: skip
+    assert main(argv) == 0
+    lines = [json.loads(x) for x in (out / 'metrics.jsonl').read_text().splitlines()]
+    train = [x for x in lines if x['split'] == 'train']
+    assert train and all('feature_change' in x and x['images_per_s'] > 0 for x in train)
+    assert load_dlp(out)[1].train.clip_length == 3
 
 
 def test_the_device_is_chosen_and_logged(
