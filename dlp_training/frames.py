@@ -82,11 +82,12 @@ class FrameSource:
     def clip_starts(self, length: int) -> np.ndarray:
         """Indices of the frames that begin a clip of ``length`` frames within one episode."""
         offsets = np.concatenate([[0], np.cumsum(self._lengths)[:-1]])  # (E,)
-        starts = [o + np.arange(n - length + 1) for o, n in zip(offsets, self._lengths)
-                  if n >= length]  # fmt: skip
+        pairs = zip(offsets, self._lengths, strict=True)
+        starts = [o + np.arange(n - length + 1) for o, n in pairs if n >= length]
         if not starts:
+            longest = int(self._lengths.max())
             raise DlpError(f'no episode has {length} frames for clips of that length (the '
-                           f'longest has {int(self._lengths.max())}): lower train.clip_length')  # fmt: skip
+                           f'longest has {longest}): lower train.clip_length')  # fmt: skip
         return np.concatenate(starts)
 
     def evenly_spaced(self, n: int) -> torch.Tensor:

@@ -460,10 +460,11 @@ class Dlp(nn.Module):
         (no gradient through the anchors), as :func:`~dlp_training.models.tracking.track_sequence`
         and the runtime encode a stream. So the glimpse encoders learn to re-find *their* object
         near where it was, and a particle that leaves its object to sit on a neighbour costs that
-        object's reconstruction. The loss is the per-frame loss (:meth:`frame_loss`) averaged over
-        the T frames, plus ``track_feature_weight`` times the appearance change of each particle,
-        :math:`\sum_{k,f} (\phi_{t,k,f} - \mathrm{sg}(\phi_{t-1,k,f}))^2` (feature means), batch and
-        time averaged: a particle that jumps to another object changes its appearance.
+        object's reconstruction. The loss is the per-frame loss (:meth:`frame_loss`) averaged
+        over the T frames, plus ``track_feature_weight`` times the appearance change of each
+        particle, :math:`\sum_{k,f} (\phi_{t,k,f} - \mathrm{sg}(\phi_{t-1,k,f}))^2` (feature
+        means), batch and time averaged: a particle that jumps to another object changes its
+        appearance.
         """
         if clips.ndim != 5 or clips.shape[1] < 2:
             raise ValueError(f'clips must be (B, T >= 2, 3, S, S), got {tuple(clips.shape)}')

@@ -112,7 +112,7 @@ def test_clip_loss_anchors_each_frame_at_the_previous_means() -> None:
         frames = [model.frame_loss(clips[:, t], p, deterministic=True)[0]
                   for t, p in enumerate(posts)]  # fmt: skip
         change = sum((b.features_mu - a.features_mu).pow(2).sum((1, 2)).mean()
-                     for a, b in zip(posts, posts[1:]))  # fmt: skip
+                     for a, b in zip(posts, posts[1:], strict=False))  # fmt: skip
         weighted, _ = model(clips, deterministic=True, track_feature_weight=1e5)
     assert torch.allclose(loss, sum(frames) / 3, rtol=1e-5)
     assert metrics['feature_change'] == pytest.approx(float(change) / 2, rel=1e-4)
