@@ -32,7 +32,8 @@ from dlp_training.runs import RunOptions, add_run_arguments, resolve_run, take_s
 from dlp_training.visualize import dlp_grid
 
 logger = logging.getLogger(__name__)
-RESUMABLE = ('train.max_steps', 'train.time_limit_min', 'train.eval_every', 'train.log_every')
+RESUMABLE = ('train.max_steps', 'train.time_limit_min', 'train.eval_every', 'train.log_every',
+             'train.threads')  # fmt: skip
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

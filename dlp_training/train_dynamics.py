@@ -47,7 +47,7 @@ from dlp_training.runs import RunOptions, add_run_arguments, resolve_run, take_s
 
 logger = logging.getLogger(__name__)
 RESUMABLE = ('train.max_steps', 'train.time_limit_min', 'train.eval_every', 'train.log_every',
-             'train.checkpoint_every')  # fmt: skip
+             'train.checkpoint_every', 'train.threads')  # fmt: skip
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
