@@ -34,6 +34,9 @@ class DlpTrainConfig(ScheduleConfig):
     clip_length: int = checked(1, ge=1)
     # Clips only: weight of the particles' appearance change from frame to frame.
     track_feature_weight: float = checked(0.0, ge=0)
+    # A train-dlp run directory whose best weights start this run (fine-tuning, e.g. a
+    # per-frame run continued on clips); its model config must equal this one. None: random.
+    init_from: str | None = None
 
 
 @dataclass

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from dlp_ros.errors import ConfigError
 from dlp_training import distributed as dist
 from dlp_training.config import to_dict
 from dlp_training.data.dataset import Dataset
@@ -94,7 +95,10 @@ class DlpTask:
         data.require_frame_size(config.model.S, 'the configured model (model.S)')
         self.frames, val = FrameSource(data, 'train'), FrameSource(data, 'val')
         torch.manual_seed(config.train.seed)
-        self.model = Dlp(config.model).to(ctx.device)
+        self.model = Dlp(config.model)
+        if config.train.init_from:
+            initialise_from(self.model, Path(config.train.init_from))
+        self.model.to(ctx.device)
         self.forward = dist.wrap(self.model, ctx)
         self.meta = {'config': to_dict(config), 'data': str(Path(data_dir).resolve())}
         self.eval_images = val.evenly_spaced(config.train.eval_images)
@@ -138,6 +142,25 @@ class DlpTask:
 
     def best_text(self, best: float) -> str:
         return f'best val PSNR {best:.2f} dB'
+
+
+def initialise_from(model: Dlp, run_dir: Path) -> None:
+    """Copy the best weights of the train-dlp run ``run_dir`` into ``model`` (train.init_from);
+    a different model config is refused, naming the fields that differ."""
+    from dlp_training.dlp_config import load_dlp
+
+    if not (run_dir / 'checkpoints').is_dir():
+        raise ConfigError(f'train.init_from: {run_dir} is not a train-dlp run directory (no '
+                          'checkpoints/)')  # fmt: skip
+    source, config, info = load_dlp(run_dir)
+    ours, theirs = to_dict(model.config), to_dict(config.model)
+    differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    if differ:
+        pairs = ', '.join(f'{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here' for k in differ)
+        raise ConfigError(f'train.init_from: the model of {run_dir} differs from this config '
+                          f'({pairs}); start from a run with the same model: section')  # fmt: skip
+    model.load_state_dict(source.state_dict())
+    logger.info('weights from %s (step %d)', run_dir, int(info.get('step', 0)))
 
 
 def evaluate(

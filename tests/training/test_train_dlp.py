@@ -92,6 +92,32 @@ def test_a_clip_run_trains_on_clips_within_episodes(balls_data: Path, tmp_path: 
     assert load_dlp(out)[1].train.clip_length == 3
 
 
+def test_init_from_starts_from_another_runs_weights(
+    balls_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """train.init_from: fine-tuning starts at the source run's best weights; a run with another
+    model, or a directory that is no run, is refused by name."""
+    base = ['train-dlp', '--config', str(TINY), '--data', str(balls_data), '--no-progress']
+    assert main([*base, '--out', str(tmp_path / 'a'), '--set', 'train.max_steps=5']) == 0
+    source = load_dlp(tmp_path / 'a')[0].state_dict()
+    tune = ['--set', f'train.init_from={tmp_path / "a"}', '--set', 'train.max_steps=1',
+            '--set', 'train.lr=1e-12', '--set', 'train.clip_length=2']  # fmt: skip
+    assert main([*base, '--out', str(tmp_path / 'b'), *tune]) == 0
+    tuned = load_dlp(tmp_path / 'b')[0].state_dict()
+    assert all(torch.allclose(tuned[k], v, atol=1e-6) for k, v in source.items())
+    fresh = load_dlp(tmp_path / 'a', 'last')[0]  # not a copy of a random init
+    assert main([*base, '--out', str(tmp_path / 'c'), '--set', 'train.max_steps=1',
+                 '--set', 'train.seed=7']) == 0  # fmt: skip
+    other = load_dlp(tmp_path / 'c')[0].state_dict()
+    assert not all(torch.allclose(other[k], v) for k, v in fresh.state_dict().items())
+    capsys.readouterr()
+    assert main([*base, '--out', str(tmp_path / 'd'), *tune, '--set', 'model.K=3']) == 2
+    assert 'train.init_from' in (err := capsys.readouterr().err) and 'K: 4 there, 3 here' in err
+    bad = ['--set', f'train.init_from={tmp_path}', '--set', 'train.max_steps=1']
+    assert main([*base, '--out', str(tmp_path / 'e'), *bad]) == 2
+    assert 'is not a train-dlp run directory' in capsys.readouterr().err
+
+
 def test_the_device_is_chosen_and_logged(
     balls_data: Path,
     tmp_path: Path,
