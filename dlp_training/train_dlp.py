@@ -25,7 +25,7 @@ from dlp_ros.errors import ConfigError
 from dlp_training import distributed as dist
 from dlp_training.config import to_dict
 from dlp_training.data.dataset import Dataset
-from dlp_training.dlp_config import DlpRunConfig
+from dlp_training.dlp_config import DlpRunConfig, load_dlp
 from dlp_training.frames import FrameSource
 from dlp_training.loop import train
 from dlp_training.models.dlp import Dlp, DlpConfig
@@ -147,8 +147,6 @@ class DlpTask:
 def initialise_from(model: Dlp, run_dir: Path) -> None:
     """Copy the best weights of the train-dlp run ``run_dir`` into ``model`` (train.init_from);
     a different model config is refused, naming the fields that differ."""
-    from dlp_training.dlp_config import load_dlp
-
     if not (run_dir / 'checkpoints').is_dir():
         raise ConfigError(f'train.init_from: {run_dir} is not a train-dlp run directory (no '
                           'checkpoints/)')  # fmt: skip
