@@ -83,6 +83,15 @@ def setup(device: str = 'auto') -> Context:
     return Context(rank, world, chosen)
 
 
+def set_threads(threads: int, ctx: Context) -> None:
+    """Apply a run's ``train.threads`` (0: torch's default) and log the count on a CPU run."""
+    if threads:
+        torch.set_num_threads(threads)
+    if ctx.device.type == 'cpu' and ctx.rank == 0:
+        logger.info('%d torch threads (train.threads: %d, 0 = torch default)',
+                    torch.get_num_threads(), threads)  # fmt: skip
+
+
 def wrap(model: nn.Module, ctx: Context) -> nn.Module:
     """DistributedDataParallel around ``model`` when distributed (gradients all-reduced)."""
     if not ctx.distributed:

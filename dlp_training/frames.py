@@ -52,6 +52,7 @@ class FrameSource:
             )  # (N, 2): episode, frame
         self.count = sum(len(a) for a in arrays)
         self._lengths = np.array([len(a) for a in arrays])  # (E,) frames per episode
+        self._clip_starts: dict[int, np.ndarray] = {}  # clip length -> its start indices
         logger.info('%s split: %d frames of %d episodes', split, self.count, len(episodes))
 
     def gather(self, indices: np.ndarray) -> torch.Tensor:
@@ -80,7 +81,10 @@ class FrameSource:
         return frames.view(n_clips, length, *frames.shape[1:])
 
     def clip_starts(self, length: int) -> np.ndarray:
-        """Indices of the frames that begin a clip of ``length`` frames within one episode."""
+        """Indices of the frames that begin a clip of ``length`` frames within one episode
+        (computed once per length)."""
+        if length in self._clip_starts:
+            return self._clip_starts[length]
         offsets = np.concatenate([[0], np.cumsum(self._lengths)[:-1]])  # (E,)
         pairs = zip(offsets, self._lengths, strict=True)
         starts = [o + np.arange(n - length + 1) for o, n in pairs if n >= length]
@@ -88,7 +92,8 @@ class FrameSource:
             longest = int(self._lengths.max())
             raise DlpError(f'no episode has {length} frames for clips of that length (the '
                            f'longest has {longest}): lower train.clip_length')  # fmt: skip
-        return np.concatenate(starts)
+        self._clip_starts[length] = np.concatenate(starts)
+        return self._clip_starts[length]
 
     def evenly_spaced(self, n: int) -> torch.Tensor:
         """``n`` frames spread over the split (a fixed evaluation set)."""

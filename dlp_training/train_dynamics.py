@@ -191,11 +191,7 @@ def run(args: argparse.Namespace) -> int:
 def train_on(opts: RunOptions, ctx: dist.Context) -> int:
     """The dynamics training of this process (rank ``ctx.rank``); 0 when done."""
     config, latents_dir, state = resolve(opts)
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    if ctx.device.type == 'cpu' and ctx.rank == 0:
-        logger.info('%d torch threads (train.threads: %d, 0 = torch default)',
-                    torch.get_num_threads(), config.train.threads)  # fmt: skip
+    dist.set_threads(config.train.threads, ctx)
     task = DynamicsTask(config, latents_dir, ctx)
     train(task, config.train, opts.out, ctx, state, progress=not opts.no_progress)
     return 0

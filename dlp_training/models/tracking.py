@@ -40,12 +40,12 @@ import torch
 from torch import Tensor, nn
 
 from dlp_ros.tracking import ON_THRESHOLD, assign_slots, first_frame_slots, gather_slots
-from dlp_training.models.dlp import Dlp, Particles, Posterior
+from dlp_training.models.dlp import Dlp, Particles
 
 logger = logging.getLogger(__name__)
 __all__ = [
     'HEAD_FIELDS', 'METHOD', 'ON_THRESHOLD', 'DlpBackgroundEncoder', 'DlpTrackingEncoder', 'Track',
-    'assign_slots', 'encode_sequence', 'first_frame_slots', 'gather_slots', 'posterior_at',
+    'assign_slots', 'encode_sequence', 'first_frame_slots', 'gather_slots',
     'track_sequence',
 ]  # fmt: skip
 
@@ -58,17 +58,6 @@ class Track(NamedTuple):
 
     particles: Particles
     reseeded: Tensor  # (T, K) bool: slot k starts a new identity at frame t (all at t = 0)
-
-
-# ----------------------------------------------------------------------------- torch posterior
-
-
-def posterior_at(model: Dlp, image: Tensor, anchors: Tensor) -> Posterior:
-    """:meth:`Dlp.posterior` of images (B, 3, S, S) anchored at ``anchors`` (B, K, 2).
-
-    With ``anchors = model.proposals(image)[:, :K]`` it equals ``model.posterior(image)``.
-    """
-    return model.posterior(image, anchors)
 
 
 # ----------------------------------------------------------------------------- sequences

@@ -20,7 +20,6 @@ from dlp_training.models.tracking import (
     assign_slots,
     first_frame_slots,
     gather_slots,
-    posterior_at,
     track_sequence,
 )
 
@@ -91,11 +90,11 @@ def _tiny() -> Dlp:
     return Dlp(TINY).eval()
 
 
-def test_posterior_at_the_top_proposals_is_dlp_posterior() -> None:
+def test_posterior_anchored_at_the_top_proposals_is_dlp_posterior() -> None:
     model, x = _tiny(), torch.rand(3, 3, 64, 64)
     with torch.no_grad():
         a = model.posterior(x)
-        b = posterior_at(model, x, model.proposals(x)[:, : TINY.K])
+        b = model.posterior(x, model.proposals(x)[:, : TINY.K])
     for name, u, v in zip(a._fields, a, b, strict=True):
         assert torch.allclose(u, v, atol=1e-6), name
 
