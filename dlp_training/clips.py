@@ -167,6 +167,31 @@ class ClipSource:
         return self.gather(self._starts[pick])
 
 
+def mirror(clips: Clips, flips: np.ndarray, action_axes: list[str] | None) -> Clips:
+    """Clips mirrored across image axes: the mirror augmentation of ``train.flip``.
+
+    Args:
+        clips: a batch of B clips.
+        flips: (B, 2) bool, whether clip b is mirrored across x (left-right) and across y.
+        action_axes: per action entry, the image axis it points along ('x', 'y' or '');
+            required when the clips have actions.
+
+    Positions are negated along each mirrored axis ([-1, 1] units, the image centre fixed) and
+    so are the action entries that point along it; sizes, depth, presence and appearance stay.
+    """
+    f = torch.from_numpy(np.where(flips, -1.0, 1.0).astype(np.float32))  # (B, 2)
+    mu = clips.particles.mu * f[:, None, None, :]  # (B, L, K, 2)
+    actions = clips.actions
+    if actions is not None:
+        if action_axes is None or len(action_axes) != actions.shape[-1]:
+            raise ValueError(f'action_axes must name one axis per action entry '
+                             f'({actions.shape[-1]}), got {action_axes}')  # fmt: skip
+        columns = {'x': f[:, 0], 'y': f[:, 1], '': torch.ones(len(f))}
+        sign = torch.stack([columns[a] for a in action_axes], dim=-1)  # (B, A)
+        actions = actions * sign[:, None, :]  # (B, L, A)
+    return Clips(clips.particles._replace(mu=mu), actions, clips.slot_valid)
+
+
 def _episode_actions(
     latents: LatentDataset, name: str, arrays: dict[str, np.ndarray], columns: list[int]
 ) -> tuple[np.ndarray, np.ndarray]:

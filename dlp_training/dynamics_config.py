@@ -56,6 +56,15 @@ class DynamicsTrainConfig(ScheduleConfig):
     reseeded: str = checked('mask', choices=RESEEDED_MODES)
     # Clips of the val split (evenly spaced) each validation rolls out.
     eval_clips: int = checked(256, ge=1)
+    # Mirror augmentation: each training clip is mirrored across each listed image axis ('x':
+    # left-right, 'y': up-down) with probability 1/2 (positions negated along that axis, every
+    # other attribute kept). Only for scenes whose physics has that symmetry (the tabletop's
+    # left-right mirror is exact; up-down holds up to the camera's 10 degree tilt).
+    flip: list[str] = checked(factory=list, items=Check(choices=('x', 'y')))
+    # With flip and actions: the image axis along which each model action entry points ('x',
+    # 'y'; '' for an entry no mirror changes); a mirror across that axis negates it. E.g. the
+    # tabletop's [vx, vy] command: ['x', 'y'].
+    action_axes: list[str] | None = checked(None, items=Check(choices=('x', 'y', '')))
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -64,6 +73,8 @@ class DynamicsTrainConfig(ScheduleConfig):
                 f'train.horizon_start ({self.horizon_start}) must be <= train.horizon '
                 f'({self.horizon})'
             )
+        if len(set(self.flip)) != len(self.flip):
+            raise ValueError(f'train.flip must list distinct axes, got {self.flip}')
         if self.action_columns is not None and (
             len(set(self.action_columns)) != len(self.action_columns)
         ):
@@ -83,6 +94,11 @@ class DynamicsRunConfig:
         if t.burn_in < max(m.history, 2):
             raise ValueError(f'train.burn_in ({t.burn_in}) must be >= model.history '
                              f'({m.history}) and >= 2')  # fmt: skip
+        if t.flip and m.action_dim and (t.action_axes is None
+                                        or len(t.action_axes) != m.action_dim):  # fmt: skip
+            raise ValueError(f'train.flip {t.flip} with actions needs train.action_axes: one axis '
+                             f'per action entry (model.action_dim {m.action_dim}), got '
+                             f'{t.action_axes}')  # fmt: skip
         cols = t.action_columns
         if cols is not None and len(cols) != m.action_dim:
             raise ValueError(f'train.action_columns {cols} pick {len(cols)} action entries but '

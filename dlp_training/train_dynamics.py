@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from dlp_ros.errors import ConfigError
 from dlp_training import distributed as dist
-from dlp_training.clips import Clips, ClipSource, baselines, squared_error_sums
+from dlp_training.clips import Clips, ClipSource, baselines, mirror, squared_error_sums
 from dlp_training.config import to_dict
 from dlp_training.dlp_config import load_dlp
 from dlp_training.dynamics_config import DynamicsRunConfig, DynamicsTrainConfig
@@ -237,7 +237,13 @@ class DynamicsTask:
     def batch(self, step: int) -> DynamicsBatch:
         tc, rank = self.config.train, self.ctx.rank
         horizon = curriculum_horizon(step, tc.horizon, tc.horizon_ramp_steps, tc.horizon_start)
-        clips = self.clips.batch(tc.batch_size, tc.seed, step, rank).to(self.ctx.device)
+        clips = self.clips.batch(tc.batch_size, tc.seed, step, rank)
+        if tc.flip:
+            rng = np.random.default_rng([tc.seed, step, rank, 2])
+            axes = [a in tc.flip for a in ('x', 'y')]
+            flips = (rng.random((tc.batch_size, 2)) < 0.5) & np.array(axes)  # (B, 2)
+            clips = mirror(clips, flips, tc.action_axes)
+        clips = clips.to(self.ctx.device)
         pick = pixel_pick(tc, tc.batch_size, horizon, step, rank) if self.pixel else None
         return DynamicsBatch(clips, horizon, pick)
 

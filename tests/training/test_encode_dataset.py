@@ -97,6 +97,38 @@ def test_latents_shapes_manifest_and_tracking(setup: dict[str, Path], tmp_path: 
     assert p.mu.shape == (train[0].frames, 4, 2) and p.bg_features.dtype == torch.float32
 
 
+def test_bundle_encodes_as_the_run_it_was_exported_from(
+    setup: dict[str, Path], tmp_path: Path
+) -> None:
+    """--bundle: the ONNX encoder through the runtime's tracker gives the run's latents."""
+    from dlp_training.export import export_bundle  # noqa: PLC0415
+    from dlp_training.models.dynamics import DynamicsConfig, ParticleDynamics  # noqa: PLC0415
+
+    model = Dlp(TINY)
+    model.load_state_dict(torch.load(setup['run'] / 'checkpoints' / 'last.pt')['model'])
+    model.eval()
+    bundle = tmp_path / 'bundle'
+    export_bundle(model, ParticleDynamics(DynamicsConfig.from_dlp(TINY, history=2)), bundle)
+    assert _encode(setup, tmp_path / 'from_run') == 0
+    argv = ['encode-dataset', '--bundle', str(bundle), '--data', str(setup['data']), '--out',
+            str(tmp_path / 'from_bundle'), '--no-progress', '--threads', '1']  # fmt: skip
+    assert main(argv) == 0
+    run, onnx = (
+        LatentDataset.open(tmp_path / 'from_run'),
+        LatentDataset.open(tmp_path / 'from_bundle'),
+    )
+    m = onnx.manifest
+    assert m['source']['bundle'] == str(bundle.resolve()) and 'dlp_run' not in m['source']
+    assert (m['S'], m['K'], m['F'], m['Fb']) == (64, 4, 4, 4)
+    assert m['tracking'] == run.manifest['tracking']
+    for e in run.episodes():
+        a, b = run.arrays(e.name), onnx.arrays(e.name)
+        assert np.array_equal(a['reseeded'], b['reseeded'])
+        assert np.array_equal(a['stamps_ns'], b['stamps_ns'])
+        for name in ('mu', 'logvar', 'scale', 'transparency', 'features', 'bg_features'):
+            assert np.allclose(a[name], b[name], atol=1e-4), name
+
+
 def test_overwrite_replaces_only_a_latents_cache(setup: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / 'latents'
     assert _encode(setup, out) == 0
@@ -127,6 +159,14 @@ def test_bad_input_errors(
     fails([*base, *run, '--data', str(tmp_path)], 'is not a dataset')
     fails([*base, *run, '--data', str(setup['data32'])], '32x32', '64x64')
     fails([*base, *run, *data, '--batch', '0'], '--batch must be >= 1')
+    fails([*base, '--bundle', str(tmp_path), *data], '--bundle', 'not a bundle directory')
+    for argv, needle in (
+        ([*base, *run, '--bundle', str(tmp_path), *data], 'not allowed with'),
+        ([*base, *data], 'one of the arguments --dlp --bundle is required'),
+    ):
+        with pytest.raises(SystemExit):  # argparse: usage and the reason on stderr
+            main(argv)
+        assert needle in capsys.readouterr().err
     assert not (tmp_path / 'out').exists()
 
 

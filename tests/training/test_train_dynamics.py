@@ -22,7 +22,7 @@ import yaml
 
 from dlp_training.__main__ import main
 from dlp_training.checkpoint import load_checkpoint, save_checkpoint
-from dlp_training.clips import ClipSource
+from dlp_training.clips import ClipSource, mirror
 from dlp_training.config import to_dict
 from dlp_training.data.dataset import write_manifest
 from dlp_training.distributed import parameter_digest
@@ -308,3 +308,36 @@ def test_train_records_average_the_log_window(latents: Path, check_window_means:
 
 def test_time_limit_stop_validates(latents: Path, check_time_limit_validates: Callable) -> None:
     check_time_limit_validates(_run(latents))
+
+
+def test_mirror_augmentation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """train.flip mirrors positions and the actions along the mirrored axes, nothing else."""
+    data = write_latents(tmp_path / 'latents', actions=True)
+    clips = ClipSource(LatentDataset.open(data), 'train', 5, action_columns=[0, 1], action_from=2)
+    batch = clips.batch(4, seed=0, step=0)
+    flips = np.array([[False, False], [True, False], [False, True], [True, True]])
+    out = mirror(batch, flips, ['x', 'y'])
+    sign = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]])  # (B, 2)
+    assert torch.equal(out.particles.mu, batch.particles.mu * sign[:, None, None, :])
+    assert torch.equal(out.actions, batch.actions * sign[:, None, :])
+    for name in ('logvar', 'scale', 'transparency', 'features', 'bg_features'):
+        assert torch.equal(getattr(out.particles, name), getattr(batch.particles, name)), name
+    swapped = mirror(batch, flips, ['y', ''])  # entry 0 points along y, entry 1 along neither
+    assert torch.equal(swapped.actions[:, :, 0], batch.actions[:, :, 0] * sign[:, None, 1])
+    assert torch.equal(swapped.actions[:, :, 1], batch.actions[:, :, 1])
+    with pytest.raises(ValueError, match='action_axes'):
+        mirror(batch, flips, None)
+
+    base = ['train-dynamics', '--config', str(TINY), '--latents', str(data), '--no-progress',
+            '--set', 'model.action_dim=2', '--set', 'train.action_columns=[0, 1]',
+            '--set', 'train.max_steps=4', '--set', 'train.eval_every=2']  # fmt: skip
+    assert main([*base, '--out', str(tmp_path / 'bad'), '--set', 'train.flip=[x]']) == 2
+    assert 'train.action_axes' in capsys.readouterr().err
+    assert main([*base, '--out', str(tmp_path / 'bad2'), '--set', 'train.flip=[z]',
+                 '--set', 'train.action_axes=[x, y]']) == 2  # fmt: skip
+    assert 'train.flip' in capsys.readouterr().err
+    out = tmp_path / 'run'
+    flip = ['--set', 'train.flip=[x, y]', '--set', 'train.action_axes=[x, y]']
+    assert main([*base, '--out', str(out), *flip]) == 0
+    _, config, _ = load_dynamics(out, 'last')
+    assert config.train.flip == ['x', 'y'] and config.train.action_axes == ['x', 'y']
