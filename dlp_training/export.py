@@ -3,6 +3,7 @@
 ```
 python -m dlp_training export --dlp RUN --dynamics RUN --out BUNDLE_DIR [--checkpoint best|last]
     [--opset 17] [--val-frames 200] [--overwrite]
+python -m dlp_training export --from-bundle BUNDLE --dynamics RUN --out BUNDLE_DIR
 ```
 
 The bundle (``dlp_ros.model_card`` describes it) holds four ONNX graphs, exported with the
@@ -18,6 +19,11 @@ validation split, when its data set (``run.yaml`` ``data``) is on this machine, 
 number of particles on per frame (``validation.particles_on_mean``). The command prints which
 checkpoint step of each run it exports with that step's validation figures, and a WARNING when a
 run's best checkpoint is its first validation or when most particles are off.
+
+``--from-bundle`` keeps an existing bundle's encoder, background and decoder graphs (and their
+card entries: image, particles, tracking, the DLP's training and validation) and exports only a
+new dynamics graph beside them (:mod:`dlp_training.bundle_dynamics`): a dynamics trained on the
+latents of ``encode-dataset --bundle`` replaces a shipped bundle's without its DLP run.
 
 Everything is written to a hidden temporary sibling of ``--out`` and renamed into place at the
 end (``dlp_ros.offline.output_dir``): a failed export leaves nothing, an existing bundle is
@@ -102,7 +108,13 @@ class BundleInfo:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add('--dlp', type=Path, required=True, help='train-dlp run directory')
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--dlp', type=Path, help='train-dlp run directory')
+    source.add_argument(
+        '--from-bundle',
+        type=Path,
+        help='or a bundle whose DLP graphs to keep (only the dynamics is new)',
+    )
     add('--dynamics', type=Path, required=True, help='train-dynamics run directory')
     add('--out', type=Path, required=True, help='bundle directory to write')
     add('--checkpoint', choices=['best', 'last'], default='best',
@@ -118,8 +130,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add(
         '--compositing',
         choices=COMPOSITING_MODES,
-        default=DEFAULT_COMPOSITING,
-        help='how the runtime draws predicted frames (the model card records it)',
+        help='how the runtime draws predicted frames (the model card records it; default '
+        f"{DEFAULT_COMPOSITING}, or the --from-bundle card's)",
     )
     add('--overwrite', action='store_true', help='replace an existing bundle at --out')
 
@@ -128,14 +140,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 class ExportOptions:
     """The export command line, validated (the fields are its options)."""
 
-    dlp: Path
+    dlp: Path | None
     dynamics: Path
     out: Path
+    from_bundle: Path | None = None
     checkpoint: str = checked('best', choices=('best', 'last'))
     opset: int = checked(17, ge=1)
     val_frames: int = checked(200, ge=0)
     val_data: Path | None = None
-    compositing: str = checked(DEFAULT_COMPOSITING, choices=COMPOSITING_MODES)
+    compositing: str | None = checked(None, choices=(None, *COMPOSITING_MODES))
     overwrite: bool = False
 
 
@@ -146,6 +159,10 @@ def run(args: argparse.Namespace) -> int:
 def export(opts: ExportOptions) -> int:
     """:func:`run` with its options."""
     check_out(opts.out, opts.overwrite, CARD_FILE, KIND)  # fail before any work
+    if opts.from_bundle is not None:
+        from dlp_training.bundle_dynamics import export_from_bundle  # noqa: PLC0415
+
+        return export_from_bundle(opts)
     dlp, dlp_cfg, dlp_state = load_dlp(opts.dlp, opts.checkpoint)
     dyn, dyn_cfg, dyn_state = load_dynamics(opts.dynamics, opts.checkpoint)
     info = describe_runs(opts, dlp_cfg, dlp_state, dyn_cfg, dyn_state)
@@ -156,17 +173,22 @@ def export(opts: ExportOptions) -> int:
     frames, note = validation_frames(opts.dlp, dlp.config.S, opts.val_frames, opts.val_data)
     card = export_bundle(dlp, dyn, opts.out, info, opset=opts.opset, overwrite=opts.overwrite,
                          val_frames=frames, val_note=note,
-                         compositing=opts.compositing)  # fmt: skip
+                         compositing=opts.compositing or DEFAULT_COMPOSITING)  # fmt: skip
+    print_summary(opts.out, card)
+    return 0
+
+
+def print_summary(out: Path, card: ModelCard) -> None:
+    """The export's last lines: sizes, recon_mse, parity, and the particles warning if any."""
     v = card.validation
     recon = 'omitted' if v.recon_mse is None else f'{v.recon_mse:.3g}'
     parity = v.details.get('export_parity')
-    line = (f'export: {opts.out} S={card.image.size} K={card.particles.K} '
+    line = (f'export: {out} S={card.image.size} K={card.particles.K} '
             f'H={card.dynamics.history} A={card.dynamics.action_dim}, recon_mse {recon}, '
             f'max |ort - torch| {parity}')  # fmt: skip
     print(line)  # noqa: T201
     for warning in particles_warning(card):
         print(warning)  # noqa: T201
-    return 0
 
 
 def particles_warning(card: ModelCard) -> list[str]:
@@ -307,12 +329,20 @@ def sample_inputs(dlp: Dlp, dynamics: ParticleDynamics, batch: int = 2, seed: in
 
 def _export_graphs(dlp: Dlp, dynamics: ParticleDynamics, folder: Path, opset: int) -> dict:
     """Write the four graphs into ``folder``; check them; returns max |ort - torch| per graph."""
+    inputs = sample_inputs(dlp, dynamics)
+    check_inputs = sample_inputs(dlp, dynamics, batch=3, seed=1)  # another batch size
+    return export_graphs(_views(dlp, dynamics), inputs, check_inputs, folder, opset)
+
+
+def export_graphs(
+    views: dict[str, nn.Module], inputs: dict, check_inputs: dict, folder: Path, opset: int
+) -> dict[str, float]:
+    """Export each module of ``views`` (graph name -> module with INPUT_NAMES and OUTPUT_NAMES)
+    on ``inputs`` into ``folder``, check it with onnx.checker and against torch on
+    ``check_inputs`` (another batch size); returns max |ort - torch| per graph."""
     import onnx  # noqa: PLC0415 - export-time dependency
     import onnxruntime as ort  # noqa: PLC0415
 
-    views = _views(dlp, dynamics)
-    inputs = sample_inputs(dlp, dynamics)
-    check_inputs = sample_inputs(dlp, dynamics, batch=3, seed=1)  # another batch size
     parity = {}
     for name, module in views.items():
         path = folder / name
@@ -428,8 +458,7 @@ def describe_runs(
 ) -> BundleInfo:
     """Training summary, metrics, dt and action names from the two runs."""
     dlp_run = _run_yaml(opts.dlp)
-    dyn_run = _run_yaml(opts.dynamics)
-    latents = dict(dyn_state.get('latents') or dyn_run.get('latents') or {})
+    dyn_training, dyn_metrics, latents = describe_dynamics(opts, dyn_cfg, dyn_state)
     fps = float(latents.get('fps') or 0.0)
     data = dlp_run.get('data')
     dataset = _dataset_summary(data)
@@ -448,18 +477,12 @@ def describe_runs(
             'dataset': dataset,
             'model': dlp_cfg.model.to_dict(),
         },
-        'dynamics': {
-            'run': str(opts.dynamics),
-            'checkpoint': str(run_checkpoint(opts.dynamics, opts.checkpoint)),
-            'step': int(dyn_state.get('step', 0)),
-            'latents': latents,
-            'model': dyn_cfg.model.to_dict(),
-        },
+        'dynamics': dyn_training,
     }
     metrics = {
         'dlp': {**(dlp_state.get('metrics') or {}),
                 **({'best_psnr': dlp_state['best_psnr']} if 'best_psnr' in dlp_state else {})},
-        'dynamics': dict(dyn_state.get('metrics') or {}),
+        'dynamics': dyn_metrics,
     }  # fmt: skip
     return BundleInfo(
         dt=1.0 / fps,
@@ -468,6 +491,23 @@ def describe_runs(
         metrics=metrics,
         resize=str(dataset.get('resize') or DEFAULT_RESIZE),  # a data set without it: squash
     )
+
+
+def describe_dynamics(
+    opts: ExportOptions, dyn_cfg: Any, dyn_state: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The card's ``training.dynamics`` and ``metrics.dynamics`` of the dynamics run, and the
+    latents it was trained on (path, fps, action names, source)."""
+    dyn_run = _run_yaml(opts.dynamics)
+    latents = dict(dyn_state.get('latents') or dyn_run.get('latents') or {})
+    training = {
+        'run': str(opts.dynamics),
+        'checkpoint': str(run_checkpoint(opts.dynamics, opts.checkpoint)),
+        'step': int(dyn_state.get('step', 0)),
+        'latents': latents,
+        'model': dyn_cfg.model.to_dict(),
+    }
+    return training, dict(dyn_state.get('metrics') or {}), latents
 
 
 VAL_FIGURES = {  # the validation figures a report quotes, as (metrics.jsonl key, label)

@@ -284,6 +284,7 @@ def latents_source(latents: LatentDataset, columns: list[int] | None) -> dict[st
     action = latents.manifest.get('action') or {}
     return {'path': str(latents.root.resolve()), 'fps': latents.fps,
             'image_size': latents.sizes['S'], 'dlp_run': latents.manifest['source'].get('dlp_run'),
+            'source': latents.manifest['source'],
             'action_names': [action['names'][c] for c in columns] if columns else []}  # fmt: skip
 
 

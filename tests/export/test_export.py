@@ -260,3 +260,69 @@ def test_recon_mse_is_measured_on_given_frames(
     tracker = rt.tracker()
     errors = [rt.recon_mse(x, tracker.update(x)) for x in map(rt.preprocess, frames[0])]
     assert v.recon_mse == pytest.approx(np.mean(errors), rel=1e-3)
+
+
+def test_export_from_bundle_keeps_its_dlp_and_exports_the_new_dynamics(
+    bundles: dict[int, Any], tiny_configs: Callable, blob_frames: Callable, tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:  # fmt: skip
+    """--from-bundle: the source's DLP graphs byte for byte, a new dynamics that predicts as the
+    torch model does, and a card naming both; sizes that differ are refused."""
+    from dlp_training.models.dynamics import ParticleDynamics  # noqa: PLC0415
+
+    torch.set_num_threads(1)
+    b = bundles[64]
+    _, dyn_cfg = tiny_configs(64, 2)
+    torch.manual_seed(5)
+    dynamics = ParticleDynamics(dataclasses.replace(dyn_cfg, identity_init=False)).eval()
+    dyn_run = tmp_path / 'dyn'
+    train = DynamicsTrainConfig(burn_in=max(dyn_cfg.history, 2))
+    config = DynamicsRunConfig(model=dynamics.config, train=train)
+    latents = {'path': 'x', 'fps': 5.0, 'image_size': 64, 'dlp_run': None,
+               'source': {'bundle': str(b.path)},
+               'action_names': ['linear.x', 'linear.y']}  # fmt: skip
+    save_checkpoint(dyn_run / 'checkpoints' / 'last.pt', {
+        'model': dynamics.state_dict(), 'step': 3, 'config': to_dict(config),
+        'metrics': {'position_rmse_last': 0.2}, 'latents': latents})  # fmt: skip
+    out = tmp_path / 'bundle'
+    argv = ['export', '--from-bundle', str(b.path), '--dynamics', str(dyn_run), '--out', str(out)]
+    assert main(argv) == 0
+    assert f'dynamics: {dyn_run}, step 3' in capsys.readouterr().out
+    for name in ('encoder.onnx', 'background.onnx', 'decoder.onnx'):
+        assert (out / name).read_bytes() == (b.path / name).read_bytes(), name
+    assert (out / 'dynamics.onnx').read_bytes() != (b.path / 'dynamics.onnx').read_bytes()
+    card = load_model_card(out)
+    assert card.training['dlp']['bundle'] == str(b.path)
+    assert card.training['dynamics']['step'] == 3 and card.metrics['dynamics']
+    assert card.dynamics.dt == pytest.approx(0.2) and card.image == b.card.image
+    assert card.prediction == b.card.prediction and card.tracking == b.card.tracking
+    assert card.validation.recon_mse == b.card.validation.recon_mse
+
+    rt = DlpRuntime.load(out, providers='cpu', threads=1)
+    tracker = rt.tracker()
+    for f in blob_frames(64, t_len=4, seed=4):
+        tracker.update(rt.preprocess(f))
+    history, h = tracker.history, card.dynamics.history
+    actions = np.random.default_rng(6).normal(size=(h + 4, 2)).astype(np.float32)
+    got = stack(rt.predict(history, 5, actions))
+    window = Particles(**{k: torch.from_numpy(v[None]) for k, v in stack(history).items()})
+    with torch.inference_mode():
+        want = rollout(dynamics, window, 5, torch.from_numpy(actions)[None])
+    for name in FIELDS:
+        assert np.abs(got[name] - getattr(want, name)[0].numpy()).max() <= 1e-3, name
+
+    assert main(argv) == 2  # exists: refused, the bundle kept
+    assert '--overwrite' in capsys.readouterr().err
+    wrong = dataclasses.replace(dyn_cfg, K=dyn_cfg.K + 1)
+    bad_run = tmp_path / 'bad'
+    save_checkpoint(bad_run / 'checkpoints' / 'last.pt', {
+        'model': ParticleDynamics(wrong).state_dict(), 'step': 1,
+        'config': to_dict(DynamicsRunConfig(model=wrong, train=config.train))})  # fmt: skip
+    bad = ['export', '--from-bundle', str(b.path), '--dynamics', str(bad_run), '--out']
+    assert main([*bad, str(tmp_path / 'b2')]) == 2
+    assert f'has K = {dyn_cfg.K} but the dynamics model K = {dyn_cfg.K + 1}' in (
+        capsys.readouterr().err)  # fmt: skip
+    assert main(['export', '--from-bundle', str(tmp_path), '--dynamics', str(dyn_run),
+                 '--out', str(tmp_path / 'b4')]) == 2  # fmt: skip
+    assert '--from-bundle' in capsys.readouterr().err
+    assert not any((tmp_path / n).exists() for n in ('b2', 'b4'))
