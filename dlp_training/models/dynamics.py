@@ -437,6 +437,10 @@ class RolloutLossWeights:
     # Weight every foreground term of a particle by its target transparency (detached):
     # a switched-off particle's position and appearance are arbitrary.
     presence_weighted: bool = True
+    # Emphasis on what moves: every foreground term of a particle is weighted by 1 + motion x
+    # (how far its target moves from the last observed frame, largest over the predicted steps,
+    # normalised units). Most particles of a pushing scene stand still; 0 weighs all alike.
+    motion: float = checked(0.0, ge=0, finite=True)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -508,7 +512,8 @@ def rollout_loss(
         weights: term weights; defaults of :class:`RolloutLossWeights` if None.
         step_weights: (horizon,) non-negative weights of the predicted steps, or None.
         slot_mask: (B, K) weights of the particle slots per clip (0 drops a slot from every
-            foreground term, e.g. one re-seeded to a new identity within the clip), or None.
+            foreground term, e.g. one re-seeded to a new identity within the clip), or None;
+            multiplied by the motion emphasis when ``weights.motion`` > 0.
 
     Returns:
         Scalar loss and float metrics: ``loss``, each term (step-weighted MSE), and
@@ -531,6 +536,10 @@ def rollout_loss(
         step_actions = actions[:, burn_in - h : burn_in + horizon - 1]  # (B, H + horizon - 1, A)
     pred = rollout(model, frames(seq, slice(burn_in - h, burn_in)), horizon, step_actions)
     target = frames(seq, slice(burn_in, burn_in + horizon))  # (B, horizon, K, ...)
+    if w.motion:
+        moved = (target.mu - seq.mu[:, burn_in - 1 : burn_in]).norm(dim=-1).amax(dim=1)  # (B, K)
+        emphasis = 1.0 + w.motion * moved.detach()
+        slot_mask = emphasis if slot_mask is None else slot_mask.to(emphasis) * emphasis
 
     per_step = _step_errors(pred, target, slot_mask, w.presence_weighted)  # term -> (horizon,)
 

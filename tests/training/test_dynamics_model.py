@@ -284,6 +284,28 @@ def test_slot_mask_drops_a_slot_from_the_loss() -> None:
         rollout_loss(model, seq, c.history, 3, slot_mask=torch.ones(2, c.K + 1))
 
 
+def test_motion_emphasis_weighs_moving_particles() -> None:
+    """loss.motion: a particle whose target moves by d counts 1 + motion d times a still one."""
+    c = _config(identity_init=True)
+    model = ParticleDynamics(c).eval()  # predicts the last observed frame
+    seq = _particles(1, c.history + 2, c.K, c.F, c.Fb, seed=2)
+    seq = seq._replace(mu=seq.mu[:, :1].repeat(1, c.history + 2, 1, 1).clone(),
+                       transparency=torch.ones_like(seq.transparency))  # fmt: skip
+    seq.mu[0, c.history :, 0, 0] += torch.tensor([0.1, 0.3])  # slot 0 moves by 0.1, then 0.3
+    seq.mu[0, c.history + 1, 1, 1] += 0.2  # slot 1 moves at the last step only
+    plain, m0 = rollout_loss(model, seq, c.history, 2, weights=RolloutLossWeights())
+    _, m5 = rollout_loss(model, seq, c.history, 2, weights=RolloutLossWeights(motion=5.0))
+    w = torch.tensor([1 + 5 * 0.3, 1 + 5 * 0.2] + [1.0] * (c.K - 2))  # (K,) emphasis
+    err = torch.zeros(2, c.K)  # (steps, K) squared error averaged over x, y
+    err[:, 0] = torch.tensor([0.1, 0.3]) ** 2 / 2
+    err[1, 1] = 0.2**2 / 2
+    assert m0['position'] == pytest.approx(float(err.mean()), rel=1e-5)
+    assert m5['position'] == pytest.approx(float((err * w).sum(1).div(w.sum()).mean()), rel=1e-5)
+    assert m5['position'] > m0['position'] > 0
+    with pytest.raises(ConfigError, match='motion'):
+        RolloutLossWeights.from_dict({'motion': -1})
+
+
 def test_onnx_step_and_numpy_rollout_parity() -> None:
     ort = pytest.importorskip('onnxruntime')
     onnx = pytest.importorskip('onnx')
