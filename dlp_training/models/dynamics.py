@@ -20,7 +20,8 @@ permutation-equivariant and lets the network find each particle's own past, henc
 space (below). Each node is embedded by an MLP (S -> D); the background node embeds
 ``bg_features`` with its own MLP (Fb -> D) and sits at position (0, 0). Learned embeddings are
 added: node type (foreground / background), history slot t (H of them) and, when
-``action_dim`` A > 0, an MLP of frame t's action, added to every node of frame t.
+``action_dim`` A > 0, an MLP of frame t's action, added to every node of frame t (with
+``action_gate``, times a per-node gate :math:`\sigma(w^\top h + b)` of the node's embedding).
 Then ``n_layers`` :class:`~dlp_training.models.dynamics_layers.DenseInteractionLayer` with relative
 positions p_j - p_i (p = mu, fixed across layers).
 
@@ -100,6 +101,11 @@ class DynamicsConfig:
     history: int = checked(4, ge=1)
     # A: action (command) size per frame; 0 = no action input.
     action_dim: int = checked(0, ge=0)
+    # Gate the action embedding per node by sigmoid(linear(node embedding)): each particle takes
+    # the command in as much as its own state says (the robot's effector, by its appearance),
+    # and the others learn of it through messages, with relative positions. Without the gate
+    # every node reads the command, and the model may move objects the pusher never touches.
+    action_gate: bool = False
     # D: node embedding size and MLP width.
     hidden_dim: int = checked(128, ge=1)
     # Interaction layers (message-passing rounds).
@@ -195,6 +201,7 @@ class ParticleDynamics(nn.Module):
         self.type_embedding = nn.Parameter(0.1 * torch.randn(2, d))  # (2, D): fg, bg
         self.time_embedding = nn.Parameter(0.1 * torch.randn(c.history, d))  # (H, D)
         self.action_encoder = MLP(c.action_dim, d, d, c.layer_norm) if c.action_dim else None
+        self.action_gate = nn.Linear(d, 1) if c.action_dim and c.action_gate else None
         edge_dim = 1 if c.same_particle_edges else 0
         self.layers = nn.ModuleList(
             DenseInteractionLayer(d, d, edge_dim, 2, c.aggregation, c.layer_norm)
@@ -271,7 +278,10 @@ class ParticleDynamics(nn.Module):
         x = torch.cat([fg, bg.unsqueeze(2)], dim=2)  # (B, H, K+1, D)
         x = x + self.time_embedding.unsqueeze(1)  # (H, 1, D) broadcast over particles
         if self.action_encoder is not None and actions is not None:
-            x = x + self.action_encoder(actions).unsqueeze(2)  # (B, H, 1, D)
+            command = self.action_encoder(actions).unsqueeze(2)  # (B, H, 1, D)
+            if self.action_gate is not None:
+                command = command * torch.sigmoid(self.action_gate(x))  # (B, H, K+1, D)
+            x = x + command
         pos = torch.cat([history.mu, torch.zeros_like(history.mu[:, :, :1])], dim=2)
         n = c.n_nodes
         return x.reshape(-1, n, c.hidden_dim), pos.reshape(-1, n, 2)  # (B, N, D), (B, N, 2)

@@ -212,8 +212,9 @@ def test_zero_deltas_rollout_is_the_identity() -> None:
     assert torch.isfinite(loss) and metrics['loss'] > 0
 
 
-def test_actions_change_the_prediction() -> None:
-    model = _model(action_dim=3)
+@pytest.mark.parametrize('gate', [False, True])
+def test_actions_change_the_prediction(gate: bool) -> None:
+    model = _model(action_dim=3, action_gate=gate)
     hist = _history(model.config, b=2)
     a1 = torch.randn(2, 2, 3, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -222,6 +223,22 @@ def test_actions_change_the_prediction() -> None:
     assert (p1.features - p2.features).abs().max() > 1e-4
     with torch.no_grad(), pytest.raises(ValueError, match='actions'):
         model(hist, None)
+
+
+def test_a_closed_action_gate_shuts_the_command_out() -> None:
+    """action_gate: nodes whose gate is shut do not read the command at all."""
+    model = _model(action_dim=2, action_gate=True)
+    assert _model(action_dim=2).action_gate is None
+    hist = _history(model.config, b=2)
+    a = torch.randn(2, 2, 2, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        model.action_gate.weight.zero_()
+        model.action_gate.bias.fill_(-50.0)  # sigmoid ~ 2e-22: every gate shut
+        shut = (model(hist, a), model(hist, a + 1.0))
+        model.action_gate.bias.fill_(50.0)  # every gate open: the ungated model
+        opened = (model(hist, a), model(hist, a + 1.0))
+    torch.testing.assert_close(shut[0].mu, shut[1].mu)
+    assert (opened[0].mu - opened[1].mu).abs().max() > 1e-4
 
 
 def test_deltas_are_bounded() -> None:
@@ -306,10 +323,11 @@ def test_motion_emphasis_weighs_moving_particles() -> None:
         RolloutLossWeights.from_dict({'motion': -1})
 
 
-def test_onnx_step_and_numpy_rollout_parity() -> None:
+@pytest.mark.parametrize('gate', [False, True])
+def test_onnx_step_and_numpy_rollout_parity(gate: bool) -> None:
     ort = pytest.importorskip('onnxruntime')
     onnx = pytest.importorskip('onnx')
-    model = _model(action_dim=2)
+    model = _model(action_dim=2, action_gate=gate)
     c = model.config
     step = DynamicsStep(model).eval()
     hist, acts = _history(c, b=2), torch.randn(2, c.history, 2)
@@ -341,6 +359,8 @@ def test_onnx_step_and_numpy_rollout_parity() -> None:
     got_step = sess.run(None, {**window, 'actions': actions[:, : c.history].numpy()})
     for name, e, g in zip(Particles._fields, expected_step, got_step, strict=True):
         np.testing.assert_allclose(g, e.numpy(), atol=1e-5, err_msg=name)
+    if gate:
+        return  # the gate is inside one step's graph; the rollout below does not depend on it
     outputs = []
     for n in range(horizon):
         nxt = sess.run(None, {**window, 'actions': actions[:, n : n + c.history].numpy()})
