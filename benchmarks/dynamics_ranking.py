@@ -25,6 +25,9 @@ term). Per bundle:
     python benchmarks/dynamics_ranking.py --bundle bundles/tabletop64 OTHER_BUNDLE \
         --seed 20000 --episodes 6 [--steps 40] [--every 4]
 
+A ``no_action`` row scores the no-action model (every particle held still, the first bundle's
+particles) on the same candidates: what a model must beat to help the planner at all.
+
 Prints one line per episode and, on the last line, one JSON object: bundle -> figures.
 """
 
@@ -44,11 +47,19 @@ sys.path.insert(0, str(ROOT / 'benchmarks'))
 
 from planning_offline import learned_rollout, pixels, sim_rollout  # noqa: E402
 
-from dlp_ros.mpc import CemPlanner, PlannerConfig, approach_costs, costs, pick_particle  # noqa: E402
+from dlp_ros.mpc import (  # noqa: E402
+    CemPlanner,
+    PlannerConfig,
+    approach_costs,
+    costs,
+    held_rollout,
+    pick_particle,
+)
 from dlp_ros.pipeline import PerceptionPipeline  # noqa: E402
 from dlp_ros.runtime import DlpRuntime  # noqa: E402
 from dlp_ros.sim.lockstep import LockstepSim  # noqa: E402
 
+NO_ACTION = 'no_action'
 STILL_PX = 0.5  # a particle no candidate moves further than this in the simulator is still
 
 
@@ -119,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [str(b) for b in args.bundle]
     pipes = [PerceptionPipeline(DlpRuntime.load(b, 'cpu', threads=args.threads))
              for b in args.bundle]  # fmt: skip
-    figures: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+    figures: dict[str, dict[str, list[float]]] = {n: {} for n in [*names, NO_ACTION]}
     rng = np.random.default_rng(args.seed)
     sim = LockstepSim()
     try:
@@ -154,13 +165,18 @@ def main(argv: list[str] | None = None) -> int:
                         for key, value in compare((su, sv), (mu, mv), index, goal, samples,
                                                   config).items():  # fmt: skip
                             figures[name].setdefault(key, []).append(value)
+                        if name == names[0]:
+                            hu, hv, _ = held_rollout(u, v, on)(samples)
+                            for key, value in compare((su, sv), (hu, hv), index, goal, samples,
+                                                      config).items():  # fmt: skip
+                                figures[NO_ACTION].setdefault(key, []).append(value)
                 u, v, on = seen[0]
                 rollout = sim_rollout(sim, frame, np.stack([u, v], -1), on)
                 command = planner.plan(rollout, followed[0], goal).command.astype(np.float32)
                 sim.step((float(command[0]), float(command[1])))
             print(f'seed {seed}: ' + '; '.join(
                 f'{n}: ' + ', '.join(f'{k} {np.mean(x):.3f}' for k, x in figures[n].items())
-                for n in names), flush=True)  # fmt: skip
+                for n in [*names, NO_ACTION]), flush=True)  # fmt: skip
     finally:
         sim.close()
     summary = {

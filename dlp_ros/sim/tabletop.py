@@ -95,13 +95,23 @@ class TabletopScene:
     action_names = ('vx', 'vy')  # pusher velocity command in the table plane, m/s, world frame
 
     def __init__(
-        self, size: int = 64, fps: float = 10.0, n_objects: tuple[int, int] = (3, 5)
+        self,
+        size: int = 64,
+        fps: float = 10.0,
+        n_objects: tuple[int, int] = (3, 5),
+        command_noise: float = 0.0,
     ) -> None:
         self.size = int(size)
         self.fps = float(fps)
         if not 1 <= n_objects[0] <= n_objects[1] <= len(COLOURS):
             raise ValueError(f'n_objects must be (lo, hi) with 1 <= lo <= hi <= {len(COLOURS)}')
+        if not (math.isfinite(command_noise) and command_noise >= 0):
+            raise ValueError(f'command_noise must be a finite std >= 0 [m/s], got {command_noise}')
         self.n_objects = n_objects
+        # Std [m/s] of independent Gaussian noise added to each scripted command (per frame and
+        # axis; the script itself carries on from its smooth plan): exploratory commands like a
+        # sampling planner's candidates. 0: the smooth script alone.
+        self.command_noise = float(command_noise)
         self._cam_xml = _camera()  # what the MJCF says; reset() reads back the compiled camera
         self._substeps = max(1, round(1.0 / (self.fps * TIMESTEP)))
         self._model: mujoco.MjModel | None = None
@@ -233,6 +243,9 @@ class TabletopScene:
         rgb = self._renderer.render()  # (S, S, 3) uint8
         objects = self._ground_truth()
         self._pending = self._policy()
+        if self.command_noise:
+            noisy = clip_command(self._pending + self._rng.normal(0.0, self.command_noise, 2))
+            self._pending = self._inside(noisy)
         return SceneFrame(rgb=rgb, objects=objects, action=self._pending.astype(np.float32))
 
     def _project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -326,10 +339,15 @@ class TabletopScene:
         dv_max = MAX_ACCEL * dt
         if np.hypot(*dv) > dv_max:
             dv *= dv_max / np.hypot(*dv)
-        v = self._velocity + dv
-        v = (np.clip(p + v * dt, -lim, lim) - p) / dt  # stay inside the workspace
+        v = self._inside(self._velocity + dv)
         self._velocity = v
         return v
+
+    def _inside(self, v: np.ndarray) -> np.ndarray:
+        """(2,) command v [m/s], shortened so that the pusher stays inside the workspace."""
+        assert self._data is not None
+        p, dt, lim = self._data.xpos[self._bodies[0], :2], 1.0 / self.fps, HALF - PUSHER_R - 0.01
+        return (np.clip(p + v * dt, -lim, lim) - p) / dt
 
     # ------------------------------------------------------------------- driven by a controller
     def _require(self) -> tuple[mujoco.MjModel, mujoco.MjData]:

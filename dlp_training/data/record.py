@@ -33,16 +33,18 @@ CAMERA_FRAME = 'camera'
 EPOCH_NS = 1_700_000_000 * 10**9  # first stamp of episode 0; episode i starts i hours later
 
 
-def make_scene(name: str, size: int, fps: float) -> Scene:
+def make_scene(name: str, size: int, fps: float, command_noise: float = 0.0) -> Scene:
     """Instantiate a scene by name (imports MuJoCo only for ``tabletop``)."""
     if name == 'balls':
+        if command_noise:
+            raise DlpError('--command-noise: the balls scene takes no commands (tabletop only)')
         from dlp_training.data.balls import BallsScene
 
         return BallsScene(size=size, fps=fps)
     if name == 'tabletop':
         from dlp_ros.sim.tabletop import TabletopScene
 
-        return TabletopScene(size=size, fps=fps)
+        return TabletopScene(size=size, fps=fps, command_noise=command_noise)
     raise DlpError(f'unknown scene {name!r}; choose balls or tabletop')
 
 
@@ -58,6 +60,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--fps', type=float, default=10.0, help='camera rate, Hz')
     parser.add_argument('--compressed', choices=['jpeg', 'png'], default=None,
                         help='write CompressedImage on <topic>/compressed instead')  # fmt: skip
+    parser.add_argument('--command-noise', type=float, default=0.0,
+                        help='tabletop: std [m/s] of Gaussian noise on each scripted pusher '
+                        'command (exploratory commands, like a sampling planner\'s)')  # fmt: skip
     parser.add_argument('--overwrite', action='store_true', help='replace an existing --out')
 
 
@@ -75,6 +80,7 @@ class RecordOptions:
     frames: int | None = checked(None, ge=2)
     fps: float = checked(10.0, gt=0, finite=True)
     compressed: str | None = checked(None, choices=('jpeg', 'png', None))
+    command_noise: float = checked(0.0, ge=0, finite=True)
     overwrite: bool = False
 
     @property
@@ -108,7 +114,7 @@ def record(opts: RecordOptions, out: Path) -> dict:
     """Record ``opts.episodes`` bags into ``out``; returns the summary written to record.yaml."""
     scene_name, episodes = opts.scene, opts.episodes
     frames = opts.frames_per_episode
-    scene = make_scene(scene_name, opts.size, opts.fps)
+    scene = make_scene(scene_name, opts.size, opts.fps, opts.command_noise)
     camera_topic = CAMERA_TOPIC + ('/compressed' if opts.compressed else '')
     camera_type = 'sensor_msgs/msg/' + ('CompressedImage' if opts.compressed else 'Image')
     topics = {camera_topic: camera_type}
@@ -149,6 +155,7 @@ def record(opts: RecordOptions, out: Path) -> dict:
         'size': opts.size,
         'fps': opts.fps,
         'seed': opts.seed,
+        'command_noise': opts.command_noise,
         'storage': opts.storage,
         'topics': topics,
         'action_names': list(scene.action_names),

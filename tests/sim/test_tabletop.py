@@ -143,3 +143,25 @@ def test_pusher_moves_objects(scene64: TabletopScene) -> None:
         assert np.all((xy > 0) & (xy < 64))
         speeds = np.array([np.hypot(*f.action) for f in frames])  # (T,)
         assert speeds.max() <= 0.3 + 1e-6
+
+
+def test_command_noise_explores_within_the_limits() -> None:
+    """command_noise: commands jitter around the script, within the speed limit and the
+    workspace, reproducibly; 0 is the script alone."""
+    plain, noisy = TabletopScene(size=64), TabletopScene(size=64, command_noise=0.15)
+    again = TabletopScene(size=64, command_noise=0.15)
+    try:
+        fp, fn, fa = episode(plain, 3, 40), episode(noisy, 3, 40), episode(again, 3, 40)
+    finally:
+        for scene in (plain, noisy, again):
+            scene.close()
+    a_plain = np.array([f.action for f in fp])  # (T, 2)
+    a_noisy = np.array([f.action for f in fn])
+    assert np.array_equal(a_noisy, np.array([f.action for f in fa]))  # seeded
+    jerk = [float(np.abs(np.diff(a, axis=0)).mean()) for a in (a_plain, a_noisy)]  # m/s
+    assert jerk[1] > 2 * jerk[0], jerk  # jittered from frame to frame, not smooth
+    assert np.hypot(*a_noisy.T).max() <= 0.3 + 1e-6
+    pusher = np.array([(f.objects[0].x, f.objects[0].y) for f in fn])  # (T, 2) px
+    assert np.all((pusher > 0) & (pusher < 64))
+    with pytest.raises(ValueError, match='command_noise'):
+        TabletopScene(command_noise=-0.1)

@@ -102,7 +102,12 @@ def test_failure_mid_recording_leaves_nothing(
 
 @pytest.mark.parametrize(
     ('extra', 'message'),
-    [(['--episodes', '0'], '--episodes must be >= 1'), (['--frames', '1'], '--frames must be')],
+    [
+        (['--episodes', '0'], '--episodes must be >= 1'),
+        (['--frames', '1'], '--frames must be'),
+        (['--command-noise', '0.1'], 'the balls scene takes no commands'),
+        (['--command-noise', '-1'], '--command-noise must be finite and >= 0'),
+    ],  # fmt: skip
 )
 def test_bad_arguments(
     tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
