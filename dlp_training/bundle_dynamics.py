@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from dlp_ros.model_card import (
     load_model_card,
     write_model_card,
 )
-from dlp_ros.offline.output_dir import check_out, publish
+from dlp_ros.offline.output_dir import check_out
 from dlp_training.dynamics_config import load_dynamics
 from dlp_training.export import (
     KIND,
@@ -47,7 +46,9 @@ from dlp_training.export import (
     describe_dynamics,
     export_graphs,
     print_summary,
+    staged_bundle,
 )
+from dlp_training.export import action_names as export_action_names
 from dlp_training.models.dynamics import DynamicsConfig, DynamicsStep, ParticleDynamics
 
 logger = logging.getLogger(__name__)
@@ -136,14 +137,8 @@ def with_dynamics(
         if want != got:
             raise ExportError(f'the bundle {card.directory} has {name} = {want} but the dynamics '
                               f'model {name} = {got}: not trained on its latents')  # fmt: skip
-    names = tuple(action_names)
-    if names and len(names) != d.action_dim:
-        logger.warning('%d action names %s for action_dim %d: dropped', len(names), names,
-                       d.action_dim)  # fmt: skip
-        names = ()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', suffix='.tmp', dir=out.parent))
-    try:
+    names = export_action_names(action_names, d.action_dim)
+    with staged_bundle(out, overwrite) as tmp:
         for name in KEPT:
             shutil.copy2(card.path(name), tmp / name)
         view = {DYNAMICS: DynamicsStep(dynamics.eval()).eval()}
@@ -168,12 +163,5 @@ def with_dynamics(
             directory=None,
         )
         write_model_card(new, tmp)
-        from dlp_ros.runtime import DlpRuntime  # noqa: PLC0415 - validates the finished bundle
-
-        DlpRuntime.load(tmp, providers='cpu', threads=1)
-        publish(tmp, out, overwrite, CARD_FILE, KIND)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info('exported %s (the DLP of %s, a new dynamics)', out, card.directory)
     return load_model_card(out, check_graphs=False)

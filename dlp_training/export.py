@@ -33,6 +33,7 @@ replaced only with ``--overwrite``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -42,6 +43,7 @@ import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,17 +245,8 @@ def export_bundle(
         if a != b:
             raise ExportError(f'the DLP has {name} = {a} but the dynamics model {name} = {b}: '
                               'they were not trained together')  # fmt: skip
-    names = tuple(info.action_names)
-    if names and len(names) != d.action_dim:
-        logger.warning('%d action names %s for action_dim %d: dropped', len(names), names,
-                       d.action_dim)  # fmt: skip
-        names = ()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', suffix='.tmp', dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a bundle is as readable as any dir
-    try:
+    names = action_names(info.action_names, d.action_dim)
+    with staged_bundle(out, overwrite) as tmp:
         parity = _export_graphs(dlp, dynamics, tmp, opset)
         dims = (c.K, c.F, c.Fb, d.history, d.action_dim)
         graphs = expected_graphs(c.S, *dims)
@@ -276,6 +269,34 @@ def export_bundle(
         if val_frames:
             card = _with_recon_mse(card, tmp, val_frames, val_note or {}, parity)
             write_model_card(card, tmp)
+    logger.info('exported %s', out)
+    from dlp_ros.model_card import load_model_card  # noqa: PLC0415
+
+    return load_model_card(out, check_graphs=False)
+
+
+def action_names(names: tuple[str, ...] | list[str], action_dim: int) -> tuple[str, ...]:
+    """The card's action names: ``names`` when there is one per action entry, else none."""
+    names = tuple(names)
+    if names and len(names) != action_dim:
+        logger.warning('%d action names %s for action_dim %d: dropped', len(names), names,
+                       action_dim)  # fmt: skip
+        return ()
+    return names
+
+
+@contextlib.contextmanager
+def staged_bundle(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A hidden temporary sibling of ``out`` to write a bundle into: when the block ends, the
+    bundle is loaded by the runtime (CPU) to validate it and renamed into place; on any error
+    (or an invalid bundle) it is removed and ``out`` is untouched."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', suffix='.tmp', dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a bundle is as readable as any dir
+    try:
+        yield tmp
         from dlp_ros.runtime import DlpRuntime  # noqa: PLC0415 - validates the finished bundle
 
         DlpRuntime.load(tmp, providers='cpu', threads=1)
@@ -283,10 +304,6 @@ def export_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info('exported %s', out)
-    from dlp_ros.model_card import load_model_card  # noqa: PLC0415
-
-    return load_model_card(out, check_graphs=False)
 
 
 def _views(dlp: Dlp, dynamics: ParticleDynamics) -> dict[str, nn.Module]:
