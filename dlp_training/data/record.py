@@ -5,6 +5,9 @@ Output layout (written to a hidden sibling directory, renamed into place when co
     OUT/record.yaml              what was recorded and how (scene, arguments, topics)
     OUT/episode_0000/            rosbag2 directory (metadata.yaml + .mcap or .db3)
     OUT/episode_0000.gt.csv      ground truth per frame and object
+
+With ``--branches K`` (tabletop) each episode is a trunk that is not written itself; its
+counterfactual branches are, as ``episode_0000_t025_b0`` ... (:mod:`dlp_training.data.branches`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import logging
 import shutil
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +24,17 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from dlp_ros.config_schema import checked, from_args
+from dlp_ros.config_schema import check_fields, checked, fail, from_args
 from dlp_ros.errors import DlpError
 from dlp_ros.offline.bag_writer import STORAGES, BagWriter
-from dlp_ros.sim.scene import ObjectState, Scene
+from dlp_ros.sim.scene import ObjectState, Scene, SceneFrame
+from dlp_training.data.branches import (
+    CONTEXT,
+    KINDS,
+    BranchSpec,
+    branch_episodes,
+    branch_points,
+)
 from dlp_training.data.ground_truth import gt_path, write_ground_truth
 
 logger = logging.getLogger(__name__)
@@ -63,6 +74,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--command-noise', type=float, default=0.0,
                         help='tabletop: std [m/s] of Gaussian noise on each scripted pusher '
                         'command (exploratory commands, like a sampling planner\'s)')  # fmt: skip
+    parser.add_argument('--branches', type=int, default=0, metavar='K',
+                        help='tabletop: write K counterfactual branches from each branch '
+                        'point of an episode instead of it (default 0: plain)')  # fmt: skip
+    parser.add_argument('--branch-every', type=int, default=25, metavar='FRAMES',
+                        help='frames between branch points (default 25)')  # fmt: skip
+    parser.add_argument('--branch-frames', type=int, default=12, metavar='FRAMES',
+                        help=f'frames after the branch point; each branch also holds the '
+                        f'{CONTEXT} frames before it (default 12)')  # fmt: skip
+    parser.add_argument('--branch-noise', type=float, default=0.15, metavar='STD',
+                        help='std [m/s] of the per-step noise on branch commands (default 0.15, '
+                        "the reference planner's initial spread)")  # fmt: skip
     parser.add_argument('--overwrite', action='store_true', help='replace an existing --out')
 
 
@@ -81,7 +103,27 @@ class RecordOptions:
     fps: float = checked(10.0, gt=0, finite=True)
     compressed: str | None = checked(None, choices=('jpeg', 'png', None))
     command_noise: float = checked(0.0, ge=0, finite=True)
+    branches: int = checked(0, ge=0)
+    branch_every: int = checked(25, ge=1)
+    branch_frames: int = checked(12, ge=1)
+    branch_noise: float = checked(0.15, ge=0, finite=True)
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not self.branches:
+            return
+        if self.scene != 'tabletop':
+            raise fail(self, 'branches', 'needs the tabletop scene (the balls take no commands)')
+        if not branch_points(self.frames_per_episode, self.branch_every):
+            raise fail(self, 'branches', f'has no branch point in {self.frames_per_episode} '
+                       f'frames: --frames must exceed {CONTEXT} and --branch-every')  # fmt: skip
+
+    @property
+    def branch_spec(self) -> BranchSpec | None:
+        if not self.branches:
+            return None
+        return BranchSpec(self.branches, self.branch_every, self.branch_frames, self.branch_noise)
 
     @property
     def frames_per_episode(self) -> int:
@@ -106,7 +148,10 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    print(f'recorded {opts.episodes} {opts.scene} episode(s) x {frames} frames -> {out}')  # noqa: T201
+    what = f'{opts.episodes} {opts.scene} episode(s) x {frames} frames'
+    if 'branches' in summary:
+        what += f' as {summary["branches"]["bags"]} branch bags'
+    print(f'recorded {what} -> {out}')  # noqa: T201
     return 0
 
 
@@ -121,34 +166,47 @@ def record(opts: RecordOptions, out: Path) -> dict:
     action_topic = f'/{scene_name}/command' if scene.action_names else None
     if action_topic:
         topics[action_topic] = 'geometry_msgs/msg/TwistStamped'
-    period_ns = round(1e9 / opts.fps)
-    bar = tqdm(total=episodes * frames, unit='frame', desc=f'record {scene_name}',
+    spec = opts.branch_spec
+    per_episode = frames  # frames written per episode
+    if spec is not None:
+        per_episode = len(branch_points(frames, spec.every)) * spec.branches * spec.length
+    bar = tqdm(total=episodes * per_episode, unit='frame', desc=f'record {scene_name}',
                file=sys.stderr, disable=None)  # fmt: skip
+    period_ns = round(1e9 / opts.fps)
+    written = 0  # bags so far: bag i starts i hours after EPOCH_NS
+
+    def write(name: str, scene_frames: Iterable[SceneFrame]) -> None:
+        nonlocal written
+        bag, start = out / name, EPOCH_NS + written * 3600 * 10**9
+        truth: list[tuple[int, list[ObjectState]]] = []
+        with BagWriter(bag, opts.storage, topics) as writer:
+            for t, frame in enumerate(scene_frames):
+                stamp = start + t * period_ns
+                if opts.compressed:
+                    msg = writer.compressed_image(stamp, CAMERA_FRAME, frame.rgb, opts.compressed)
+                else:
+                    msg = writer.image(stamp, CAMERA_FRAME, frame.rgb)
+                writer.write(camera_topic, stamp, msg)
+                if action_topic and frame.action is not None:
+                    writer.write(action_topic, stamp, _twist(writer, stamp, frame.action))
+                truth.append((stamp, frame.objects))
+                bar.update()
+        write_ground_truth(gt_path(bag), truth)
+        written += 1
+
     try:
         for ep in range(episodes):
-            scene.reset(np.random.default_rng(opts.seed + ep))
-            bag = out / f'episode_{ep:04d}'
-            truth: list[tuple[int, list[ObjectState]]] = []
-            with BagWriter(bag, opts.storage, topics) as writer:
-                for t in range(frames):
-                    stamp = EPOCH_NS + ep * 3600 * 10**9 + t * period_ns
-                    frame = scene.step()
-                    if opts.compressed:
-                        msg = writer.compressed_image(
-                            stamp, CAMERA_FRAME, frame.rgb, opts.compressed
-                        )
-                    else:
-                        msg = writer.image(stamp, CAMERA_FRAME, frame.rgb)
-                    writer.write(camera_topic, stamp, msg)
-                    if action_topic and frame.action is not None:
-                        writer.write(action_topic, stamp, _twist(writer, stamp, frame.action))
-                    truth.append((stamp, frame.objects))
-                    bar.update()
-            write_ground_truth(gt_path(bag), truth)
+            rng = np.random.default_rng(opts.seed + ep)
+            scene.reset(rng)
+            if spec is None:
+                write(f'episode_{ep:04d}', (scene.step() for _ in range(frames)))
+                continue
+            for suffix, branch in branch_episodes(scene, rng, frames, spec):  # type: ignore[arg-type]
+                write(f'episode_{ep:04d}_{suffix}', branch)
     finally:
         bar.close()
         scene.close()
-    return {
+    summary = {
         'scene': scene_name,
         'episodes': episodes,
         'frames_per_episode': frames,
@@ -161,6 +219,14 @@ def record(opts: RecordOptions, out: Path) -> dict:
         'action_names': list(scene.action_names),
         'ground_truth': 'episode_NNNN.gt.csv: frame,stamp_ns,id,name,x,y,radius,visible (px)',
     }
+    if spec is not None:
+        summary['branches'] = {
+            'per_point': spec.branches, 'every': spec.every, 'frames': spec.frames,
+            'context': CONTEXT, 'noise': spec.noise, 'kinds': list(KINDS),
+            'points': branch_points(frames, spec.every),
+            'bags': written,
+        }  # fmt: skip
+    return summary
 
 
 def _twist(writer: BagWriter, stamp_ns: int, action: np.ndarray) -> object:

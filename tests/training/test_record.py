@@ -107,6 +107,8 @@ def test_failure_mid_recording_leaves_nothing(
         (['--frames', '1'], '--frames must be'),
         (['--command-noise', '0.1'], 'the balls scene takes no commands'),
         (['--command-noise', '-1'], '--command-noise must be finite and >= 0'),
+        (['--branches', '2'], '--branches needs the tabletop scene'),
+        (['--branches', '-1'], '--branches must be >= 0'),
     ],  # fmt: skip
 )
 def test_bad_arguments(
@@ -116,3 +118,80 @@ def test_bad_arguments(
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / 'r').exists()
+
+
+def _branch_bag(bag: Path) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Images, commands (T, 2) and ground-truth centres (T, n, 2) of a recorded bag."""
+    messages = _messages(bag)
+    images = [decode_raw(m.encoding, m.height, m.width, m.step, m.data)
+              for _, m in messages['/camera/image_raw']]  # fmt: skip
+    commands = np.array([(m.twist.linear.x, m.twist.linear.y)
+                         for _, m in messages['/tabletop/command']])  # fmt: skip
+    return images, commands, read_ground_truth(gt_path(bag)).xy
+
+
+def test_tabletop_branches_share_the_trunk_and_differ_by_command(tmp_path: Path) -> None:
+    """--branches: K bags per branch point, each the trunk's frames up to the point (those of
+    the plain recording of the same seed) then frames of its own commands, physically
+    consistent: a branch replayed from the same state with its recorded commands is met."""
+    from dlp_ros.sim.tabletop import MAX_SPEED, TabletopScene
+    from dlp_training.data.branches import CONTEXT
+
+    plain, branched = tmp_path / 'plain', tmp_path / 'branched'
+    argv = ['record-synthetic', 'tabletop', '--episodes', '1', '--frames', '16', '--seed', '7']
+    assert main([*argv, '--out', str(plain)]) == 0
+    assert main([*argv, '--out', str(branched), '--branches', '3', '--branch-every', '8',
+                 '--branch-frames', '5']) == 0  # fmt: skip
+    summary = yaml.safe_load((branched / 'record.yaml').read_text())
+    assert summary['branches']['points'] == [8] and summary['branches']['bags'] == 3
+    bags = sorted(p.name for p in branched.iterdir() if p.is_dir())
+    assert bags == ['episode_0000_t008_b0', 'episode_0000_t008_b1', 'episode_0000_t008_b2']
+
+    trunk_images, trunk_commands, trunk_xy = _branch_bag(plain / 'episode_0000')
+    branches = [_branch_bag(branched / name) for name in bags]
+    first = 8 - CONTEXT  # the trunk frame each branch starts at
+    for images, commands, xy in branches:
+        assert len(images) == len(commands) == CONTEXT + 1 + 5
+        for t in range(CONTEXT + 1):  # the shared past: the trunk's frames, the point included
+            np.testing.assert_array_equal(images[t], trunk_images[first + t])
+        np.testing.assert_allclose(commands[:CONTEXT], trunk_commands[first:8], atol=1e-6)
+        np.testing.assert_allclose(xy[: CONTEXT + 1], trunk_xy[first : 8 + 1], atol=1e-3)
+        assert np.all(np.hypot(*commands.T) <= MAX_SPEED + 1e-6)
+    # The branches' commands differ from each other from the point on, and so do their pushers.
+    after = np.stack([c[CONTEXT:] for _, c, _ in branches])  # (3, 6, 2)
+    assert np.min(np.abs(after[0] - after[1]).sum(axis=-1)) > 0
+    pushers = np.stack([xy[-1, 0] for _, _, xy in branches])  # (3, 2) px, id 0
+    assert np.max(np.hypot(*(pushers[:, None] - pushers[None]).reshape(-1, 2).T)) > 1.0
+
+    # Each branch is the simulator's answer to its commands: replay from the trunk's state.
+    scene = TabletopScene(size=64)
+    try:
+        scene.reset(np.random.default_rng(7))
+        for _ in range(8 + 1):
+            scene.step()
+        state = scene.get_state()
+        for images, commands, xy in branches:
+            scene.set_state(state)
+            for j in range(5):
+                scene.apply(commands[CONTEXT + j])
+            np.testing.assert_array_equal(scene.render(), images[-1])
+            np.testing.assert_allclose([(o.x, o.y) for o in scene.objects()], xy[-1], atol=1e-3)
+    finally:
+        scene.close()
+
+
+def test_branch_commands_follow_the_plan_or_hold_a_heading() -> None:
+    from dlp_ros.sim.tabletop import MAX_SPEED
+    from dlp_training.data.branches import branch_commands
+
+    rng = np.random.default_rng(0)
+    planned = np.array([[0.1, 0.0], [0.2, 0.1], [0.5, 0.0]])  # the last one over the limit
+    plan = branch_commands(rng, planned, 'plan', noise=0.0)
+    np.testing.assert_allclose(plan[:2], planned[:2])
+    np.testing.assert_allclose(plan[2], [MAX_SPEED, 0.0])
+    heading = branch_commands(rng, planned, 'heading', noise=0.0)
+    assert np.allclose(heading, heading[0]) and np.hypot(*heading[0]) <= MAX_SPEED
+    noisy = branch_commands(rng, planned, 'heading', noise=0.1)
+    assert np.all(np.hypot(*noisy.T) <= MAX_SPEED + 1e-9) and not np.allclose(noisy, noisy[0])
+    with pytest.raises(ValueError, match='unknown branch kind'):
+        branch_commands(rng, planned, 'spiral', noise=0.0)
