@@ -50,10 +50,10 @@ from planning_offline import learned_rollout, pixels, sim_rollout  # noqa: E402
 from dlp_ros.mpc import (  # noqa: E402
     CemPlanner,
     PlannerConfig,
-    approach_costs,
-    costs,
+    candidates,
     held_rollout,
     pick_particle,
+    plan_costs,
 )
 from dlp_ros.pipeline import PerceptionPipeline  # noqa: E402
 from dlp_ros.runtime import DlpRuntime  # noqa: E402
@@ -70,23 +70,13 @@ def ranks(x: np.ndarray) -> np.ndarray:
     return r
 
 
-def planner_cost(u: np.ndarray, v: np.ndarray, index: int, goal: tuple[float, float],
-                 samples: np.ndarray, config: PlannerConfig) -> np.ndarray:  # fmt: skip
-    """(B,) the push_planner's cost of candidates whose rollout is u, v (B, N, K)."""
-    cost = costs(u, v, index, goal, samples, config.action_weight)
-    if config.approach_weight:
-        cost = cost + config.approach_weight * approach_costs(u, v, index, goal,
-                                                              config.contact_distance)  # fmt: skip
-    return cost
-
-
 def compare(sim_uv: tuple[np.ndarray, np.ndarray], model_uv: tuple[np.ndarray, np.ndarray],
             index: int, goal: tuple[float, float], samples: np.ndarray,
             config: PlannerConfig) -> dict[str, float]:  # fmt: skip
     """One decision's figures (module docstring) for one model."""
     (su, sv), (mu, mv) = sim_uv, model_uv
-    cs = planner_cost(su, sv, index, goal, samples, config)
-    cm = planner_cost(mu, mv, index, goal, samples, config)
+    cs = plan_costs(su, sv, index, goal, samples, config)
+    cm = plan_costs(mu, mv, index, goal, samples, config)
     span = max(float(np.ptp(cs)), 1e-9)
     out = {
         'regret': float((cs[np.argmin(cm)] - cs.min()) / span),
@@ -153,11 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                 if sim.distance() <= ep.task.tolerance:
                     break
                 if t % args.every == 0:
-                    mean = np.concatenate([planner._mean[1:], planner._mean[-1:]])
-                    noise = rng.standard_normal((args.samples, *mean.shape))
-                    bound = config.max_speed
-                    samples = np.clip(mean + config.init_std * bound * noise, -bound, bound)
-                    samples = samples.astype(np.float32)  # (B, N, 2) the CEM's candidates
+                    std = config.init_std * config.max_speed  # the CEM's first spread
+                    samples = candidates(planner.warm_mean(), std, rng, config)  # (B, N, 2)
                     for name, pipe, (u, v, on), index in zip(names, pipes, seen, followed,
                                                              strict=True):  # fmt: skip
                         su, sv, _ = sim_rollout(sim, frame, np.stack([u, v], -1), on)(samples)

@@ -205,6 +205,33 @@ def held_rollout(u: np.ndarray, v: np.ndarray, presence: np.ndarray) -> Rollout:
     return rollout
 
 
+def plan_costs(
+    u: np.ndarray,
+    v: np.ndarray,
+    index: int,
+    goal: tuple[float, float],
+    actions: np.ndarray,
+    config: PlannerConfig,
+) -> np.ndarray:
+    """(B,) the planner's cost of candidates ``actions`` (B, N, A) whose rollout is u, v
+    (B, N, K): :func:`costs`, plus ``config.approach_weight`` x :func:`approach_costs`."""
+    cost = costs(u, v, index, goal, actions, config.action_weight)
+    if config.approach_weight:
+        cost = cost + config.approach_weight * approach_costs(u, v, index, goal,
+                                                              config.contact_distance)  # fmt: skip
+    return cost
+
+
+def candidates(
+    mean: np.ndarray, std: np.ndarray | float, rng: np.random.Generator, config: PlannerConfig
+) -> np.ndarray:
+    """(B, N, A) float32 candidate commands: ``mean`` (N, A) plus Gaussian noise of ``std``,
+    B = ``config.samples``, clipped to +-``config.max_speed``."""
+    noise = rng.standard_normal((config.samples, *mean.shape))
+    bound = config.max_speed
+    return np.clip(mean + std * noise, -bound, bound).astype(np.float32)
+
+
 class CemPlanner:
     """Cross-entropy-method MPC over (vx, vy) command sequences; see the module docstring.
 
@@ -228,10 +255,15 @@ class CemPlanner:
         bound = self.config.max_speed
         return self.rng.uniform(-bound, bound, self.action_dim).astype(np.float32)
 
+    def warm_mean(self) -> np.ndarray:
+        """(N, A) the warm start of the next decision: the current plan shifted by one step,
+        its last command held."""
+        return np.concatenate([self._mean[1:], self._mean[-1:]])
+
     def next_command(self) -> np.ndarray:
         """(A,) the next command of the current plan, which shifts by one step (no replanning:
         a decision that is already late)."""
-        self._mean = np.concatenate([self._mean[1:], self._mean[-1:]])
+        self._mean = self.warm_mean()
         bound = self.config.max_speed
         return np.clip(self._mean[0], -bound, bound).astype(np.float32)
 
@@ -243,19 +275,15 @@ class CemPlanner:
         """
         c = self.config
         t0 = time.perf_counter()
-        mean = np.concatenate([self._mean[1:], self._mean[-1:]])  # shifted by one step
+        mean = self.warm_mean()
         std = np.full_like(mean, c.init_std * c.max_speed)
         best, best_cost, done, last = mean, float('inf'), 0, 0.0
         while done < c.iterations:
             start = time.perf_counter()
-            noise = self.rng.standard_normal((c.samples, *mean.shape))
-            samples = np.clip(mean + std * noise, -c.max_speed, c.max_speed).astype(np.float32)
+            samples = candidates(mean, std, self.rng, c)
             samples[0] = np.clip(mean, -c.max_speed, c.max_speed)  # the mean itself
             u, v, _ = rollout(samples)
-            cost = costs(u, v, index, goal, samples, c.action_weight)
-            if c.approach_weight:
-                cost = cost + c.approach_weight * approach_costs(u, v, index, goal,
-                                                                 c.contact_distance)  # fmt: skip
+            cost = plan_costs(u, v, index, goal, samples, c)
             order = np.argsort(cost)
             elites = samples[order[: c.elites]].astype(np.float64)
             mean, std = elites.mean(axis=0), elites.std(axis=0) + 1e-3 * c.max_speed
