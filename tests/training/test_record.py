@@ -195,3 +195,13 @@ def test_branch_commands_follow_the_plan_or_hold_a_heading() -> None:
     assert np.all(np.hypot(*noisy.T) <= MAX_SPEED + 1e-9) and not np.allclose(noisy, noisy[0])
     with pytest.raises(ValueError, match='unknown branch kind'):
         branch_commands(rng, planned, 'spiral', noise=0.0)
+
+
+def test_branches_without_a_branch_point_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / 'r'
+    argv = ['record-synthetic', 'tabletop', '--episodes', '1', '--frames', '6', '--out', str(out)]
+    assert main([*argv, '--branches', '2']) == 2
+    assert '--branches has no branch point in 6 frames' in capsys.readouterr().err
+    assert not out.exists()
