@@ -21,6 +21,10 @@ term). Per bundle:
   spread over the candidates of the model's final positions: motion the commands cannot cause,
   which a planner exploits (it steers objects it never touches); ``followed_leak_px`` the same
   for the followed particle alone, at the decisions where the simulator leaves it still.
+- ``push_gain``: on the candidates that the simulator pushes the followed object with (its final
+  displacement over ``PUSHED_PX``), the least-squares slope of the model's final displacement of
+  the followed particle on the simulator's: 1 = the model pushes the object as far as the world
+  does, 0 = it leaves it where it is (the no-action model), over 1 = it pushes too far.
 
     python benchmarks/dynamics_ranking.py --bundle bundles/tabletop64 OTHER_BUNDLE \
         --seed 20000 --episodes 6 [--steps 40] [--every 4]
@@ -61,6 +65,7 @@ from dlp_ros.sim.lockstep import LockstepSim  # noqa: E402
 
 NO_ACTION = 'no_action'
 STILL_PX = 0.5  # a particle no candidate moves further than this in the simulator is still
+PUSHED_PX = 2.0  # a candidate moving the followed object further than this pushes it
 
 
 def ranks(x: np.ndarray) -> np.ndarray:
@@ -71,9 +76,10 @@ def ranks(x: np.ndarray) -> np.ndarray:
 
 
 def compare(sim_uv: tuple[np.ndarray, np.ndarray], model_uv: tuple[np.ndarray, np.ndarray],
-            index: int, goal: tuple[float, float], samples: np.ndarray,
-            config: PlannerConfig) -> dict[str, float]:  # fmt: skip
-    """One decision's figures (module docstring) for one model."""
+            start: tuple[np.ndarray, np.ndarray], index: int, goal: tuple[float, float],
+            samples: np.ndarray, config: PlannerConfig) -> dict[str, float]:  # fmt: skip
+    """One decision's figures (module docstring) for one model; ``start``: the (K,) particle
+    positions the rollouts start from."""
     (su, sv), (mu, mv) = sim_uv, model_uv
     cs = plan_costs(su, sv, index, goal, samples, config)
     cm = plan_costs(mu, mv, index, goal, samples, config)
@@ -86,6 +92,13 @@ def compare(sim_uv: tuple[np.ndarray, np.ndarray], model_uv: tuple[np.ndarray, n
     }  # fmt: skip
     if np.ptp(cs) > 0 and np.ptp(cm) > 0:
         out['rank_corr'] = float(np.corrcoef(ranks(cs), ranks(cm))[0, 1])
+    sim_d = np.stack([su[:, -1, index] - start[0][index], sv[:, -1, index] - start[1][index]], -1)
+    pushed = np.hypot(*sim_d.T) > PUSHED_PX  # (B,)
+    if pushed.any():
+        model_d = np.stack([mu[:, -1, index] - start[0][index],
+                            mv[:, -1, index] - start[1][index]], -1)  # fmt: skip
+        out['push_gain'] = float((model_d[pushed] * sim_d[pushed]).sum()
+                                 / np.square(sim_d[pushed]).sum())  # fmt: skip
     moved = np.hypot(su[:, -1] - su[:1, -1], sv[:, -1] - sv[:1, -1]).max(axis=0)  # (K,)
     still = moved < STILL_PX
     if still.any():
@@ -149,13 +162,13 @@ def main(argv: list[str] | None = None) -> int:
                                                              strict=True):  # fmt: skip
                         su, sv, _ = sim_rollout(sim, frame, np.stack([u, v], -1), on)(samples)
                         mu, mv, _ = learned_rollout(pipe, args.horizon, sim.size)(samples)
-                        for key, value in compare((su, sv), (mu, mv), index, goal, samples,
-                                                  config).items():  # fmt: skip
+                        for key, value in compare((su, sv), (mu, mv), (u, v), index, goal,
+                                                  samples, config).items():  # fmt: skip
                             figures[name].setdefault(key, []).append(value)
                         if name == names[0]:
                             hu, hv, _ = held_rollout(u, v, on)(samples)
-                            for key, value in compare((su, sv), (hu, hv), index, goal, samples,
-                                                      config).items():  # fmt: skip
+                            for key, value in compare((su, sv), (hu, hv), (u, v), index, goal,
+                                                      samples, config).items():  # fmt: skip
                                 figures[NO_ACTION].setdefault(key, []).append(value)
                 u, v, on = seen[0]
                 rollout = sim_rollout(sim, frame, np.stack([u, v], -1), on)

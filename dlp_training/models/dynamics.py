@@ -238,6 +238,9 @@ class ParticleDynamics(nn.Module):
         adjacency = 1.0 - torch.eye(n)  # (N, N): all pairs, no self loops
         self.register_buffer('adjacency', adjacency, persistent=False)
         self.register_buffer('sparse_edge_attr', sparse_attr, persistent=False)
+        # With one history frame no edge joins a slot to itself in another frame: the attribute
+        # is all zeros and its (B, N, N, D) term is left out of the dense layers' graph.
+        self._dense_attr_used = bool(dense_attr.any())
 
     @torch.no_grad()
     def zero_output_(self) -> ParticleDynamics:
@@ -290,7 +293,8 @@ class ParticleDynamics(nn.Module):
         """Message passing over the fully connected graph. (B, N, D), (B, N, 2) -> (B, N, D)."""
         if not use_pyg:
             for layer in self.layers:
-                x = layer(x, pos, self.dense_edge_attr, self.adjacency)  # (B, N, D)
+                attr = self.dense_edge_attr if self._dense_attr_used else None
+                x = layer(x, pos, attr, self.adjacency)  # (B, N, D)
             return x
         if self._pyg is None:
             from dlp_training.models.pyg_layers import InteractionLayer  # needs torch_geometric

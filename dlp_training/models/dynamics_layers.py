@@ -78,7 +78,13 @@ class DenseInteractionLayer(nn.Module):
     diagonal (a fully connected graph without self loops); the mean divides by
     :math:`\sum_j a_{ij}`. The first linear map of :math:`\mathrm{MLP}_e` is split by input part,
     :math:`W[h_i, h_j, \delta p, e] = W_i h_i + W_j h_j + W_p \delta p + W_e e`, so the node terms
-    cost O(N) instead of O(N^2). Only matmuls, broadcasting and reductions: exports to ONNX.
+    cost O(N) instead of O(N^2) (the position term too: :math:`W_p \delta p = W_p p_j - W_p p_i`).
+    Its last linear map :math:`(W_o, b_o)` commutes with the sum over
+    j, so it is applied once per node to the aggregated hidden activations
+    :math:`g_{ij} = \mathrm{SiLU}(\mathrm{LN}(z_{ij}))`:
+    :math:`\sum_j a_{ij} m_{ij} = W_o \sum_j a_{ij} g_{ij} + (\sum_j a_{ij})\, b_o`, the same
+    messages summed without a (hidden x hidden) product per edge: the O(N^2) part is elementwise.
+    Only matmuls, broadcasting and reductions: exports to ONNX.
 
     Args:
         channels: node feature size D (input = output).
@@ -124,19 +130,22 @@ class DenseInteractionLayer(nn.Module):
     ) -> Tensor:
         d, p = self.channels, self.pos_dim
         w, b = self.edge_mlp.first.weight, self.edge_mlp.first.bias  # (hidden, 2D+P+De), (hidden,)
-        a_i = x @ w[:, :d].t()  # (B, N, hidden): target part
-        a_j = x @ w[:, d : 2 * d].t()  # (B, N, hidden): source part
-        rel = pos.unsqueeze(1) - pos.unsqueeze(2)  # (B, N, N, P): [b, i, j] = p_j - p_i
-        z = a_i.unsqueeze(2) + a_j.unsqueeze(1) + rel @ w[:, 2 * d : 2 * d + p].t() + b
+        at = pos @ w[:, 2 * d : 2 * d + p].t()  # (B, N, hidden): W_p p, so W_p (p_j - p_i)
+        a_i = x @ w[:, :d].t() - at + b  # (B, N, hidden): target part, bias included
+        a_j = x @ w[:, d : 2 * d].t() + at  # (B, N, hidden): source part
+        z = a_i.unsqueeze(2) + a_j.unsqueeze(1)  # (B, N, N, hidden): [b, i, j] edge j -> i
         if edge_attr is not None:
             z = z + edge_attr @ w[:, 2 * d + p :].t()  # (B, N, N, hidden)
-        m = self.edge_mlp.rest(z)  # (B, N, N, hidden) messages j -> i
+        g = self.edge_mlp.rest[:-1](z)  # (B, N, N, hidden) LayerNorm, SiLU: before W_o
         if adj is None:
             n = x.shape[-2]
             adj = 1.0 - torch.eye(n, dtype=x.dtype, device=x.device)  # (N, N)
-        agg = (m * adj.unsqueeze(-1)).sum(dim=-2)  # (B, N, hidden)
+        degree = adj.sum(dim=-1, keepdim=True)  # (N, 1) or (B, N, 1)
+        out = self.edge_mlp.last
+        # sum_j a_ij W_o g_ij + b_o = W_o (sum_j a_ij g_ij) + deg_i b_o: messages j -> i, summed
+        agg = (g * adj.unsqueeze(-1)).sum(dim=-2) @ out.weight.t() + degree * out.bias
         if self.aggr == 'mean':
-            agg = agg / adj.sum(dim=-1, keepdim=True).clamp(min=1.0)
+            agg = agg / degree.clamp(min=1.0)  # (B, N, hidden)
         return x + self.node_mlp(torch.cat([x, agg], dim=-1))  # (B, N, D)
 
     def __repr__(self) -> str:

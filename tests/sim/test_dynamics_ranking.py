@@ -1,5 +1,6 @@
 """benchmarks/dynamics_ranking.py: its figures on hand-made rollouts (a perfect model, one
-that leaks the command into a still particle), and one short run of the script."""
+that leaks the command into a still particle, one that pushes the object half as far), and one
+short run of the script."""
 
 from __future__ import annotations
 
@@ -41,15 +42,39 @@ def test_figures_of_a_perfect_and_a_leaking_model() -> None:
     u[:, :, 0] += np.cumsum(samples[:, :, 0], axis=1) * 20.0  # the commands move the pusher
     v[:, :, 0] += np.cumsum(samples[:, :, 1], axis=1) * 20.0
     goal = (40.0, 20.0)
-    same = ranking.compare((u, v), (u, v), 1, goal, samples, config)
+    start = (u[0, 0].copy(), v[0, 0].copy())
+    start[0][0] -= samples[0, 0, 0] * 20.0  # the pusher before the first command
+    start[1][0] -= samples[0, 0, 1] * 20.0
+    same = ranking.compare((u, v), (u, v), start, 1, goal, samples, config)
     assert same['regret'] == 0.0 and same['rank_corr'] == pytest.approx(1.0)
     assert same['followed_err_px'] == 0.0 and same['leak_px'] == 0.0
     assert same['followed_leak_px'] == 0.0 and 0.0 < same['regret_random'] < 1.0
     leaky_u = u.copy()
     leaky_u[:, :, 1] += u[:, :, 0] - u[:, :1, 0]  # the followed object moves with the pusher
-    leaky = ranking.compare((u, v), (leaky_u, v), 1, goal, samples, config)
+    leaky = ranking.compare((u, v), (leaky_u, v), start, 1, goal, samples, config)
     assert leaky['followed_leak_px'] > 1.0 and leaky['followed_err_px'] > 0.0
     assert leaky['rank_corr'] < 0.99
+    assert 'push_gain' not in same  # the simulator never moves the followed object here
+
+
+def test_push_gain_is_how_far_the_model_pushes_against_the_simulator() -> None:
+    ranking = load()
+    config = PlannerConfig.from_values({})
+    samples = np.random.default_rng(1).uniform(-0.3, 0.3, (16, 5, 2)).astype(np.float32)
+    u = np.tile(np.array([10.0, 30.0]), (16, 5, 1))  # (B, N, K): particle 1 is pushed
+    v = np.full((16, 5, 2), 32.0)
+    push = np.linspace(0.0, 8.0, 16)[:, None]  # (B, 1) px: half the candidates push it > 2 px
+    u[:, :, 1] += push * np.linspace(0.2, 1.0, 5)
+    start = (np.array([10.0, 30.0]), np.array([32.0, 32.0]))
+    half_u = u.copy()
+    half_u[:, :, 1] = 30.0 + 0.5 * (u[:, :, 1] - 30.0)
+    goal = (50.0, 32.0)
+    assert ranking.compare((u, v), (u, v), start, 1, goal, samples, config)['push_gain'] == (
+        pytest.approx(1.0))  # fmt: skip
+    half = ranking.compare((u, v), (half_u, v), start, 1, goal, samples, config)
+    assert half['push_gain'] == pytest.approx(0.5)
+    held = np.broadcast_to(start[0], u.shape), np.broadcast_to(start[1], v.shape)
+    assert ranking.compare((u, v), held, start, 1, goal, samples, config)['push_gain'] == 0.0
 
 
 def test_script_prints_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
