@@ -21,9 +21,16 @@ space (below). Each node is embedded by an MLP (S -> D); the background node emb
 ``bg_features`` with its own MLP (Fb -> D) and sits at position (0, 0). Learned embeddings are
 added: node type (foreground / background), history slot t (H of them) and, when
 ``action_dim`` A > 0, an MLP of frame t's action, added to every node of frame t (with
-``action_gate``, times a per-node gate :math:`\sigma(w^\top h + b)` of the node's embedding).
+``action_gate``, times a per-node gate :math:`\sigma(w^\top h + b)` of the node's embedding;
+with ``action_effector``, times :math:`\mathrm{softmax}_k(w^\top h_k + b)` over the K particles
+of the frame and 0 for the background: the command drives one particle, the robot's effector,
+chosen by its own state, and reaches the others only through messages).
 Then ``n_layers`` :class:`~dlp_training.models.dynamics_layers.DenseInteractionLayer` with relative
-positions p_j - p_i (p = mu, fixed across layers).
+positions p_j - p_i (p = mu, fixed across layers). With ``interaction_radius`` R > 0, the message
+between two particles is weighted by :math:`\sigma((R - \lVert p_j - p_i \rVert) / (R / 8))`
+(about 1 inside R, 0 beyond it); the background node sends to every particle (weight 1) but
+hears none (weight 0), so it cannot relay one particle's state to a far one: contact is local,
+and a command cannot move an object the effector is far from.
 
 **Bounded residual deltas.** From the last frame's node embeddings a head predicts, per particle,
 :math:`\delta = b \odot \tanh(\mathrm{MLP}(h))` with per-attribute bounds b from the config
@@ -58,6 +65,7 @@ import torch
 from torch import Tensor, nn
 
 from dlp_ros.config_schema import check_fields, checked, from_mapping
+from dlp_ros.errors import ConfigError
 from dlp_training.models.dlp import DlpConfig, Particles
 from dlp_training.models.dynamics_layers import (
     AGGREGATIONS,
@@ -106,6 +114,13 @@ class DynamicsConfig:
     # and the others learn of it through messages, with relative positions. Without the gate
     # every node reads the command, and the model may move objects the pusher never touches.
     action_gate: bool = False
+    # The command drives one particle: a softmax over the K particles of the frame picks, by
+    # their own states, which one takes it in (the effector; the background never does). Others
+    # learn of the command only through messages, so a far object cannot follow the command.
+    action_effector: bool = False
+    # Messages between particles further apart than this (normalised units, 2 = image width) are
+    # faded out, smoothly (module docstring); 0: every pair interacts at any distance.
+    interaction_radius: float = checked(0.0, ge=0, finite=True)
     # D: node embedding size and MLP width.
     hidden_dim: int = checked(128, ge=1)
     # Interaction layers (message-passing rounds).
@@ -130,6 +145,11 @@ class DynamicsConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.action_gate and self.action_effector:
+            raise ConfigError('action_gate and action_effector exclude each other: choose one')
+        if self.interaction_radius and self.aggregation != 'sum':
+            raise ConfigError(f"interaction_radius {self.interaction_radius} needs aggregation "
+                             f"'sum', got {self.aggregation!r}")  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DynamicsConfig:
@@ -202,6 +222,7 @@ class ParticleDynamics(nn.Module):
         self.time_embedding = nn.Parameter(0.1 * torch.randn(c.history, d))  # (H, D)
         self.action_encoder = MLP(c.action_dim, d, d, c.layer_norm) if c.action_dim else None
         self.action_gate = nn.Linear(d, 1) if c.action_dim and c.action_gate else None
+        self.effector = nn.Linear(d, 1) if c.action_dim and c.action_effector else None
         edge_dim = 1 if c.same_particle_edges else 0
         self.layers = nn.ModuleList(
             DenseInteractionLayer(d, d, edge_dim, 2, c.aggregation, c.layer_norm)
@@ -237,6 +258,14 @@ class ParticleDynamics(nn.Module):
         self.register_buffer('dense_edge_attr', dense_attr, persistent=False)
         adjacency = 1.0 - torch.eye(n)  # (N, N): all pairs, no self loops
         self.register_buffer('adjacency', adjacency, persistent=False)
+        fg = slot < c.K  # (N,) foreground nodes
+        pairs = fg.view(-1, 1) & fg.view(1, -1)  # (N, N) both ends are particles
+        self.register_buffer('particle_pairs', pairs, persistent=False)
+        # With a radius: messages from the background to particles (and between background
+        # nodes) weigh 1, from particles to the background 0, so that the background cannot
+        # relay the effector's state to a far particle in the next layer.
+        from_bg = (~fg).view(1, -1).expand(n, n)  # [i, j]: the sender j is a background node
+        self.register_buffer('background_edges', from_bg.float(), persistent=False)
         self.register_buffer('sparse_edge_attr', sparse_attr, persistent=False)
         # With one history frame no edge joins a slot to itself in another frame: the attribute
         # is all zeros and its (B, N, N, D) term is left out of the dense layers' graph.
@@ -284,17 +313,35 @@ class ParticleDynamics(nn.Module):
             command = self.action_encoder(actions).unsqueeze(2)  # (B, H, 1, D)
             if self.action_gate is not None:
                 command = command * torch.sigmoid(self.action_gate(x))  # (B, H, K+1, D)
+            if self.effector is not None:
+                pick = torch.softmax(self.effector(x[:, :, : c.K]), dim=2)  # (B, H, K, 1)
+                pick = torch.cat([pick, torch.zeros_like(pick[:, :, :1])], dim=2)  # bg: 0
+                command = command * pick  # (B, H, K+1, D)
             x = x + command
         pos = torch.cat([history.mu, torch.zeros_like(history.mu[:, :, :1])], dim=2)
         n = c.n_nodes
         return x.reshape(-1, n, c.hidden_dim), pos.reshape(-1, n, 2)  # (B, N, D), (B, N, 2)
 
+    def edge_weights(self, pos: Tensor) -> Tensor:
+        """(B, N, N) weight of the message j -> i at [b, i, j]: the adjacency (no self loops),
+        times the interaction-radius fade between two particles (module docstring)."""
+        c = self.config
+        adj = self.adjacency.expand(pos.shape[0], -1, -1)  # (B, N, N)
+        if not c.interaction_radius:
+            return adj
+        rel = pos.unsqueeze(1) - pos.unsqueeze(2)  # (B, N, N, 2)
+        dist = torch.sqrt(rel.pow(2).sum(-1) + 1e-12)  # (B, N, N), finite gradient at 0
+        r = c.interaction_radius
+        near = torch.sigmoid((r - dist) * (8.0 / r))  # (B, N, N)
+        return adj * torch.where(self.particle_pairs, near, self.background_edges)
+
     def interact(self, x: Tensor, pos: Tensor, use_pyg: bool) -> Tensor:
         """Message passing over the fully connected graph. (B, N, D), (B, N, 2) -> (B, N, D)."""
+        adj = self.edge_weights(pos) if self.config.interaction_radius else self.adjacency
         if not use_pyg:
             for layer in self.layers:
                 attr = self.dense_edge_attr if self._dense_attr_used else None
-                x = layer(x, pos, attr, self.adjacency)  # (B, N, D)
+                x = layer(x, pos, attr, adj)  # (B, N, D)
             return x
         if self._pyg is None:
             from dlp_training.models.pyg_layers import InteractionLayer  # needs torch_geometric
@@ -307,8 +354,12 @@ class ParticleDynamics(nn.Module):
         if edge_attr.shape[1] == 0:
             edge_attr = None
         h, p = x.reshape(b * n, d), pos.reshape(b * n, 2)
+        weight = None
+        if self.config.interaction_radius:
+            src, dst = self.edge_index  # (E0,) each
+            weight = adj[:, dst, src].reshape(-1, 1)  # (B E0, 1), the same edge order
         for layer in self._pyg:
-            h = layer(h, p, edge_index, edge_attr)  # (B N, D)
+            h = layer(h, p, edge_index, edge_attr, weight)  # (B N, D)
         return h.view(b, n, d)
 
     def forward(

@@ -20,11 +20,12 @@ class InteractionLayer(MessagePassing):
 
     .. math::
         m_{ij} = \mathrm{MLP}_e\big([h_i,\ h_j,\ p_j - p_i,\ e_{ij}]\big), \qquad
-        h_i' = h_i + \mathrm{MLP}_n\big([h_i,\ \square_{j \in \mathcal N(i)} m_{ij}]\big)
+        h_i' = h_i + \mathrm{MLP}_n\big([h_i,\ \square_{j \in \mathcal N(i)} w_{ij} m_{ij}]\big)
 
     where :math:`j \to i` are the edges into node :math:`i`, :math:`p` are node positions (kept
     fixed across layers), :math:`e_{ij}` optional edge attributes and :math:`\square` the sum or
-    the mean. The output does not depend on the order of the edges.
+    the mean; :math:`w_{ij}` optional edge weights (1 without). The output does not depend on the
+    order of the edges.
 
     Args:
         dense: the layer whose MLP modules this one uses (the same parameters, not copies):
@@ -32,7 +33,7 @@ class InteractionLayer(MessagePassing):
 
     Shapes:
         x (N, D), pos (N, pos_dim), edge_index (2, E) (row 0 = source j, row 1 = target i),
-        edge_attr (E, edge_dim) or None -> (N, D)
+        edge_attr (E, edge_dim) or None, edge_weight (E, 1) or None -> (N, D)
     """
 
     def __init__(self, dense: DenseInteractionLayer) -> None:
@@ -42,18 +43,34 @@ class InteractionLayer(MessagePassing):
         self.edge_mlp, self.node_mlp = dense.edge_mlp, dense.node_mlp
 
     def forward(
-        self, x: Tensor, pos: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None
+        self,
+        x: Tensor,
+        pos: Tensor,
+        edge_index: Tensor,
+        edge_attr: Tensor | None = None,
+        edge_weight: Tensor | None = None,
     ) -> Tensor:
-        agg = self.propagate(edge_index, x=x, pos=pos, edge_attr=edge_attr)  # (N, hidden)
+        if self.aggr == 'mean' and edge_weight is not None:
+            raise ValueError("edge_weight needs aggr='sum' (a weighted mean is not this layer's)")
+        agg = self.propagate(
+            edge_index, x=x, pos=pos, edge_attr=edge_attr, edge_weight=edge_weight
+        )  # (N, hidden)
         return x + self.node_mlp(torch.cat([x, agg], dim=-1))  # (N, D)
 
     def message(
-        self, x_i: Tensor, x_j: Tensor, pos_i: Tensor, pos_j: Tensor, edge_attr: Tensor | None
+        self,
+        x_i: Tensor,
+        x_j: Tensor,
+        pos_i: Tensor,
+        pos_j: Tensor,
+        edge_attr: Tensor | None,
+        edge_weight: Tensor | None,
     ) -> Tensor:
         parts = [x_i, x_j, pos_j - pos_i]  # (E, D), (E, D), (E, pos_dim)
         if edge_attr is not None:
             parts.append(edge_attr)  # (E, edge_dim)
-        return self.edge_mlp(torch.cat(parts, dim=-1))  # (E, hidden)
+        m = self.edge_mlp(torch.cat(parts, dim=-1))  # (E, hidden)
+        return m if edge_weight is None else m * edge_weight  # edge_weight (E, 1)
 
     def __repr__(self) -> str:
         return (
