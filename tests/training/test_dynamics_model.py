@@ -323,11 +323,14 @@ def test_motion_emphasis_weighs_moving_particles() -> None:
         RolloutLossWeights.from_dict({'motion': -1})
 
 
-@pytest.mark.parametrize('gate', [False, True])
-def test_onnx_step_and_numpy_rollout_parity(gate: bool) -> None:
+@pytest.mark.parametrize('gate', [False, True, 'effector'])
+def test_onnx_step_and_numpy_rollout_parity(gate: bool | str) -> None:
     ort = pytest.importorskip('onnxruntime')
     onnx = pytest.importorskip('onnx')
-    model = _model(action_dim=2, action_gate=gate)
+    if gate == 'effector':  # the effector softmax and the interaction radius, in one graph
+        model = _model(action_dim=2, action_effector=True, interaction_radius=0.8)
+    else:
+        model = _model(action_dim=2, action_gate=gate)
     c = model.config
     step = DynamicsStep(model).eval()
     hist, acts = _history(c, b=2), torch.randn(2, c.history, 2)
