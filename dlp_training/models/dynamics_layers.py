@@ -83,7 +83,8 @@ class DenseInteractionLayer(nn.Module):
     j, so it is applied once per node to the aggregated hidden activations
     :math:`g_{ij} = \mathrm{SiLU}(\mathrm{LN}(z_{ij}))`:
     :math:`\sum_j a_{ij} m_{ij} = W_o \sum_j a_{ij} g_{ij} + (\sum_j a_{ij})\, b_o`, the same
-    messages summed without a (hidden x hidden) product per edge: the O(N^2) part is elementwise.
+    messages summed without a (hidden x hidden) product per edge (the masked sum over j is one
+    batched matrix-vector product): the O(N^2) part is elementwise.
     Only matmuls, broadcasting and reductions: exports to ONNX.
 
     Args:
@@ -143,7 +144,8 @@ class DenseInteractionLayer(nn.Module):
         degree = adj.sum(dim=-1, keepdim=True)  # (N, 1) or (B, N, 1)
         out = self.edge_mlp.last
         # sum_j a_ij W_o g_ij + b_o = W_o (sum_j a_ij g_ij) + deg_i b_o: messages j -> i, summed
-        agg = (g * adj.unsqueeze(-1)).sum(dim=-2) @ out.weight.t() + degree * out.bias
+        summed = (adj.unsqueeze(-2) @ g).squeeze(-2)  # (B, N, hidden): sum_j a_ij g_ij, one GEMV
+        agg = summed @ out.weight.t() + degree * out.bias
         if self.aggr == 'mean':
             agg = agg / degree.clamp(min=1.0)  # (B, N, hidden)
         return x + self.node_mlp(torch.cat([x, agg], dim=-1))  # (B, N, D)
