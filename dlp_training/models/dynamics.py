@@ -323,24 +323,23 @@ class ParticleDynamics(nn.Module):
         return x.reshape(-1, n, c.hidden_dim), pos.reshape(-1, n, 2)  # (B, N, D), (B, N, 2)
 
     def edge_weights(self, pos: Tensor) -> Tensor:
-        """(B, N, N) weight of the message j -> i at [b, i, j]: the adjacency (no self loops),
-        times the interaction-radius fade between two particles (module docstring)."""
-        c = self.config
-        adj = self.adjacency.expand(pos.shape[0], -1, -1)  # (B, N, N)
-        if not c.interaction_radius:
-            return adj
+        """Weight of the message j -> i at [(b,) i, j]: the adjacency (no self loops), (N, N)
+        without an interaction radius; with one, times the fade between two particles (module
+        docstring), (B, N, N)."""
+        r = self.config.interaction_radius
+        if not r:
+            return self.adjacency
         rel = pos.unsqueeze(1) - pos.unsqueeze(2)  # (B, N, N, 2)
         dist = torch.sqrt(rel.pow(2).sum(-1) + 1e-12)  # (B, N, N), finite gradient at 0
-        r = c.interaction_radius
         near = torch.sigmoid((r - dist) * (8.0 / r))  # (B, N, N)
-        return adj * torch.where(self.particle_pairs, near, self.background_edges)
+        return self.adjacency * torch.where(self.particle_pairs, near, self.background_edges)
 
     def interact(self, x: Tensor, pos: Tensor, use_pyg: bool) -> Tensor:
         """Message passing over the fully connected graph. (B, N, D), (B, N, 2) -> (B, N, D)."""
-        adj = self.edge_weights(pos) if self.config.interaction_radius else self.adjacency
+        adj = self.edge_weights(pos)  # (N, N) or (B, N, N)
         if not use_pyg:
+            attr = self.dense_edge_attr if self._dense_attr_used else None
             for layer in self.layers:
-                attr = self.dense_edge_attr if self._dense_attr_used else None
                 x = layer(x, pos, attr, adj)  # (B, N, D)
             return x
         if self._pyg is None:

@@ -399,8 +399,8 @@ def test_interaction_radius_pyg_and_dense_agree_and_far_particles_do_not_interac
 
 
 def test_action_effector_drives_one_particle_and_never_the_background() -> None:
-    """action_effector: the command reaches the nodes through a softmax over the K particles;
-    with one particle's pick forced, only its embedding carries the command."""
+    """action_effector: each particle's embedding carries the command times its share of a
+    softmax over the K particles (shares summing to 1); the background's carries none."""
     model = _model(action_dim=2, action_effector=True, history=1)
     hist = _particles(2, 1, 3, 2, 3)
     a0, a1 = torch.zeros(2, 1, 2), torch.ones(2, 1, 2)
