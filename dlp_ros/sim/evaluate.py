@@ -152,7 +152,11 @@ def start_processes(mode: str, args: argparse.Namespace, env: dict[str, str],
     sim_params = {'autostart': False, 'size': args.size, 'fps': float(args.fps),
                   'tolerance': float(args.tolerance), 'step_timeout': float(args.step_timeout),
                   'first_step_timeout': FIRST_STEP_TIMEOUT_S,
-                  'particles_topic': '/dlp/particles'}  # fmt: skip
+                  'particles_topic': '/dlp/particles',
+                  # a reset waits for the planner's answer to the frame in flight; random
+                  # commands come from this process, which leaves the last frame unanswered
+                  'drain_timeout': 0.0 if mode == 'random' else float(args.step_timeout),
+                  }  # fmt: skip
     perception_params: dict[str, Any] = {
         'model_bundle': str(Path(args.bundle).resolve()), 'action_topic': '/tabletop/command',
         'input_reliability': 'reliable', 'prediction_rate': 0.0, 'overlay': False,

@@ -21,12 +21,21 @@ Serves:
                         Particles: the true objects (id = scene id, presence 1), or with
                         ``particles_topic`` the perception's particles of the current frame (its
                         ids and presence), each carried by the object it lies on
-    /sim/reset          dlp_ros/ResetEpisode: a new episode (sim time goes back to start_time)
+    /sim/reset          dlp_ros/ResetEpisode: a new episode (sim time goes back to start_time).
+                        The frame in flight is answered first: the loop stops stepping and
+                        waits (up to ``drain_timeout``) for that frame's command, so no message
+                        of the old episode is still on its way when time restarts
 
 Lockstep: after publishing frame t the node waits for a command whose header.stamp equals frame
 t's stamp, applies it for 1/fps s of sim time and publishes frame t + 1. After ``step_timeout``
 wall-clock seconds (``first_step_timeout`` for an episode's first frame: model warm-up) it applies
 a zero command and counts the step as missed.
+
+Why a reset drains: sim time restarts with every episode, so a stamp alone cannot tell the old
+episode's last frame from the new episode's frames. Without the drain the perception's particles
+of the old last frame can reach a planner after the new task (it would pick its object in the old
+scene), and the planner's command for it would wait in the gate until the new episode reached
+that stamp.
 """
 
 from __future__ import annotations
@@ -115,6 +124,15 @@ PARAMS: tuple[ParamSpec, ...] = (
         30.0,
         'As step_timeout, for the first frame of an episode (the controller warms up).',
         0.001,
+        3600.0,
+    ),
+    ParamSpec(
+        'drain_timeout',
+        2.0,
+        'Wall-clock time [s] /sim/reset waits for the command of the frame in flight before the '
+        'new episode (the loop does not step meanwhile); 0 = start at once. A controller that '
+        'answers every frame (the push planner) makes it a short wait.',
+        0.0,
         3600.0,
     ),
     ParamSpec(
@@ -280,6 +298,10 @@ class TabletopSimNode(Node):
         self._jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._running = True
         self._missed_total, self._episodes, self._predict_ms = 0, 0, 0.0
+        # a reset in progress: the loop stops stepping (``_hold``) and, once the frame in flight
+        # is answered or ``_hold_until`` passed, says so (``_held``)
+        self._hold, self._held = threading.Event(), threading.Event()
+        self._hold_until = 0.0
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)  # fmt: skip
@@ -290,8 +312,10 @@ class TabletopSimNode(Node):
             'ground_truth': self.create_publisher(PoseArray, TOPICS['ground_truth'], reliable),
             'diagnostics': self.create_publisher(DiagnosticArray, TOPICS['diagnostics'], 10),
         }
-        # services wait for the frame thread; messages keep coming meanwhile (another group)
+        # services wait for the frame thread; messages keep coming meanwhile (another group);
+        # a reset waits for a command, which may need a /sim/predict_batch call (a third group)
         services, inputs = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
+        resets = MutuallyExclusiveCallbackGroup()
         self.create_subscription(TwistStamped, TOPICS['command'], self._on_command, reliable,
                                  callback_group=inputs)  # fmt: skip
         self.particles = ParticleStore()
@@ -301,7 +325,7 @@ class TabletopSimNode(Node):
         self.create_service(PredictBatch, TOPICS['predict_batch'], self._on_predict_batch,
                             callback_group=services)  # fmt: skip
         self.create_service(ResetEpisode, TOPICS['reset'], self._on_reset,
-                            callback_group=services)  # fmt: skip
+                            callback_group=resets)  # fmt: skip
         if p['autostart']:
             self._jobs.put(Job(lambda: self._start(p['seed'], 0, None, p['tolerance'])))
         self._thread = threading.Thread(target=self._loop, name='sim_frames', daemon=True)
@@ -351,13 +375,35 @@ class TabletopSimNode(Node):
         goal = None if request.random_goal else (float(request.goal_u), float(request.goal_v))
         tolerance = float(request.tolerance) or self.params['tolerance']
         seed, object_id = int(request.seed), int(request.object_id)
+        if not tolerance > 0:  # refused before the loop is held (a discovery probe)
+            response.success, response.message = (
+                False,
+                f'tolerance must be > 0 px, got {tolerance}',
+            )
+            return response
         try:
+            self._drain()
             response.goal = self._submit(lambda: self._start(seed, object_id, goal, tolerance))
         except ValueError as exc:
             response.success, response.message = False, str(exc)
             return response
+        finally:
+            self._hold.clear()
+            self._held.clear()
+            self.gate.poke()
         response.success, response.message = True, f'episode {self._episodes}'
         return response
+
+    def _drain(self) -> None:
+        """Stop the loop at the frame in flight once its command came (or ``drain_timeout``
+        passed): nothing of the old episode is on its way when the new one starts."""
+        wait = self.params['drain_timeout']
+        self._hold_until = time.monotonic() + wait
+        self._held.clear()
+        self._hold.set()
+        self.gate.poke()
+        if not self._held.wait(wait + 10.0):  # the frame thread is busy with a long job
+            logger.warning('the frame loop did not stop within %g s of a reset', wait + 10.0)
 
     def _on_command(self, msg: TwistStamped) -> None:
         command = (float(msg.twist.linear.x), float(msg.twist.linear.y))
@@ -374,7 +420,9 @@ class TabletopSimNode(Node):
             while self._running:
                 self._run_jobs()
                 ep = self.sim.episode
-                if ep is None:
+                if ep is None or self._held.is_set():
+                    if self._hold.is_set():
+                        self._held.set()
                     self.gate.wait(-1, 0.25)  # nothing to step: wait for a job
                     continue
                 frame = ep.frame
@@ -383,9 +431,14 @@ class TabletopSimNode(Node):
                     published = (self._episodes, frame.index)
                     key = 'first_step_timeout' if frame.index == 0 else 'step_timeout'
                     deadline = time.monotonic() + self.params[key]
-                command = self.gate.wait(frame.stamp_ns, max(0.0, deadline - time.monotonic()))
+                holding = self._hold.is_set()
+                until = min(deadline, self._hold_until) if holding else deadline
+                command = self.gate.wait(frame.stamp_ns, max(0.0, until - time.monotonic()))
+                if holding and (command is not None or time.monotonic() >= self._hold_until):
+                    self._held.set()  # the frame is answered (or given up): no step, a reset
+                    continue
                 if command is None and (time.monotonic() < deadline or not self._running):
-                    continue  # a job or shutdown woke the wait
+                    continue  # a job, a reset or shutdown woke the wait
                 if command is None:
                     self._missed_total += 1
                     logger.warning('no command for frame %d of episode %d in time: zero '
@@ -496,7 +549,7 @@ def main(args: list[str] | None = None) -> int:
     """Run the node until SIGINT/SIGTERM; 2 on a bad parameter, else 0 (see
     :mod:`dlp_ros.node_process`)."""
     logging.basicConfig(level=logging.INFO, format='[%(levelname)s] [%(name)s]: %(message)s')
-    return run_until_signal(args, TabletopSimNode, lambda: MultiThreadedExecutor(num_threads=2),
+    return run_until_signal(args, TabletopSimNode, lambda: MultiThreadedExecutor(num_threads=3),
                             TabletopSimNode.stop, usage_errors=(ConfigError,))  # fmt: skip
 
 

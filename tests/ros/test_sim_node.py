@@ -11,6 +11,7 @@ a time, under the ROS test lock.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,7 +62,7 @@ def make_loop(tmp_path: Path, ros_domain_id: int) -> Iterator[Callable[..., Loop
     def make(**overrides: object) -> Loop:
         params = {'autostart': False, 'start_time': START_NS / 1e9, 'frame_id': 'test_camera',
                   'step_timeout': STEP_TIMEOUT_S, 'first_step_timeout': STEP_TIMEOUT_S,
-                  **overrides}  # fmt: skip
+                  'drain_timeout': 0.0, **overrides}  # fmt: skip
         env = {**os.environ, 'PYTHONUNBUFFERED': '1'}
         log = tmp_path / f'tabletop_sim_{len(started)}.log'
         node = demo.NodeProcess(params, {}, env, log, command=[str(executable())])
@@ -166,6 +167,35 @@ def test_a_missing_command_is_a_missed_step(make_loop: Callable[..., Loop]) -> N
         return status.get('step') == '1' and status.get('missed_steps') == '1'
 
     client.session.wait_for('diagnostics with the missed step', missed, TIMEOUT_S)
+
+
+def test_a_reset_waits_for_the_command_of_the_frame_in_flight(
+    make_loop: Callable[..., Loop],
+) -> None:
+    """/sim/reset holds the loop until the frame in flight has its command and does not step on
+    it: no frame of the old episode follows the new task, which starts a period before the old
+    episode's only frame (the old one never stepped)."""
+    client, node, _ = make_loop(step_timeout=TIMEOUT_S, first_step_timeout=TIMEOUT_S,
+                                drain_timeout=TIMEOUT_S)  # fmt: skip
+    ep = start(client, seed=14)
+    answer: dict[str, object] = {}
+    reset = threading.Thread(
+        target=lambda: answer.update(goal=client.reset(seed=15, timeout=TIMEOUT_S)))  # fmt: skip
+    reset.start()
+    time.sleep(1.5)
+    assert reset.is_alive() and not answer, 'the reset did not wait for the frame in flight'
+    sent = time.monotonic()
+    client.command(ep.start, 0.3, 0.0)
+    reset.join(TIMEOUT_S)
+    waited = time.monotonic() - sent
+    assert 'goal' in answer, f'no new episode {waited:.1f} s after the command'
+    assert waited < TIMEOUT_S / 2, f'the reset took {waited:.1f} s after the command came'
+    new = Episode(client, answer['goal'])
+    assert new.start == START_NS - PERIOD_NS, 'the old episode stepped on the drained command'
+    new.wait(0)
+    with client.lock:
+        assert sorted(client.seen.frame_times) == [new.start], 'only the new first frame'
+    node.check_alive()
 
 
 def test_predict_batch_is_the_simulated_future(make_loop: Callable[..., Loop]) -> None:
