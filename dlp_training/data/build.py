@@ -84,7 +84,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         '--split-file',
         type=Path,
         metavar='YAML',
-        help='explicit split by episode name: {train: [names], val: [...], test: [...]}',
+        help='explicit split by episode name: {train: [names], val: [...], test: [...]}; '
+        'rest: train puts the episodes not named in train',
     )
     add('--seed', type=int, default=0, help='seed of the split by episode (default 0)')
     add('--min-frames', type=int, default=1, help='drop shorter episodes (default 1)')
@@ -302,7 +303,8 @@ def choose_splits(
         if opts.split_by != 'episode':
             raise ConfigError('--split-file names the split of every episode: drop --split-by')
         names = [e.name for p in plans for e in p.episodes]
-        return split_by_names(names, read_split_file(opts.split_file), opts.split_file)
+        listed, rest = read_split_file(opts.split_file)
+        return split_by_names(names, listed, opts.split_file, rest)
     if opts.split_by == 'time':
         return split_by_time(plans, fractions)
     return ep.assign_splits([e.name for p in plans for e in p.episodes], fractions, opts.seed)

@@ -7,7 +7,8 @@
   episode across a cut becomes ``<name>_train``, ``<name>_val``, ``<name>_test`` (the parts it
   has). What evaluating on the end of one long recording needs.
 * ``--split-file FILE``: a YAML mapping ``train:``, ``val:``, ``test:`` to lists of episode names;
-  every episode named once.
+  every episode named once, or ``rest: train`` (or val, test) for the episodes not named (e.g.
+  many added training episodes, with the held-out ones listed).
 """
 
 from __future__ import annotations
@@ -64,9 +65,9 @@ def split_by_time(
     return splits
 
 
-def read_split_file(path: Path) -> dict[str, list[str]]:
+def read_split_file(path: Path) -> tuple[dict[str, list[str]], str | None]:
     """``{'train': [...], 'val': [...], 'test': [...]}`` from a YAML file (missing splits:
-    empty).
+    empty), and the split of the episodes it does not name (its ``rest:``; None: none).
 
     Raises:
         ConfigError: the file is missing, not YAML, or not such a mapping.
@@ -75,10 +76,16 @@ def read_split_file(path: Path) -> dict[str, list[str]]:
         data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f'--split-file {path}: {exc}') from exc
-    example = 'e.g. {train: [ep_a, ep_b], val: [ep_c], test: [ep_d]}'
-    if not isinstance(data, dict) or not set(data) <= set(ep.SPLITS):
+    example = (
+        'e.g. {train: [ep_a, ep_b], val: [ep_c], test: [ep_d]} or {test: [ep_d], rest: train}'
+    )
+    if not isinstance(data, dict) or not set(data) <= {*ep.SPLITS, 'rest'}:
         raise ConfigError(f'--split-file {path}: expected a mapping of train, val and test to '
-                          f'lists of episode names, {example}')  # fmt: skip
+                          f'lists of episode names (and optionally rest), {example}')  # fmt: skip
+    rest = data.get('rest')
+    if rest is not None and rest not in ep.SPLITS:
+        raise ConfigError(f'--split-file {path}: rest must be one of {", ".join(ep.SPLITS)}, '
+                          f'got {rest!r}')  # fmt: skip
     out = {}
     for split in ep.SPLITS:
         names = data.get(split) or []
@@ -86,15 +93,17 @@ def read_split_file(path: Path) -> dict[str, list[str]]:
             raise ConfigError(f'--split-file {path}: {split} must be a list of episode names, '
                               f'{example}')  # fmt: skip
         out[split] = names
-    return out
+    return out, rest
 
 
-def split_by_names(names: list[str], listed: dict[str, list[str]], path: Path) -> dict[str, str]:
-    """``{episode name: split}`` from the lists of a split file; every episode exactly once.
+def split_by_names(names: list[str], listed: dict[str, list[str]], path: Path,
+                   rest: str | None = None) -> dict[str, str]:  # fmt: skip
+    """``{episode name: split}`` from the lists of a split file; every episode exactly once,
+    or at most once with the others in ``rest``.
 
     Raises:
-        ConfigError: a name listed twice, a name that is no episode, or an episode not listed
-            (each names the episodes concerned).
+        ConfigError: a name listed twice, a name that is no episode, or (without ``rest``) an
+            episode not listed (each names the episodes concerned).
     """
     splits: dict[str, str] = {}
     for split, listed_names in listed.items():
@@ -108,7 +117,11 @@ def split_by_names(names: list[str], listed: dict[str, list[str]], path: Path) -
         raise ConfigError(f'--split-file {path}: no episode named {", ".join(unknown)}; the '
                           f'episodes are {", ".join(sorted(names))}')  # fmt: skip
     missing = sorted(set(names) - set(splits))
-    if missing:
-        raise ConfigError(f'--split-file {path}: episode(s) {", ".join(missing)} in no split; '
-                          'list every episode under train, val or test')  # fmt: skip
+    if missing and rest is not None:
+        logger.info('--split-file %s: %d episodes not named go to %s', path, len(missing), rest)
+        splits.update(dict.fromkeys(missing, rest))
+    elif missing:
+        raise ConfigError(f'--split-file {path}: episode(s) {", ".join(missing)} in no '
+                          'split; list every episode under train, val or test, or add '
+                          'rest: train')  # fmt: skip
     return splits

@@ -352,12 +352,16 @@ def test_split_by_episode_names(
     assert {e.name: e.split for e in ds.episodes()} == {
         'ep_a': 'train', 'ep_b': 'test', 'ep_c': 'train'}  # fmt: skip
     assert ds.manifest['split'] == {'by': 'names', 'file': str(names.resolve())}
+    assert with_file('test: [ep_b]\nrest: train\n', 'rest') == 0
+    assert {e.name: e.split for e in Dataset.open(tmp_path / 'rest').episodes()} == {
+        'ep_a': 'train', 'ep_b': 'test', 'ep_c': 'train'}  # fmt: skip
     for text, needle in (
         (
             'train: [ep_a, ep_c, ep_x]\ntest: [ep_b]',
             'no episode named ep_x; the episodes are ep_a, ep_b, ep_c',
         ),
         ('train: [ep_a]\ntest: [ep_b]', 'episode(s) ep_c in no split'),
+        ('train: [ep_a]\nrest: training', 'rest must be one of train, val, test'),
         ('train: [ep_a, ep_b]\nval: [ep_c]\ntest: [ep_b]', "'ep_b' is listed in train and test"),
         ('training: [ep_a]', 'expected a mapping of train, val and test'),
         ('train: ep_a', 'train must be a list of episode names'),
