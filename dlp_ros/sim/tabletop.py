@@ -425,6 +425,12 @@ class TabletopScene:
         _, data = self._require()
         return data.xpos[self._bodies[object_id]].copy()
 
+    def layout(self) -> tuple[np.ndarray, np.ndarray]:
+        """World (x, y) [m] of every body's centre, (N, 2), and their radii [m], (N,)
+        (index 0 = pusher, then the objects in scene-id order)."""
+        _, data = self._require()
+        return data.xpos[self._bodies, :2].copy(), self._radii.copy()
+
     def pixel_of(self, xy: np.ndarray, z: float) -> np.ndarray:
         """Pixel (2,) of the world point (x, y, z) [m]."""
         uv, _ = self._project(np.array([[xy[0], xy[1], z]], dtype=np.float64))

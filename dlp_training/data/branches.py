@@ -14,11 +14,17 @@ differ. The scripted episodes alone do not teach that: their commands follow fro
 the pusher's approach without reading the command, and then moves objects the planner's
 candidate commands never touch.
 
-Branch commands (even k / odd k), each step's clipped to the speed limit like the planner's:
+Branch commands, kind ``kinds[k % len(kinds)]`` for branch k (default ``plan``, ``heading``),
+each step's clipped to the speed limit like the planner's:
 * ``plan``: the trunk's own commands from the point on plus Gaussian noise of ``noise`` m/s
   per step and axis, as the planner's candidates spread around its plan;
 * ``heading``: one random velocity (uniform direction, speed uniform in [0, MAX_SPEED]) held,
-  plus the same noise: pushes that miss, stop short or hit another object.
+  plus the same noise: pushes that miss, stop short or hit another object;
+* ``graze``: one velocity held (plus the noise), aimed from the pusher at a point beside an
+  object (a near one more likely): offset across the line of approach by u times the contact
+  distance (object + pusher radius), u uniform in [-GRAZE_SPAN, GRAZE_SPAN], speed uniform in
+  [GRAZE_SPEED, MAX_SPEED]. Head-on pushes (u near 0), off-centre pushes that turn the object,
+  grazes (|u| near 1) and near misses: the contacts a planner's detour round an object makes.
 """
 
 from __future__ import annotations
@@ -35,7 +41,10 @@ if TYPE_CHECKING:  # MuJoCo is imported only when branches are recorded
     from dlp_ros.sim.tabletop import TabletopScene
 
 CONTEXT = 6  # trunk frames before the branch point in every branch episode (tracker warm-up)
-KINDS = ('plan', 'heading')
+KINDS = ('plan', 'heading', 'graze')
+DEFAULT_KINDS = ('plan', 'heading')
+GRAZE_SPAN = 1.3  # largest offset beside the object, in contact distances
+GRAZE_SPEED = 0.15  # m/s, least speed of a graze
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,12 @@ class BranchSpec:
     every: int  # frames between branch points (the first at max(every, CONTEXT))
     frames: int  # frames after the branch point in each branch
     noise: float  # m/s, std of the per-step noise on the branch commands
+    kinds: tuple[str, ...] = DEFAULT_KINDS  # branch k's commands: kinds[k % len(kinds)]
+
+    def __post_init__(self) -> None:
+        unknown = [k for k in self.kinds if k not in KINDS]
+        if not self.kinds or unknown:
+            raise ValueError(f'branch kinds must be among {KINDS}, got {self.kinds}')
 
     @property
     def length(self) -> int:
@@ -58,10 +73,36 @@ def branch_points(trunk_frames: int, every: int) -> list[int]:
     return list(range(max(every, CONTEXT), trunk_frames, every))
 
 
+def graze_velocity(rng: np.random.Generator, xy: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """(2,) velocity [m/s] from the pusher toward a point beside one object (module docstring).
+
+    Args:
+        xy: (N, 2) world centres [m], 0 = the pusher.
+        radii: (N,) radii [m].
+    """
+    from dlp_ros.sim.tabletop import MAX_SPEED
+
+    pusher, objects = xy[0], xy[1:]  # (2,), (n, 2)
+    weight = 1.0 / (np.hypot(*(objects - pusher).T) + 0.05)  # (n,) near objects first
+    i = int(rng.choice(len(objects), p=weight / weight.sum()))
+    way = objects[i] - pusher  # (2,)
+    way /= max(float(np.hypot(*way)), 1e-6)
+    across = np.array([-way[1], way[0]])  # (2,) unit, perpendicular to the approach
+    offset = rng.uniform(-GRAZE_SPAN, GRAZE_SPAN) * (radii[i + 1] + radii[0])
+    aim = objects[i] + offset * across - pusher  # (2,)
+    speed = rng.uniform(GRAZE_SPEED, MAX_SPEED)
+    return speed * aim / max(float(np.hypot(*aim)), 1e-6)
+
+
 def branch_commands(
-    rng: np.random.Generator, planned: np.ndarray, kind: str, noise: float
+    rng: np.random.Generator,
+    planned: np.ndarray,
+    kind: str,
+    noise: float,
+    layout: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """(H, 2) commands [m/s] of one branch; ``planned`` (H, 2) is the trunk's from the point."""
+    """(H, 2) commands [m/s] of one branch; ``planned`` (H, 2) is the trunk's from the point,
+    ``layout`` the scene's (centres (N, 2) [m], radii (N,) [m]) there (``graze`` needs it)."""
     from dlp_ros.sim.tabletop import MAX_SPEED, clip_command
 
     if kind == 'plan':
@@ -69,6 +110,10 @@ def branch_commands(
     elif kind == 'heading':
         angle, speed = rng.uniform(0.0, 2.0 * np.pi), rng.uniform(0.0, MAX_SPEED)
         base = np.broadcast_to(speed * np.array([np.cos(angle), np.sin(angle)]), planned.shape)
+    elif kind == 'graze':
+        if layout is None:
+            raise ValueError('graze branches need the scene layout at the branch point')
+        base = np.broadcast_to(graze_velocity(rng, *layout), planned.shape)
     else:
         raise ValueError(f'unknown branch kind {kind!r}; choose one of {KINDS}')
     noisy = base + rng.normal(0.0, noise, planned.shape)
@@ -89,8 +134,11 @@ def branch_episodes(
     for t0 in branch_points(trunk_frames, spec.every):
         ahead = planned[t0 : t0 + spec.frames + 1]  # the trunk's commands, the last held
         ahead = np.concatenate([ahead, np.repeat(ahead[-1:], spec.frames + 1 - len(ahead), 0)])
+        scene.set_state(states[t0])
+        layout = scene.layout()
         for k in range(spec.branches):
-            commands = branch_commands(rng, ahead, KINDS[k % len(KINDS)], spec.noise)
+            kind = spec.kinds[k % len(spec.kinds)]
+            commands = branch_commands(rng, ahead, kind, spec.noise, layout)
             commands = commands.astype(np.float32)  # applied as recorded: replays are exact
             scene.set_state(states[t0])
             frames = list(trunk[t0 - CONTEXT : t0])

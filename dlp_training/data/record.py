@@ -30,6 +30,7 @@ from dlp_ros.offline.bag_writer import STORAGES, BagWriter
 from dlp_ros.sim.scene import ObjectState, Scene, SceneFrame
 from dlp_training.data.branches import (
     CONTEXT,
+    DEFAULT_KINDS,
     KINDS,
     BranchSpec,
     branch_episodes,
@@ -85,7 +86,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--branch-noise', type=float, default=0.15, metavar='STD',
                         help='std [m/s] of the per-step noise on branch commands (default 0.15, '
                         "the reference planner's initial spread)")  # fmt: skip
+    parser.add_argument('--branch-kinds', type=_kinds, default=DEFAULT_KINDS, metavar='K1,K2',
+                        help=f'commands of branch k: kind k mod the count, of '
+                        f'{", ".join(KINDS)} (default {",".join(DEFAULT_KINDS)}; see '
+                        'dlp_training.data.branches)')  # fmt: skip
     parser.add_argument('--overwrite', action='store_true', help='replace an existing --out')
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in text.split(',') if k.strip())
 
 
 @dataclass(frozen=True)
@@ -107,10 +116,15 @@ class RecordOptions:
     branch_every: int = checked(25, ge=1)
     branch_frames: int = checked(12, ge=1)
     branch_noise: float = checked(0.15, ge=0, finite=True)
+    branch_kinds: tuple[str, ...] = DEFAULT_KINDS
     overwrite: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)
+        unknown = [k for k in self.branch_kinds if k not in KINDS]
+        if not self.branch_kinds or unknown:
+            raise fail(self, 'branch_kinds', f'must be a comma-separated list of '
+                       f'{", ".join(KINDS)}, got {",".join(self.branch_kinds)!r}')  # fmt: skip
         if not self.branches:
             return
         if self.scene != 'tabletop':
@@ -123,7 +137,8 @@ class RecordOptions:
     def branch_spec(self) -> BranchSpec | None:
         if not self.branches:
             return None
-        return BranchSpec(self.branches, self.branch_every, self.branch_frames, self.branch_noise)
+        return BranchSpec(self.branches, self.branch_every, self.branch_frames, self.branch_noise,
+                          self.branch_kinds)  # fmt: skip
 
     @property
     def frames_per_episode(self) -> int:
@@ -222,7 +237,7 @@ def record(opts: RecordOptions, out: Path) -> dict:
     if spec is not None:
         summary['branches'] = {
             'per_point': spec.branches, 'every': spec.every, 'frames': spec.frames,
-            'context': CONTEXT, 'noise': spec.noise, 'kinds': list(KINDS),
+            'context': CONTEXT, 'noise': spec.noise, 'kinds': list(spec.kinds),
             'points': branch_points(frames, spec.every),
             'bags': written,
         }  # fmt: skip

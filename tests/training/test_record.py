@@ -109,6 +109,7 @@ def test_failure_mid_recording_leaves_nothing(
         (['--command-noise', '-1'], '--command-noise must be finite and >= 0'),
         (['--branches', '2'], '--branches needs the tabletop scene'),
         (['--branches', '-1'], '--branches must be >= 0'),
+        (['--branch-kinds', 'plan,push'], '--branch-kinds must be a comma-separated list of'),
     ],  # fmt: skip
 )
 def test_bad_arguments(
@@ -205,3 +206,35 @@ def test_branches_without_a_branch_point_are_refused(
     assert main([*argv, '--branches', '2']) == 2
     assert '--branches has no branch point in 6 frames' in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_graze_commands_aim_beside_an_object() -> None:
+    """graze: a held velocity from the pusher toward a point beside a (near) object, offset
+    across the approach by up to GRAZE_SPAN contact distances: head-on, grazing and missing
+    pushes on both sides, at speeds within [GRAZE_SPEED, MAX_SPEED]."""
+    pytest.importorskip('mujoco')
+    from dlp_ros.sim.tabletop import MAX_SPEED
+    from dlp_training.data.branches import GRAZE_SPAN, GRAZE_SPEED, branch_commands
+
+    xy = np.array([[0.0, 0.0], [0.2, 0.0], [0.0, -0.4]])  # m: pusher, a near and a far object
+    radii = np.array([0.035, 0.03, 0.03])
+    contact = radii[0] + radii[1]
+    rng = np.random.default_rng(0)
+    offsets, speeds, near = [], [], 0
+    for _ in range(400):
+        v = branch_commands(rng, np.zeros((5, 2)), 'graze', 0.0, (xy, radii))  # (5, 2)
+        assert np.allclose(v, v[0]), 'one velocity held'
+        speeds.append(np.hypot(*v[0]))
+        if v[0, 0] > abs(v[0, 1]):  # toward the near object (+x): its offset there
+            near += 1
+            offsets.append(0.2 * v[0, 1] / v[0, 0] / contact)
+    offsets = np.array(offsets)
+    assert near > 0.6 * 400, 'the near object is aimed at more often'
+    assert np.all(np.abs(offsets) <= GRAZE_SPAN + 1e-6)
+    assert (offsets < -1).any() and (offsets > 1).any(), 'misses on both sides'
+    assert (np.abs(offsets) < 0.5).any() and (
+        (np.abs(offsets) > 0.7) & (np.abs(offsets) < 1)
+    ).any()
+    assert min(speeds) >= GRAZE_SPEED - 1e-9 and max(speeds) <= MAX_SPEED + 1e-9
+    with pytest.raises(ValueError, match='layout'):
+        branch_commands(rng, np.zeros((5, 2)), 'graze', 0.0)
