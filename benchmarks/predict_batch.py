@@ -15,7 +15,7 @@ not against figures of another run. Target (issue 13): B = 64, horizon 10, media
 Prints one line per B, then one JSON object on the last line.
 
     python benchmarks/predict_batch.py [--bundle DIR] [--candidates 1,16,64,256] [--horizon 10]
-        [--rounds 30] [--rate 10] [--threads 1] [--batch-threads 2]
+        [--rounds 30] [--rate 10] [--threads 1]
 """
 
 from __future__ import annotations
@@ -140,12 +140,6 @@ def parse() -> argparse.Namespace:
     add('--rate', type=float, default=10.0, help='camera rate during the run, Hz (10)')
     add('--max-speed', type=float, default=0.3, help='command bound [m/s] (0.3)')
     add('--threads', type=int, default=1, help='node parameter threads (1; 0 = all cores)')
-    add(
-        '--batch-threads',
-        type=int,
-        default=2,
-        help='node parameter batch_threads (2; 0 = the threads session for every query)',
-    )
     add('--log', type=Path, help='node log (default /tmp/dlp_bench_batch_<domain>.log)')
     args = parser.parse_args()
     args.candidates = [int(c) for c in args.candidates.split(',')]
@@ -166,7 +160,6 @@ def main() -> int:
     env = ros_environment()
     log = args.log or Path(f'/tmp/dlp_bench_batch_{env["ROS_DOMAIN_ID"]}.log')
     params = {'model_bundle': str(args.bundle), 'horizon': args.horizon, 'threads': args.threads,
-              'batch_threads': args.batch_threads,
               'prediction_rate': 0.0, 'overlay': False, 'ood_every_n': 0,
               'input_reliability': 'reliable', 'providers': 'cpu'}  # fmt: skip
     node = NodeProcess(params, {'__node': NODE, 'image': '/camera/image_raw'}, env, log)
@@ -208,8 +201,7 @@ def report(args: argparse.Namespace, results: dict[str, dict]) -> None:
               f'({r["median_ms"] / base:.1f} x ~/predict)')  # fmt: skip
     met = results.get('64', {}).get('median_ms', float('inf')) <= TARGET_MS
     out = {'benchmark': 'predict_batch', 'bundle': str(args.bundle), 'horizon': args.horizon,
-           'threads': args.threads, 'batch_threads': args.batch_threads,
-           'camera_rate_hz': args.rate, 'rounds': args.rounds,
+           'threads': args.threads, 'camera_rate_hz': args.rate, 'rounds': args.rounds,
            'results': results, 'target_b64_median_ms': TARGET_MS, 'target_met': met}  # fmt: skip
     print(json.dumps(out))
 

@@ -341,8 +341,7 @@ class PerceptionNode(LifecycleNode):
         """Validate the parameters, load the model bundle, create the topics and services."""
         try:
             config = self._read_config()
-            rt = DlpRuntime.load(config.model_bundle, config.providers, config.threads,
-                                 batch_threads=config.batch_threads)  # fmt: skip
+            rt = DlpRuntime.load(config.model_bundle, config.providers, config.threads)
             check_resize_mode(config.resize_mode, rt.card.image.resize, config.model_bundle)
         except (DlpError, OSError, ValueError) as exc:
             return self._configure_failed(str(exc))

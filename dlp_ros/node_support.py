@@ -194,15 +194,6 @@ PARAMS: tuple[ParamSpec, ...] = (
         256,
     ),
     ParamSpec(
-        'batch_threads',
-        2,
-        'onnxruntime intra-op threads of ~/predict_batch rollouts of 8 or more candidates (a '
-        'second dynamics session whose threads sleep between requests instead of spinning); '
-        '0 = the same session as every other prediction (threads).',
-        0,
-        256,
-    ),
-    ParamSpec(
         'autostart',
         True,
         'Configure and activate at start-up; false = wait for lifecycle transitions '
@@ -269,7 +260,6 @@ class NodeConfig:
     prediction_image_step: int
     providers: str
     threads: int
-    batch_threads: int
     autostart: bool
     exit_on_configure_failure: bool
     overlay: bool

@@ -47,7 +47,6 @@ from dlp_ros.providers import SessionConfig, select_providers
 from dlp_ros.tracking import assign_slots, first_frame_slots, gather_slots
 
 logger = logging.getLogger(__name__)
-BATCH_MIN = 8  # candidates from which predict_batch runs on the batch session (``batch_threads``)
 ENCODER_FIELDS = FIELDS[:-1]  # mu, logvar, scale, depth, transparency, features
 DECODER_INPUTS = ('mu', 'scale', 'depth', 'transparency', 'features', 'bg_features')
 
@@ -57,16 +56,11 @@ class DlpRuntime:
     stream; the sessions themselves may be shared across threads)."""
 
     def __init__(
-        self,
-        card: ModelCard,
-        sessions: dict[str, ort.InferenceSession],
-        provider: str,
-        batch_session: ort.InferenceSession | None = None,
+        self, card: ModelCard, sessions: dict[str, ort.InferenceSession], provider: str
     ) -> None:
         self.card = card
         self.sessions = sessions
         self.provider = provider
-        self.batch_session = batch_session  # the dynamics for B >= BATCH_MIN candidates, or None
         self._warned_actions = False
 
     @classmethod
@@ -76,7 +70,6 @@ class DlpRuntime:
         providers: str = 'auto',
         threads: int = 0,
         session_config: SessionConfig | None = None,
-        batch_threads: int = 0,
     ) -> DlpRuntime:
         """Read and validate the bundle, open its graphs on the selected provider.
 
@@ -85,10 +78,6 @@ class DlpRuntime:
             providers: 'auto' (TensorRT, then CUDA, else CPU) | 'cpu' | 'cuda' | 'tensorrt'.
             threads: intra-op threads per session (0: onnxruntime's default).
             session_config: all session options (its ``threads`` is replaced by ``threads``).
-            batch_threads: > 0: a second dynamics session with this many intra-op threads that
-                do not spin-wait between runs, for :meth:`predict_batch` calls of at least
-                :data:`BATCH_MIN` candidates (a planner's queries: wide enough to split across
-                cores, rare enough that idle threads should sleep); 0: one session for all.
 
         Raises:
             ModelCardError: the bundle or its card is wrong (names the file and the field).
@@ -99,9 +88,8 @@ class DlpRuntime:
             if not card.path(name).is_file():
                 raise ModelCardError(f'{card.path(name)}: missing; model_card.yaml files.{name} '
                                      'names it')  # fmt: skip
-        if threads < 0 or batch_threads < 0:
-            raise ConfigError(f'threads and batch_threads must be >= 0, got {threads}, '
-                              f'{batch_threads}')  # fmt: skip
+        if threads < 0:
+            raise ConfigError(f'threads must be >= 0, got {threads}')
         provider_args, provider, why = select_providers(providers)
         config = session_config or SessionConfig()
         config = SessionConfig(**{**config.__dict__, 'threads': threads})
@@ -115,18 +103,12 @@ class DlpRuntime:
                 raise ModelCardError(f'{card.path(name)}: cannot be loaded: {exc}') from exc
             s = sessions[name]
             check_graph_io(card.path(name), card.files[name], s.get_inputs(), s.get_outputs())
-        batch = None
-        if batch_threads:
-            wide = SessionConfig(**{**config.__dict__, 'threads': batch_threads,
-                                    'spinning': False})  # fmt: skip
-            batch = ort.InferenceSession(str(card.path(DYNAMICS)), wide.session_options(),
-                                         providers=provider_args)  # fmt: skip
         logger.info(
             'model %s (S=%d, K=%d, H=%d, A=%d) on %s (%s)',
             card.directory, card.image.size, card.particles.K, card.dynamics.history,
             card.dynamics.action_dim, provider, why,
         )  # fmt: skip
-        return cls(card, sessions, provider, batch)
+        return cls(card, sessions, provider)
 
     # ------------------------------------------------------------------------- preprocessing
 
@@ -164,14 +146,11 @@ class DlpRuntime:
 
     def step(self, window: dict[str, np.ndarray], actions: np.ndarray | None) -> list[np.ndarray]:
         """One dynamics step: window fields (B, H, K, ...) [, actions (B, H, A)] -> next fields
-        (B, K, ...) in ``FIELDS`` order (on the batch session from BATCH_MIN candidates)."""
+        (B, K, ...) in ``FIELDS`` order."""
         feeds = dict(window)
         if self.card.dynamics.action_dim:
             feeds['actions'] = actions
-        session = self.sessions[DYNAMICS]
-        if self.batch_session is not None and len(window['mu']) >= BATCH_MIN:
-            session = self.batch_session
-        return session.run(None, feeds)
+        return self.sessions[DYNAMICS].run(None, feeds)
 
     def decode(self, frames: Sequence[ParticleFrame]) -> np.ndarray:
         """Particle frames -> decoded images (N, 3, S, S) float32 (about [0, 1]), one batch."""

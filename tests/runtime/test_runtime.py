@@ -209,40 +209,6 @@ def test_predict_batch_equals_separate_single_rollouts(
         rt64.predict_batch(history, n, np.zeros((0, n, a), np.float32))
 
 
-def test_batch_threads_run_wide_queries_on_a_second_session(
-    bundles: dict[int, Any], rt64: DlpRuntime, blob_frames: Callable
-) -> None:
-    """batch_threads: queries of BATCH_MIN or more candidates run on a second dynamics session
-    (its threads as asked), with the outputs of the one-session runtime; fewer do not."""
-    from dlp_ros.runtime import BATCH_MIN
-
-    wide = DlpRuntime.load(bundles[64].path, providers='cpu', threads=1, batch_threads=2)
-    assert rt64.batch_session is None and wide.batch_session is not None
-    assert wide.batch_session.get_session_options().intra_op_num_threads == 2
-    runs: list[int] = []
-
-    class Counted:  # the real session, its calls counted
-        def __init__(self, session: Any) -> None:
-            self.session = session
-
-        def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
-            runs.append(len(feeds['mu']))
-            return self.session.run(names, feeds)
-
-    wide.batch_session = Counted(wide.batch_session)
-    history = _track(rt64, blob_frames(64, t_len=3, seed=4))
-    a, n = rt64.card.dynamics.action_dim, 4
-    actions = np.random.default_rng(5).uniform(-1, 1, (BATCH_MIN, n, a)).astype(np.float32)
-    got, want = wide.predict_batch(history, n, actions), rt64.predict_batch(history, n, actions)
-    assert runs == [BATCH_MIN] * n, 'every step of the wide query on the batch session'
-    for name in FIELDS:
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5, err_msg=name)
-    wide.predict_batch(history, n, actions[: BATCH_MIN - 1])
-    assert len(runs) == n, 'a narrower query stays on the per-frame session'
-    with pytest.raises(ConfigError, match='batch_threads must be >= 0'):
-        DlpRuntime.load(bundles[64].path, providers='cpu', batch_threads=-1)
-
-
 def test_predict_batch_of_a_model_without_actions(
     bundles: dict[int, Any], blob_frames: Callable
 ) -> None:
