@@ -44,6 +44,7 @@ class Observed:
     commands: dict[int, tuple[float, float]] = field(default_factory=dict)  # vx, vy [m/s]
     command_times: dict[int, float] = field(default_factory=dict)  # receive time, monotonic s
     sim_status: dict[str, str] = field(default_factory=dict)  # the latest of tabletop_sim
+    sim_frames: dict[int, dict[str, str]] = field(default_factory=dict)  # its status by stamp
     planner: dict[int, dict[str, str]] = field(default_factory=dict)  # by 'stamp_ns' value
     planner_latest: dict[str, str] = field(default_factory=dict)  # the planner's latest status
     goal: Any = None  # the latest dlp_ros/PushGoal
@@ -112,6 +113,8 @@ class LoopClient:
             with self.lock:
                 if status.name == NODE_NAME:
                     self.seen.sim_status = values
+                    if values.get('stamp_ns', '').isdigit():
+                        self.seen.sim_frames[int(values['stamp_ns'])] = values
                 elif PLANNER_STATUS in status.name:
                     self.seen.planner_latest = values
                     if values.get('stamp_ns', '').isdigit():

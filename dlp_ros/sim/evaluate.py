@@ -27,7 +27,8 @@ command), counted from the simulator's diagnostics.
 
 Writes OUT/report.json (after each mode, so an interrupted run keeps the finished rows): per mode
 success rate, final distance, steps to success, planning time per step (the planner's
-``planning_ms`` diagnostics value) and the loop time (a frame's arrival here to its command's),
+``planning_ms`` diagnostics value) and the loop time (the simulator's ``command_ms``: from
+publishing a frame to taking its command, wall clock),
 missed steps, the planner's last diagnostics values (and its own ``planning_ms_p50/p99``
 there), and every episode;
 OUT/videos/<mode>_seed<S>.mp4 (or .gif): the camera with the goal, the object's true centre, the
@@ -309,10 +310,9 @@ def _trace(client: LoopClient, start: int, period: int, last: int) -> Trace:
     stamps = [start + i * period for i in range(last + 1)]
     with client.lock:
         seen = client.seen
-        loop_ms = [
-            (seen.command_times[s] - seen.frame_times[s]) * 1e3
-            for s in stamps[:-1] if s in seen.command_times and s in seen.frame_times
-        ]  # fmt: skip
+        # the simulator's wait for each frame's command, sent with the frame after it
+        waits = [seen.sim_frames.get(s, {}).get('command_ms', '') for s in stamps[1:]]
+        loop_ms = [float(w) for w in waits if w]
         return Trace(stamps, [seen.truth[s] for s in stamps],
                      [seen.frames.get(s, np.zeros((1, 1, 3), np.uint8)) for s in stamps],
                      [seen.particles.get(s) for s in stamps],

@@ -8,7 +8,10 @@ Publishes (each frame, in this order; every header stamp = the frame's sim time)
                         only: a planner must not read it.
     /camera/image_raw   sensor_msgs/Image rgb8, size x size, reliable
     /diagnostics        diagnostic_msgs/DiagnosticArray, status 'tabletop_sim': episode, seed,
-                        step, stamp_ns, missed_steps (this episode), missed_total, predict_ms
+                        step, stamp_ns, missed_steps (this episode), missed_total, predict_ms,
+                        command_ms (wall-clock ms from publishing the episode's previous frame
+                        to taking its command: the whole loop as the robot sees it; empty at
+                        an episode's first frame and after a missed step)
     /planning/goal      dlp_ros/PushGoal at each new episode (transient local: a late joiner gets
                         the current task), acknowledged by its subscribers (up to 2 s) before
                         the episode's first frame is published
@@ -298,6 +301,7 @@ class TabletopSimNode(Node):
         self._jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._running = True
         self._missed_total, self._episodes, self._predict_ms = 0, 0, 0.0
+        self._command_ms: float | None = None  # the previous frame's wait for its command
         # a reset in progress: the loop stops stepping (``_hold``) and, once the frame in flight
         # is answered or ``_hold_until`` passed, says so (``_held``)
         self._hold, self._held = threading.Event(), threading.Event()
@@ -415,7 +419,7 @@ class TabletopSimNode(Node):
         """Frame thread: jobs first; publish the current frame once, wait for its command (or
         its timeout: a missed step), step."""
         published: tuple[int, int] | None = None  # (episode, frame index) last published
-        deadline = 0.0
+        deadline = published_at = 0.0
         try:
             while self._running:
                 self._run_jobs()
@@ -427,10 +431,13 @@ class TabletopSimNode(Node):
                     continue
                 frame = ep.frame
                 if published != (self._episodes, frame.index):
+                    if frame.index == 0:
+                        self._command_ms = None
+                    published_at = time.monotonic()
                     self._publish(ep, frame)
                     published = (self._episodes, frame.index)
                     key = 'first_step_timeout' if frame.index == 0 else 'step_timeout'
-                    deadline = time.monotonic() + self.params[key]
+                    deadline = published_at + self.params[key]
                 holding = self._hold.is_set()
                 until = min(deadline, self._hold_until) if holding else deadline
                 command = self.gate.wait(frame.stamp_ns, max(0.0, until - time.monotonic()))
@@ -439,7 +446,10 @@ class TabletopSimNode(Node):
                     continue
                 if command is None and (time.monotonic() < deadline or not self._running):
                     continue  # a job, a reset or shutdown woke the wait
-                if command is None:
+                self._command_ms = None
+                if command is not None:
+                    self._command_ms = (time.monotonic() - published_at) * 1e3
+                else:
                     self._missed_total += 1
                     logger.warning('no command for frame %d of episode %d in time: zero '
                                    'command', frame.index, self._episodes)  # fmt: skip
@@ -457,6 +467,7 @@ class TabletopSimNode(Node):
             'episode': self._episodes, 'seed': ep.seed, 'object_id': ep.task.object_id,
             'step': frame.index, 'stamp_ns': frame.stamp_ns, 'missed_steps': ep.missed,
             'missed_total': self._missed_total, 'predict_ms': round(self._predict_ms, 3),
+            'command_ms': '' if self._command_ms is None else round(self._command_ms, 3),
         }  # fmt: skip
         status = DiagnosticStatus(
             level=DiagnosticStatus.WARN if ep.missed else DiagnosticStatus.OK, name=NODE_NAME,

@@ -37,7 +37,7 @@ class EpisodeResult:
     min_distance: float
     missed_steps: int  # steps the simulator ran with a zero command (none came in time)
     planning_ms: list[float] = field(default_factory=list)  # the planner's own figures
-    loop_ms: list[float] = field(default_factory=list)  # frame received -> its command received
+    loop_ms: list[float] = field(default_factory=list)  # simulator: frame published -> command
     video: str | None = None
 
 

@@ -150,6 +150,18 @@ def test_lockstep_frames_follow_commands(make_loop: Callable[..., Loop]) -> None
     assert np.all(step[1:4, 0] > 1.0), f'+x: {step[1:4]}'
     assert np.all(step[5:, 1] < -1.0), f'+y (image up): {step[4:]}'
     assert {ep.stamp(t) for t in range(len(commands) + 1)} <= set(clock)
+
+    def waits() -> list[str] | None:  # command_ms of each frame, sent with the next one
+        with client.lock:
+            got = [client.seen.sim_frames.get(ep.stamp(t), {}) for t in range(len(commands) + 1)]
+        return [v['command_ms'] for v in got] if all(got) else None
+
+    client.session.wait_for('diagnostics of every frame', lambda: waits() is not None, TIMEOUT_S)
+    first, *rest = waits()
+    assert first == '', 'no wait before an episode'
+    assert all(450.0 <= float(w) < 10_000.0 for w in rest), (
+        f'each command came ~0.5 s late: {rest}'
+    )
     node.check_alive()
 
 
@@ -167,6 +179,8 @@ def test_a_missing_command_is_a_missed_step(make_loop: Callable[..., Loop]) -> N
         return status.get('step') == '1' and status.get('missed_steps') == '1'
 
     client.session.wait_for('diagnostics with the missed step', missed, TIMEOUT_S)
+    with client.lock:
+        assert client.seen.sim_status['command_ms'] == '', 'a missed step has no wait'
 
 
 def test_a_reset_waits_for_the_command_of_the_frame_in_flight(
