@@ -153,7 +153,9 @@ def start_processes(mode: str, args: argparse.Namespace, env: dict[str, str],
     sim_params = {'autostart': False, 'size': args.size, 'fps': float(args.fps),
                   'tolerance': float(args.tolerance), 'step_timeout': float(args.step_timeout),
                   'first_step_timeout': FIRST_STEP_TIMEOUT_S,
-                  'particles_topic': '/dlp/particles',
+                  # only the simulator-as-model row reads the particles; with the subscription
+                  # the simulator's executor busy-waited (92 % of a core, docs/results.md)
+                  'particles_topic': '/dlp/particles' if mode == 'sim' else '',
                   # a reset waits for the planner's answer to the frame in flight; random
                   # commands come from this process, which leaves the last frame unanswered
                   'drain_timeout': 0.0 if mode == 'random' else float(args.step_timeout),
