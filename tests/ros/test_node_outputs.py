@@ -115,9 +115,16 @@ class TestNamespacedOutputs:
         assert topics[f'{prefix}/dlp/prediction/image'] == ['sensor_msgs/msg/Image']
         assert topics[f'{prefix}/dlp/markers'] == ['visualization_msgs/msg/MarkerArray']
         assert client.particles_of(frame_id), 'no particles on the namespaced topic'
-        assert f'{prefix}/{node.name}' in [
-            f'{ns.rstrip("/")}/{n}' for n, ns in client.node.get_node_names_and_namespaces()
-        ]
+
+        def names() -> list[str]:
+            graph = client.node.get_node_names_and_namespaces()
+            return [f'{ns.rstrip("/")}/{n}' for n, ns in graph]
+
+        # node names are discovered apart from (and can come after) the topics' endpoints
+        deadline = time.monotonic() + 20.0
+        while f'{prefix}/{node.name}' not in names() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert f'{prefix}/{node.name}' in names(), names()
 
     def test_predict_frames_field(self, ns_node: tuple[NodeProcess, Client]) -> None:
         """FRAMES_PARAMETER (the default) follows publish_frames (off here); FRAMES_ON and
