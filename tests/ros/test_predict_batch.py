@@ -17,6 +17,7 @@ pytest.importorskip('rclpy')
 pytest.importorskip('dlp_ros.srv')
 
 from geometry_msgs.msg import TwistStamped  # noqa: E402
+from rclpy.duration import Duration  # noqa: E402
 
 from dlp_ros.conversions import stamp_ns  # noqa: E402
 from dlp_ros.srv import Predict, PredictBatch  # noqa: E402
@@ -47,6 +48,9 @@ def actions_node(
     command = TwistStamped()
     command.twist.linear.x, command.twist.linear.y = COMMAND
     harness.send(client, commands, [command] * 3, period=0.05)
+    # the node has the command before the first frame (its reader can match the publisher
+    # after this side did; the command is then repaired late and the frames would carry zeros)
+    assert commands.wait_for_all_acked(Duration(seconds=30.0)), 'the command was not received'
     frame_id = harness.unique_frame_id()
     frames = [harness.raw_image(T0_NS + i, frame_id, i) for i in range(3)]
     harness.send_processed(client, client.camera(), frames)
