@@ -59,6 +59,12 @@ def object_uv(objects: list[ObjectState], object_id: int) -> tuple[float, float]
     return obj.x, obj.y
 
 
+def check_tolerance(tolerance: float) -> None:
+    """Raise ValueError unless a task's success radius [px] is > 0."""
+    if not tolerance > 0:
+        raise ValueError(f'tolerance must be > 0 px, got {tolerance}')
+
+
 class LockstepSim:
     """The tabletop scene stepped by commands, with sim time.
 
@@ -92,8 +98,7 @@ class LockstepSim:
         ``object_id`` 0 draws the object; ``goal_uv`` None draws the goal (reachable: inside
         the workspace, clear of the other objects). Raises ValueError for an impossible task.
         """
-        if not tolerance > 0:
-            raise ValueError(f'tolerance must be > 0 px, got {tolerance}')
+        check_tolerance(tolerance)
         rng = np.random.default_rng(seed)
         self.scene.reset(rng)
         objects = self.scene.objects()

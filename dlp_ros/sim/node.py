@@ -71,7 +71,15 @@ from dlp_ros.errors import ConfigError
 from dlp_ros.msg import Particle, ParticleArray, PushGoal
 from dlp_ros.node_process import run_until_signal
 from dlp_ros.node_support import ParamSpec
-from dlp_ros.sim.lockstep import NS, CommandGate, Episode, Frame, LockstepSim, carried_by_objects
+from dlp_ros.sim.lockstep import (
+    NS,
+    CommandGate,
+    Episode,
+    Frame,
+    LockstepSim,
+    carried_by_objects,
+    check_tolerance,
+)
 from dlp_ros.srv import PredictBatch, ResetEpisode
 
 logger = logging.getLogger(__name__)
@@ -379,13 +387,8 @@ class TabletopSimNode(Node):
         goal = None if request.random_goal else (float(request.goal_u), float(request.goal_v))
         tolerance = float(request.tolerance) or self.params['tolerance']
         seed, object_id = int(request.seed), int(request.object_id)
-        if not tolerance > 0:  # refused before the loop is held (a discovery probe)
-            response.success, response.message = (
-                False,
-                f'tolerance must be > 0 px, got {tolerance}',
-            )
-            return response
         try:
+            check_tolerance(tolerance)  # before the loop is held: a discovery probe is refused
             self._drain()
             response.goal = self._submit(lambda: self._start(seed, object_id, goal, tolerance))
         except ValueError as exc:
@@ -446,10 +449,9 @@ class TabletopSimNode(Node):
                     continue
                 if command is None and (time.monotonic() < deadline or not self._running):
                     continue  # a job, a reset or shutdown woke the wait
-                self._command_ms = None
-                if command is not None:
-                    self._command_ms = (time.monotonic() - published_at) * 1e3
-                else:
+                answered = command is not None
+                self._command_ms = (time.monotonic() - published_at) * 1e3 if answered else None
+                if not answered:
                     self._missed_total += 1
                     logger.warning('no command for frame %d of episode %d in time: zero '
                                    'command', frame.index, self._episodes)  # fmt: skip

@@ -58,14 +58,18 @@ class BranchSpec:
     kinds: tuple[str, ...] = DEFAULT_KINDS  # branch k's commands: kinds[k % len(kinds)]
 
     def __post_init__(self) -> None:
-        unknown = [k for k in self.kinds if k not in KINDS]
-        if not self.kinds or unknown:
+        if not known_kinds(self.kinds):
             raise ValueError(f'branch kinds must be among {KINDS}, got {self.kinds}')
 
     @property
     def length(self) -> int:
         """Frames in each branch episode."""
         return CONTEXT + 1 + self.frames
+
+
+def known_kinds(kinds: tuple[str, ...]) -> bool:
+    """At least one kind, each one of :data:`KINDS`."""
+    return bool(kinds) and all(k in KINDS for k in kinds)
 
 
 def branch_points(trunk_frames: int, every: int) -> list[int]:

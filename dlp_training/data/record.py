@@ -35,6 +35,7 @@ from dlp_training.data.branches import (
     BranchSpec,
     branch_episodes,
     branch_points,
+    known_kinds,
 )
 from dlp_training.data.ground_truth import gt_path, write_ground_truth
 
@@ -121,8 +122,7 @@ class RecordOptions:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        unknown = [k for k in self.branch_kinds if k not in KINDS]
-        if not self.branch_kinds or unknown:
+        if not known_kinds(self.branch_kinds):
             raise fail(self, 'branch_kinds', f'must be a comma-separated list of '
                        f'{", ".join(KINDS)}, got {",".join(self.branch_kinds)!r}')  # fmt: skip
         if not self.branches:
