@@ -49,7 +49,6 @@ from rcl_interfaces.msg import (
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import QoSMessageLostInfo, SubscriptionEventCallbacks
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.impl.rcutils_logger import RcutilsLogger
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.lifecycle.publisher import LifecyclePublisher
@@ -76,6 +75,7 @@ from dlp_ros.camera_input import (
     subscribed_topic,
 )
 from dlp_ros.errors import ConfigError, DlpError, ImageError
+from dlp_ros.executor import PoolExecutor
 from dlp_ros.markers import particle_markers
 from dlp_ros.msg import ParticleArray, Prediction
 from dlp_ros.node_process import run_until_signal
@@ -964,7 +964,7 @@ def main(args: list[str] | None = None) -> int:
     signal only sets an event; see :mod:`dlp_ros.node_process`."""
     logging.basicConfig(level=logging.INFO, format='[%(levelname)s] [%(name)s]: %(message)s')
     logging.captureWarnings(True)  # Python warnings as log records: the node forwards them
-    return run_until_signal(args, PerceptionNode, lambda: MultiThreadedExecutor(num_threads=2),
+    return run_until_signal(args, PerceptionNode, lambda: PoolExecutor(num_threads=2),
                             PerceptionNode.stop_worker, start=PerceptionNode.autostart,
                             usage_errors=(ConfigureFailed,))  # fmt: skip
 

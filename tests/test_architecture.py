@@ -35,9 +35,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ('dlp_ros', 'dlp_training')
 ROS_FACE = frozenset({
-    'dlp_ros.node', 'dlp_ros.node_process', 'dlp_ros.planner_node', 'dlp_ros.conversions',
-    'dlp_ros.markers', 'dlp_ros.demo', 'dlp_ros.dds_shm', 'dlp_ros.sim.node',
-    'dlp_ros.sim.client', 'dlp_ros.sim.evaluate',
+    'dlp_ros.node', 'dlp_ros.node_process', 'dlp_ros.executor', 'dlp_ros.planner_node',
+    'dlp_ros.conversions', 'dlp_ros.markers', 'dlp_ros.demo', 'dlp_ros.dds_shm',
+    'dlp_ros.sim.node', 'dlp_ros.sim.client', 'dlp_ros.sim.evaluate',
 })  # fmt: skip
 OFFLINE = 'dlp_ros.offline'
 SIM = 'dlp_ros.sim'

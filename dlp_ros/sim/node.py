@@ -59,7 +59,6 @@ from geometry_msgs.msg import Pose, PoseArray, TwistStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -68,6 +67,7 @@ from std_msgs.msg import Header
 
 from dlp_ros.conversions import rgb_to_image, stamp_ns
 from dlp_ros.errors import ConfigError
+from dlp_ros.executor import PoolExecutor
 from dlp_ros.msg import Particle, ParticleArray, PushGoal
 from dlp_ros.node_process import run_until_signal
 from dlp_ros.node_support import ParamSpec
@@ -562,7 +562,7 @@ def main(args: list[str] | None = None) -> int:
     """Run the node until SIGINT/SIGTERM; 2 on a bad parameter, else 0 (see
     :mod:`dlp_ros.node_process`)."""
     logging.basicConfig(level=logging.INFO, format='[%(levelname)s] [%(name)s]: %(message)s')
-    return run_until_signal(args, TabletopSimNode, lambda: MultiThreadedExecutor(num_threads=3),
+    return run_until_signal(args, TabletopSimNode, lambda: PoolExecutor(num_threads=3),
                             TabletopSimNode.stop, usage_errors=(ConfigError,))  # fmt: skip
 
 
