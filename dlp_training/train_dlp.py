@@ -142,19 +142,24 @@ class DlpTask:
 
 def initialise_from(model: Dlp, run_dir: Path) -> None:
     """Copy the best weights of the train-dlp run ``run_dir`` into ``model`` (train.init_from);
-    a different model config is refused, naming the fields that differ."""
+    a different model config is refused, naming the fields that differ, except in the loss
+    weights (``DlpConfig.LOSS_FIELDS``): fine-tuning with another loss is what it is for."""
     if not (run_dir / 'checkpoints').is_dir():
         raise ConfigError(f'train.init_from: {run_dir} is not a train-dlp run directory (no '
                           'checkpoints/)')  # fmt: skip
     source, config, info = load_dlp(run_dir)
     ours, theirs = to_dict(model.config), to_dict(config.model)
     differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    loss_only = [k for k in differ if k in DlpConfig.LOSS_FIELDS]
+    differ = [k for k in differ if k not in DlpConfig.LOSS_FIELDS]
     if differ:
         pairs = ', '.join(f'{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here' for k in differ)
         raise ConfigError(f'train.init_from: the model of {run_dir} differs from this config '
                           f'({pairs}); start from a run with the same model: section')  # fmt: skip
     model.load_state_dict(source.state_dict())
     logger.info('weights from %s (step %d)', run_dir, int(info.get('step', 0)))
+    for k in loss_only:
+        logger.info('loss setting %s: %r there, %r here', k, theirs.get(k), ours.get(k))
 
 
 def evaluate(

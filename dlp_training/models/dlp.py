@@ -92,6 +92,12 @@ class DlpConfig:
         'feature_dim': 'F',
         'bg_feature_dim': 'Fb',
     }
+    # Fields that weigh the loss and shape no weight: a run may fine-tune another run's weights
+    # with other values of these (train.init_from).
+    LOSS_FIELDS: ClassVar[frozenset[str]] = frozenset({
+        'prior_sigma', 'scale_prior_std', 'transparency_prior_mean', 'transparency_prior_std',
+        'overlap_weight', 'overlap_sigma', 'beta', 'kl_balance', 'glimpse_loss_weight',
+    })  # fmt: skip
 
     # S: side of the square input image, pixels; images are (B, 3, S, S) floats in [0, 1].
     S: int = checked(64, ge=16)
@@ -135,6 +141,12 @@ class DlpConfig:
     # pays for itself in reconstruction, so duplicates of an object switch off (sparsity).
     transparency_prior_mean: float = 0.0
     transparency_prior_std: float = checked(2.0, gt=0)
+    # Overlap penalty (0 = off): overlap_weight times the sum over particle pairs of
+    # t_i t_j exp(-|mu_i - mu_j|^2 / (2 overlap_sigma^2)) (:func:`overlap_penalty`), per image.
+    # Two particles on one spot then cost unless one switches off or they part; sigma in
+    # normalised units (0.1 = 3.2 px at 64 px).
+    overlap_weight: float = checked(0.0, ge=0)
+    overlap_sigma: float = checked(0.1, gt=0)
     # Depth prior N(0, 1); compositing softmax temperature over depths.
     depth_temperature: float = checked(0.25, gt=0)
     # beta: weight of all KL terms against the reconstruction SSE.
@@ -523,6 +535,11 @@ class Dlp(nn.Module):
         weights = {'chamfer': 1.0, 'scale': 1.0, 'transparency': 1.0}
         weights.update(depth=c.kl_balance, features=c.kl_balance, bg=c.kl_balance)
         loss, metrics = weighted_objective(rec, kl_terms, weights, c.beta)
+        if c.overlap_weight:
+            overlap = overlap_penalty(post.mu, particles.transparency, c.overlap_sigma).mean()
+            loss = loss + c.overlap_weight * overlap
+            metrics['loss'] = loss.item()
+            metrics['overlap'] = overlap.item()
         if warmup:
             # each decoded glimpse's RGB must reproduce the input in its (fixed-scale) box
             half = 1 / (1 + math.exp(-c.scale_prior_mean))
@@ -536,6 +553,16 @@ class Dlp(nn.Module):
             metrics['transparency'] = float(particles.transparency.mean())
             metrics['position_std'] = float(torch.exp(0.5 * post.logvar).mean())
         return loss, metrics
+
+
+def overlap_penalty(mu: Tensor, transparency: Tensor, sigma: float) -> Tensor:
+    r"""How much the particles of each image sit on one another: mu (B, K, 2), transparency
+    (B, K, 1) -> (B,), :math:`\sum_{i<j} t_i t_j \exp(-\lVert\mu_i-\mu_j\rVert^2 / 2\sigma^2)`.
+    """
+    d2 = (mu.unsqueeze(2) - mu.unsqueeze(1)).pow(2).sum(-1)  # (B, K, K)
+    t = transparency.squeeze(-1)  # (B, K)
+    pair = t.unsqueeze(2) * t.unsqueeze(1) * torch.exp(-d2 / (2 * sigma**2))  # (B, K, K)
+    return torch.triu(pair, diagonal=1).flatten(1).sum(-1)
 
 
 def _kl_sum(mu: Tensor, logvar: Tensor, prior_mu: float, prior_logvar: float) -> Tensor:

@@ -12,7 +12,15 @@ import torch
 from torch import nn
 
 from dlp_ros.errors import ConfigError
-from dlp_training.models.dlp import DLP_PRESETS, Dlp, DlpConfig, DlpDecoder, DlpEncoder, Particles
+from dlp_training.models.dlp import (
+    DLP_PRESETS,
+    Dlp,
+    DlpConfig,
+    DlpDecoder,
+    DlpEncoder,
+    Particles,
+    overlap_penalty,
+)
 from dlp_training.models.dlp_parts import PatchPrior, crop_glimpses, paste_glimpses, pixel_centres
 
 TINY = {
@@ -286,3 +294,27 @@ def test_a_negative_transparency_prior_mean_charges_particles_that_stay_on() -> 
         kl[mean] = metrics['kl_transparency']
     assert on > 0.4, 'the test needs particles that are not off'
     assert kl[-3.0] > kl[0.0] + 1.0, kl
+
+
+def test_the_overlap_penalty_charges_coincident_particles_that_are_on() -> None:
+    """overlap_penalty: t_i t_j for two particles on one spot, ~0 apart or off; its gradient
+    parts them or switches one off; in the loss only with overlap_weight > 0."""
+    mu = torch.tensor([[[0.0, 0.0], [0.0, 0.0], [0.9, -0.9]]], requires_grad=True)  # (1, 3, 2)
+    t = torch.tensor([[[0.8], [0.5], [1.0]]], requires_grad=True)  # (1, 3, 1)
+    value = overlap_penalty(mu, t, sigma=0.1)
+    assert value.shape == (1,)
+    assert value.item() == pytest.approx(0.8 * 0.5, abs=1e-4)  # the far one adds ~exp(-81)
+    assert overlap_penalty(mu, torch.tensor([[[0.8], [0.0], [1.0]]]), 0.1).item() < 1e-6
+    near = torch.tensor([[[0.0, 0.0], [0.05, 0.0]]], requires_grad=True)
+    overlap_penalty(near, torch.ones(1, 2, 1), 0.1).sum().backward()
+    assert near.grad[0, 0, 0] > 0 > near.grad[0, 1, 0]  # descent moves them apart
+    value.sum().backward()
+    assert (t.grad[0, :2] > 0).all()  # and lowers the transparency of the pair
+    torch.manual_seed(0)
+    model = Dlp(DlpConfig(**TINY))
+    images = _squares(4, TINY['S'])
+    _, plain = model(images, deterministic=True)
+    model.config = DlpConfig(**TINY, overlap_weight=5.0)
+    loss, metrics = model(images, deterministic=True)
+    assert 'overlap' not in plain and metrics['overlap'] >= 0
+    assert loss.item() == pytest.approx(plain['loss'] + 5.0 * metrics['overlap'], rel=1e-5)
