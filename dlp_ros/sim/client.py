@@ -5,6 +5,13 @@ planner; it publishes commands and calls /sim/reset and /sim/predict_batch.
 
 Everything is received on the background executor of a :class:`dlp_ros.demo.RosSession`; the
 stores are read under ``lock``.
+
+Sim time restarts with every episode, so the old episode's last messages (the frame in flight
+when the reset came, its particles and command) carry the stamps of the new episode's frames. A
+message is kept only when it was published after the latest task (the DDS source timestamp
+against the task's: the simulator publishes the task before the episode's first frame); what
+came before the task is dropped when the task comes. Without the message info (rclpy before
+Iron) nothing is filtered.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray, TwistStamped
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import Image
 
 from dlp_ros.conversions import image_to_rgb, stamp_ns
@@ -31,6 +39,18 @@ from dlp_ros.srv import PredictBatch, ResetEpisode
 
 PARTICLES_TOPIC = '/dlp/particles'
 PLANNER_STATUS = 'planner'  # a diagnostics status whose name holds this is the planner's
+# rclpy >= Iron hands a callback of two arguments the message info (source timestamps)
+MESSAGE_INFO = hasattr(Subscription, 'CallbackType')
+# the stores of Observed kept by frame stamp, and the receive-time store beside each
+STAMPED = {'frames': 'frame_times', 'truth': None, 'particles': None, 'commands': 'command_times',
+           'sim_frames': None, 'planner': None}  # fmt: skip
+
+
+def _with_info(callback: Any) -> Any:
+    """``callback`` as rclpy must see it to hand it the message info (two arguments)."""
+    if not MESSAGE_INFO:
+        return callback
+    return lambda msg, info: callback(msg, info)
 
 
 @dataclass
@@ -48,6 +68,18 @@ class Observed:
     planner: dict[int, dict[str, str]] = field(default_factory=dict)  # by 'stamp_ns' value
     planner_latest: dict[str, str] = field(default_factory=dict)  # the planner's latest status
     goal: Any = None  # the latest dlp_ros/PushGoal
+    # DDS source timestamp [ns] of what each (store, stamp) entry was made from
+    sources: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def drop_older(self, since_ns: int) -> int:
+        """Drop the entries made from messages published before ``since_ns``; how many."""
+        old = [key for key, source in self.sources.items() if source < since_ns]
+        for name, stamp in old:
+            getattr(self, name).pop(stamp, None)
+            if STAMPED[name]:
+                getattr(self, STAMPED[name]).pop(stamp, None)
+            del self.sources[(name, stamp)]
+        return len(old)
 
 
 class LoopClient:
@@ -69,56 +101,84 @@ class LoopClient:
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)  # fmt: skip
+        self._task_source = 0  # DDS source timestamp [ns] of the latest task
         self._subs = [
-            node.create_subscription(Image, TOPICS['camera'], self._on_image, reliable),
-            node.create_subscription(PoseArray, TOPICS['ground_truth'], self._on_truth, reliable),
-            node.create_subscription(PushGoal, TOPICS['goal'], self._on_goal, latched),
-            node.create_subscription(TwistStamped, TOPICS['command'], self._on_command, reliable),
-            node.create_subscription(ParticleArray, PARTICLES_TOPIC, self._on_particles, reliable),
-            node.create_subscription(DiagnosticArray, TOPICS['diagnostics'], self._on_diag, 50),
+            node.create_subscription(Image, TOPICS['camera'], _with_info(self._on_image),
+                                     reliable),
+            node.create_subscription(PoseArray, TOPICS['ground_truth'],
+                                     _with_info(self._on_truth), reliable),
+            node.create_subscription(PushGoal, TOPICS['goal'], _with_info(self._on_goal),
+                                     latched),
+            node.create_subscription(TwistStamped, TOPICS['command'],
+                                     _with_info(self._on_command), reliable),
+            node.create_subscription(ParticleArray, PARTICLES_TOPIC,
+                                     _with_info(self._on_particles), reliable),
+            node.create_subscription(DiagnosticArray, TOPICS['diagnostics'],
+                                     _with_info(self._on_diag), 50),
         ]  # fmt: skip
         self.command_pub = node.create_publisher(TwistStamped, TOPICS['command'], reliable)
         self.reset_client = node.create_client(ResetEpisode, TOPICS['reset'])
         self.predict_client = node.create_client(PredictBatch, TOPICS['predict_batch'])
 
     # ------------------------------------------------------------------------- callbacks
-    def _on_image(self, msg: Image) -> None:
+    def _keep(self, name: str, stamp: int, info: dict[str, int] | None) -> bool:
+        """Under ``lock``: whether a message for ``stamp`` of store ``name`` belongs to the
+        current task (published after it); notes its source time."""
+        source = int(info.get('source_timestamp', 0)) if info else 0
+        if source and source < self._task_source:
+            return False
+        if source:
+            self.seen.sources[(name, stamp)] = source
+        return True
+
+    def _on_image(self, msg: Image, info: dict[str, int] | None = None) -> None:
         stamp, now = stamp_ns(msg.header), time.monotonic()
         rgb = image_to_rgb(msg) if self.keep_frames else np.empty(0, np.uint8)
         with self.lock:
-            self.seen.frames[stamp], self.seen.frame_times[stamp] = rgb, now
+            if self._keep('frames', stamp, info):
+                self.seen.frames[stamp], self.seen.frame_times[stamp] = rgb, now
 
-    def _on_truth(self, msg: PoseArray) -> None:
+    def _on_truth(self, msg: PoseArray, info: dict[str, int] | None = None) -> None:
         xy = np.array([(p.position.x, p.position.y) for p in msg.poses], dtype=np.float64)
+        stamp = stamp_ns(msg.header)
         with self.lock:
-            self.seen.truth[stamp_ns(msg.header)] = xy.reshape(-1, 2)
+            if self._keep('truth', stamp, info):
+                self.seen.truth[stamp] = xy.reshape(-1, 2)
 
-    def _on_goal(self, msg: PushGoal) -> None:
+    def _on_goal(self, msg: PushGoal, info: dict[str, int] | None = None) -> None:
         with self.lock:
             self.seen.goal = msg
+            source = int(info.get('source_timestamp', 0)) if info else 0
+            if source > self._task_source:
+                self._task_source = source
+                self.seen.drop_older(source)
 
-    def _on_command(self, msg: TwistStamped) -> None:
+    def _on_command(self, msg: TwistStamped, info: dict[str, int] | None = None) -> None:
         stamp, now = stamp_ns(msg.header), time.monotonic()
         with self.lock:
-            self.seen.commands[stamp] = (float(msg.twist.linear.x), float(msg.twist.linear.y))
-            self.seen.command_times.setdefault(stamp, now)
+            if self._keep('commands', stamp, info):
+                self.seen.commands[stamp] = (float(msg.twist.linear.x), float(msg.twist.linear.y))
+                self.seen.command_times.setdefault(stamp, now)
 
-    def _on_particles(self, msg: ParticleArray) -> None:
+    def _on_particles(self, msg: ParticleArray, info: dict[str, int] | None = None) -> None:
+        stamp = stamp_ns(msg.header)
         with self.lock:
-            self.seen.particles[stamp_ns(msg.header)] = msg
+            if self._keep('particles', stamp, info):
+                self.seen.particles[stamp] = msg
 
-    def _on_diag(self, msg: DiagnosticArray) -> None:
+    def _on_diag(self, msg: DiagnosticArray, info: dict[str, int] | None = None) -> None:
         for status in msg.status:
             values = {kv.key: kv.value for kv in status.values}
+            stamp_text = values.get('stamp_ns', '')
             with self.lock:
                 if status.name == NODE_NAME:
                     self.seen.sim_status = values
-                    if values.get('stamp_ns', '').isdigit():
-                        self.seen.sim_frames[int(values['stamp_ns'])] = values
+                    if stamp_text.isdigit() and self._keep('sim_frames', int(stamp_text), info):
+                        self.seen.sim_frames[int(stamp_text)] = values
                 elif PLANNER_STATUS in status.name:
                     self.seen.planner_latest = values
-                    if values.get('stamp_ns', '').isdigit():
-                        self.seen.planner[int(values['stamp_ns'])] = values
+                    if stamp_text.isdigit() and self._keep('planner', int(stamp_text), info):
+                        self.seen.planner[int(stamp_text)] = values
 
     # ------------------------------------------------------------------------- actions
     def clear(self) -> None:
@@ -159,6 +219,14 @@ class LoopClient:
         response = self._call(self.reset_client, request, timeout, probe)
         if not response.success:
             raise DlpError(f'/sim/reset refused seed {seed}: {response.message}')
+
+        def task_came() -> bool:
+            with self.lock:
+                return self.seen.goal is not None
+
+        # the task drops what the old episode left (published before it); it comes before
+        # the episode's first frame
+        self.session.wait_for(f'the task of seed {seed} on {TOPICS["goal"]}', task_came, timeout)
         return response.goal
 
     def predict_batch(self, actions: np.ndarray, timeout: float = 60.0) -> Any:

@@ -28,7 +28,8 @@ from rosgraph_msgs.msg import Clock  # noqa: E402
 from dlp_ros import demo  # noqa: E402
 from dlp_ros.conversions import stamp_ns  # noqa: E402
 from dlp_ros.errors import DlpError  # noqa: E402
-from dlp_ros.sim.client import LoopClient  # noqa: E402
+from dlp_ros.msg import PushGoal  # noqa: E402
+from dlp_ros.sim.client import MESSAGE_INFO, LoopClient  # noqa: E402
 from dlp_ros.srv import PredictBatch  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -209,6 +210,43 @@ def test_a_reset_waits_for_the_command_of_the_frame_in_flight(
     new.wait(0)
     with client.lock:
         assert sorted(client.seen.frame_times) == [new.start], 'only the new first frame'
+    node.check_alive()
+
+
+@pytest.mark.skipif(not MESSAGE_INFO, reason='rclpy without message info (before Iron)')
+def test_the_client_keeps_only_what_was_published_after_the_task(
+    make_loop: Callable[..., Loop],
+) -> None:
+    """Sim time restarts with every episode: a message of the old episode that the client takes
+    after the new task carries a stamp of the new episode. It is dropped by its DDS source
+    time, whether it is taken before the task (dropped when the task comes) or after."""
+    from geometry_msgs.msg import Pose, PoseArray
+
+    client, node, _ = make_loop()
+    ep = start(client, seed=5)
+    client.command(ep.start, 0.1, 0.0)
+    ep.wait(1)
+    task_source = client._task_source
+    assert task_source > 0, 'the task came without a source timestamp'
+
+    def truth(stamp: int, source: int) -> None:
+        msg = PoseArray(poses=[Pose()])
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 10**9)
+        client._on_truth(msg, {'source_timestamp': source})
+
+    stale, fresh = ep.stamp(5), ep.stamp(6)
+    truth(stale, task_source - 1)  # the old episode's, taken after the task
+    truth(fresh, task_source + 1)
+    with client.lock:
+        assert stale not in client.seen.truth and fresh in client.seen.truth
+        real = sorted(client.seen.truth)
+    assert real == [ep.stamp(0), ep.stamp(1), fresh]
+    # taken before the next task, published before it: the task drops them
+    goal = PushGoal()
+    client._on_goal(goal, {'source_timestamp': time.time_ns()})
+    with client.lock:
+        assert not client.seen.truth and not client.seen.frame_times, 'old entries kept'
+        assert client.seen.goal is goal
     node.check_alive()
 
 
