@@ -96,7 +96,8 @@ class DlpConfig:
     # with other values of these (train.init_from).
     LOSS_FIELDS: ClassVar[frozenset[str]] = frozenset({
         'prior_sigma', 'scale_prior_std', 'transparency_prior_mean', 'transparency_prior_std',
-        'overlap_weight', 'overlap_sigma', 'beta', 'kl_balance', 'glimpse_loss_weight',
+        'overlap_weight', 'overlap_sigma', 'overlap_moves', 'beta', 'kl_balance',
+        'glimpse_loss_weight',
     })  # fmt: skip
 
     # S: side of the square input image, pixels; images are (B, 3, S, S) floats in [0, 1].
@@ -147,6 +148,9 @@ class DlpConfig:
     # normalised units (0.1 = 3.2 px at 64 px).
     overlap_weight: float = checked(0.0, ge=0)
     overlap_sigma: float = checked(0.1, gt=0)
+    # Whether the penalty's gradient also moves the particles (apart), or only their
+    # transparency (one of a pair switches off; positions stay where reconstruction puts them).
+    overlap_moves: bool = True
     # Depth prior N(0, 1); compositing softmax temperature over depths.
     depth_temperature: float = checked(0.25, gt=0)
     # beta: weight of all KL terms against the reconstruction SSE.
@@ -536,7 +540,8 @@ class Dlp(nn.Module):
         weights.update(depth=c.kl_balance, features=c.kl_balance, bg=c.kl_balance)
         loss, metrics = weighted_objective(rec, kl_terms, weights, c.beta)
         if c.overlap_weight:
-            overlap = overlap_penalty(post.mu, particles.transparency, c.overlap_sigma).mean()
+            mu = post.mu if c.overlap_moves else post.mu.detach()
+            overlap = overlap_penalty(mu, particles.transparency, c.overlap_sigma).mean()
             loss = loss + c.overlap_weight * overlap
             metrics['loss'] = loss.item()
             metrics['overlap'] = overlap.item()

@@ -318,3 +318,6 @@ def test_the_overlap_penalty_charges_coincident_particles_that_are_on() -> None:
     loss, metrics = model(images, deterministic=True)
     assert 'overlap' not in plain and metrics['overlap'] >= 0
     assert loss.item() == pytest.approx(plain['loss'] + 5.0 * metrics['overlap'], rel=1e-5)
+    model.config = DlpConfig(**TINY, overlap_weight=5.0, overlap_moves=False)
+    _, still = model(images, deterministic=True)  # the same value; positions get no gradient
+    assert still['loss'] == pytest.approx(metrics['loss'], rel=1e-6)
