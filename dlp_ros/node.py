@@ -347,7 +347,8 @@ class PerceptionNode(LifecycleNode):
             return self._configure_failed(str(exc))
         except Exception as exc:  # noqa: BLE001 - never leave the transition unexplained
             return self._configure_failed(f'{type(exc).__name__}: {exc}')
-        self.config, self.rt, self._pipeline = config, rt, PerceptionPipeline(rt)
+        self.config, self.rt = config, rt
+        self._pipeline = PerceptionPipeline(rt, config.nms_radius)
         try:
             self._create_entities(config, rt)
         except Exception as exc:  # noqa: BLE001

@@ -240,6 +240,17 @@ PARAMS: tuple[ParamSpec, ...] = (
         1e9,
         applies=LIVE,
     ),
+    ParamSpec(
+        'nms_radius',
+        3.0,
+        'Non-maximum suppression of the published particles, in pixels of the model input '
+        '(64 x 64 for the shipped bundles): an on particle within this distance of another on '
+        'particle that stays on is published with on = false (the more present one stays on, '
+        'preferring the one that stayed on in the previous frame; transparency, positions '
+        'and the predictions are unchanged). 0 = publish every on particle. Read at configure.',
+        0.0,
+        1e6,
+    ),
 )
 PARAM_SPECS = {spec.name: spec for spec in PARAMS}
 
@@ -266,6 +277,7 @@ class NodeConfig:
     action_topic: str
     ood_every_n: int
     ood_warn: float
+    nms_radius: float
 
     @classmethod
     def from_values(cls, values: dict[str, object]) -> NodeConfig:

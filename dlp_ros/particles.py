@@ -28,7 +28,9 @@ class ParticleFrame:
     """Posterior means (or predictions) of one frame, float32 numpy arrays.
 
     ``reseeded[k]`` is True when slot k began a new identity at this frame (every slot of a
-    tracker's first frame; never for predicted frames).
+    tracker's first frame; never for predicted frames). ``suppressed[k]`` is True when slot k is
+    on but published as off: it sits on the spot of another on particle
+    (:mod:`dlp_ros.duplicates`; set by the pipeline, the model's state is untouched).
     """
 
     mu: np.ndarray  # (K, 2) position (x, y) in [-1, 1]
@@ -39,6 +41,7 @@ class ParticleFrame:
     features: np.ndarray  # (K, F) appearance latent
     bg_features: np.ndarray  # (Fb,) background latent
     reseeded: np.ndarray | None = None  # (K,) bool; None -> all False
+    suppressed: np.ndarray | None = None  # (K,) bool; None -> all False
 
     def __post_init__(self) -> None:
         for name in FIELDS:
@@ -47,8 +50,11 @@ class ParticleFrame:
         if self.reseeded is None:
             self.reseeded = np.zeros(k, dtype=bool)
         self.reseeded = np.asarray(self.reseeded, dtype=bool)
+        if self.suppressed is None:
+            self.suppressed = np.zeros(k, dtype=bool)
+        self.suppressed = np.asarray(self.suppressed, dtype=bool)
         want = {'mu': (k, 2), 'logvar': (k, 2), 'scale': (k, 2), 'depth': (k, 1),
-                'transparency': (k, 1), 'reseeded': (k,)}  # fmt: skip
+                'transparency': (k, 1), 'reseeded': (k,), 'suppressed': (k,)}  # fmt: skip
         for name, shape in want.items():
             if getattr(self, name).shape != shape:
                 raise ValueError(f'ParticleFrame.{name} must be {shape} (K = {k} from mu), got '
@@ -96,7 +102,8 @@ class ParticleFrame:
         """The fields of a dlp_ros/msg/ParticleArray (no header, no timings) as plain Python,
         in pixels of the width x height input seen through ``resize``.
 
-        ``on`` is transparency > ``on_threshold`` (the model card's tracking.on_threshold).
+        ``on`` is transparency > ``on_threshold`` (the model card's tracking.on_threshold) and
+        not ``suppressed``.
 
         Returns:
             {'image_width', 'image_height', 'particles': [{id, u, v, u_std, v_std, scale (px),
@@ -116,7 +123,7 @@ class ParticleFrame:
                 'scale': float(side[k]),
                 'depth': float(self.depth[k, 0]),
                 'transparency': float(self.transparency[k, 0]),
-                'on': bool(self.transparency[k, 0] > on_threshold),
+                'on': bool(self.transparency[k, 0] > on_threshold and not self.suppressed[k]),
                 'features': self.features[k].astype(np.float32),
             }
             for k in range(self.n_particles)

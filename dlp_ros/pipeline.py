@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from dlp_ros.duplicates import DuplicateFilter
 from dlp_ros.errors import ConfigError
 from dlp_ros.particles import ParticleFrame
 from dlp_ros.runtime import DlpRuntime, Tracker
@@ -219,10 +220,14 @@ class PerceptionPipeline:
     sessions may be shared: :meth:`predict` may run beside :meth:`step`.
     """
 
-    def __init__(self, rt: DlpRuntime) -> None:
+    def __init__(self, rt: DlpRuntime, nms_radius: float = 0.0) -> None:
+        """``nms_radius``: px of the model input; an on particle within it of another that
+        stays on is published as off (:class:`~dlp_ros.duplicates.DuplicateFilter`, sticky);
+        0: every on particle is published on."""
         self.rt = rt
         dyn = rt.card.dynamics
         self.tracker: Tracker = rt.tracker()
+        self._dedup = DuplicateFilter(nms_radius, rt.card.tracking.on_threshold)
         self._actions = ActionHistory(dyn.history, dyn.action_dim) if dyn.action_dim else None
         self._lock = threading.Lock()
         self._header: Any = None
@@ -234,6 +239,7 @@ class PerceptionPipeline:
     def reset(self) -> None:
         """Forget the stream: the next frame starts new identities (a new subscription)."""
         self.tracker.reset()
+        self._dedup.reset()
         with self._lock:
             if self._actions is not None:
                 self._actions.reset()
@@ -263,7 +269,11 @@ class PerceptionPipeline:
         if why is not None:
             logger.info('%s: tracking starts new particle identities', why)
             self.tracker.reset()
+            self._dedup.reset()
         frame = self.tracker.update(x)
+        size = self.rt.card.image.size
+        frame.suppressed = self._dedup((frame.mu + 1) / 2 * size, frame.transparency,
+                                       frame.reseeded)  # fmt: skip
         t2 = time.perf_counter()
         with self._lock:
             self._header, self._size, self._stamp = header, (width, height), stamp
@@ -301,6 +311,8 @@ class PerceptionPipeline:
         t0 = time.perf_counter()
         steps = self.rt.predict(snap.history, snap.horizon, snap.actions if actions is None
                                 else actions)  # fmt: skip
+        for step in steps:  # a duplicate stays off in the prediction of its frame
+            step.suppressed = snap.history[-1].suppressed.copy()
         images = None
         if frames:  # (N, S, S, 3) in the card's compositing form
             images = (self.rt.render(steps) if snap.x is None

@@ -55,6 +55,7 @@ from tqdm import tqdm
 
 import dlp_ros
 from dlp_ros.config_schema import checked, from_args
+from dlp_ros.duplicates import DuplicateFilter
 from dlp_ros.errors import DlpError
 from dlp_ros.plain_values import plain
 from dlp_training import metrics
@@ -94,6 +95,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add('--batch', type=int, default=64, help='frames per forward pass')
     add('--figure-rows', type=int, default=4, help='frames drawn in report.png')
     add('--seed', type=int, default=0, help='seed of the fit-frame subsample')
+    add(
+        '--nms-radius',
+        type=float,
+        default=0.0,
+        help='also measure the tracked particles as the node publishes them with nms_radius '
+        '(px of the model input; on particles within it of a kept one are off): '
+        "'published' in the report; 0: not",
+    )
     add('--no-progress', action='store_true', help='no progress bar')  # fmt: skip
 
 
@@ -115,6 +124,7 @@ class EvaluateDlpOptions:
     batch: int = checked(64, ge=1)
     figure_rows: int = checked(4, ge=1)
     seed: int = 0
+    nms_radius: float = checked(0.0, ge=0, finite=True)
     no_progress: bool = False
 
 
@@ -313,13 +323,41 @@ def _object_lines(report: dict[str, Any]) -> list[str]:
     if i is not None:
         lines.append(f'identity: IDF1 {_num(i["idf1"], ".3f")}, ID switches '
                      f'{_num(i["id_switches_per_100"], ".2f")} per 100 object-frames')  # fmt: skip
+    p = report.get('published')
+    if p is not None:
+        c, i, loc = p['counts'], p['identity'] or {}, p['localisation'] or {}
+        dup = None if c['duplicate_fraction'] is None else 100 * c['duplicate_fraction']
+        within = None if c['on_within_fraction'] is None else 100 * c['on_within_fraction']
+        lines.append(
+            f'published (nms {p["nms_radius_px"]:g} px): duplicates {_num(dup, ".1f")}%, '
+            f'on/objects {_num(c["on_ratio_mean"], ".2f")} (within 10%: {_num(within, ".0f")}%), '
+            f'IDF1 {_num(i.get("idf1"), ".3f")}, localisation '
+            f'{_num(loc.get("mean_error_px"), ".2f")} px, recall {_num(loc.get("recall"), ".2f")}'
+        )
     return lines
 
 
+def published(tracked: list[Encoded], size: int, radius: float) -> list[Encoded]:
+    """The tracked episodes as the node publishes them with ``nms_radius`` = ``radius`` px
+    (:class:`dlp_ros.duplicates.DuplicateFilter`): suppressed particles get presence 0."""
+    out = []
+    for c in tracked:
+        dedup = DuplicateFilter(radius)
+        presence = c.presence.copy()
+        for t in range(len(presence)):
+            new = None if c.reseeded is None else c.reseeded[t]
+            presence[t][dedup((c.mu[t] + 1) / 2 * size, c.presence[t], new)] = 0.0
+        out.append(dataclasses.replace(c, presence=presence))
+    return out
+
+
 def object_metrics(codes: list[Encoded], tracked: list[Encoded], size: int,
-                   skipped: dict[str, str | None]) -> dict[str, Any]:  # fmt: skip
+                   skipped: dict[str, str | None],
+                   nms_radius: float = 0.0) -> dict[str, Any]:  # fmt: skip
     """``counts`` (per frame and tracked) and ``identity`` (tracked) of the episodes with ground
-    truth, None and a ``skipped`` reason without any."""
+    truth, None and a ``skipped`` reason without any; with ``nms_radius`` > 0 also
+    ``published``: counts, identity and localisation of the tracked particles as the node
+    publishes them (:func:`published`)."""
     counts = {'per_frame': CountAccumulator(), 'tracked': CountAccumulator()}
     ids = IdentityAccumulator()
     for key, encoded in (('per_frame', codes), ('tracked', tracked)):
@@ -336,7 +374,25 @@ def object_metrics(codes: list[Encoded], tracked: list[Encoded], size: int,
         return {'counts': None, 'identity': None}
     identity = {**ids.summary(), 'gate': 'object radius (px), as the localisation recall',
                 'on_threshold': on_threshold}  # fmt: skip
-    return {'counts': {k: v.summary() for k, v in counts.items()}, 'identity': identity}
+    out = {'counts': {k: v.summary() for k, v in counts.items()}, 'identity': identity}
+    if nms_radius > 0:
+        out['published'] = _published_metrics(published(tracked, size, nms_radius), size)
+        out['published']['nms_radius_px'] = nms_radius
+    return out
+
+
+def _published_metrics(episodes: list[Encoded], size: int) -> dict[str, Any]:
+    """Counts, identity and localisation of tracked episodes with ground truth."""
+    counts, ids, loc = CountAccumulator(), IdentityAccumulator(), metrics.LocalisationAccumulator()
+    for c in (c for c in episodes if c.truth is not None):
+        g, xy = c.truth, (c.mu + 1) / 2 * size
+        counts.add(xy, c.presence, g.xy, g.radius, g.visible)
+        loc.add(xy, c.presence, g.xy, g.radius, g.visible)
+        if c.reseeded is not None:
+            on = c.presence > counts.threshold
+            ids.add(track_ids(c.reseeded), xy, on, g.xy, g.visible, g.radius)
+    return {'counts': counts.summary(), 'identity': ids.summary() if ids.episodes else None,
+            'localisation': loc.summary() if loc.frames else None}  # fmt: skip
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -425,7 +481,7 @@ def evaluate_dlp(args: EvaluateDlpOptions) -> int:
         # identities must hold within an episode: particles tracked from frame to frame
         per_episode, skipped['mafl.per_episode'] = _episode_probe(tracked, size)
         untracked, _ = _episode_probe(codes, size)
-        objects = object_metrics(codes, tracked, size, skipped)
+        objects = object_metrics(codes, tracked, size, skipped, args.nms_radius)
     finally:
         bar.close()
     report = plain({

@@ -181,6 +181,31 @@ def test_object_metrics_of_particles_on_the_ground_truth(dataset: Path) -> None:
     assert i['idf1'] == pytest.approx(2 * n / (2 * n + 1)) and i['idfp'] == t
 
 
+def test_published_metrics_suppress_a_copy_of_a_particle(dataset: Path) -> None:
+    """With nms_radius, a second particle exactly on each ball (as two tracker slots on one
+    spot) is published off: duplicates from 100 % to 0, IDF1 back to 1; without it the copies
+    count."""
+    data = Dataset.open(dataset)
+    name = data.episodes('test')[0].name
+    truth = data.labels(name).ground_truth
+    t, n = truth.visible.shape
+    mu = truth.xy / 64 * 2 - 1  # (T, 3, 2)
+    both = np.concatenate([mu, mu], axis=1)  # (T, 6, 2): every ball twice
+    reseeded = np.zeros((t, 2 * n), bool)
+    reseeded[0] = True
+    presence = np.concatenate([np.full((t, n), 0.9), np.full((t, n), 0.8)], axis=1)
+    code = Encoded(name, both, np.zeros_like(both), presence, truth, reseeded)
+    out = object_metrics([code], [code], 64, {}, nms_radius=2.0)
+    assert out['counts']['tracked']['duplicate_fraction'] == 1.0  # every one crowded
+    assert out['counts']['tracked']['on_ratio_mean'] == pytest.approx(2.0)
+    p = out['published']
+    assert p['nms_radius_px'] == 2.0
+    assert p['counts']['duplicate_fraction'] == 0.0 and p['counts']['on_ratio_mean'] == 1.0
+    assert p['identity']['idf1'] == 1.0 and p['identity']['tracker_ids'] == n
+    assert p['localisation']['mean_error_px'] == pytest.approx(0.0, abs=1e-6)
+    assert 'published' not in object_metrics([code], [code], 64, {})
+
+
 def test_bundle_gives_the_run_metrics(dataset: Path, tmp_path: Path) -> None:
     """evaluate-dlp --bundle (onnxruntime) measures what --run measures on the same weights."""
     dlp_cfg = yaml.safe_load((ROOT / 'dlp_training/configs/dlp_tiny.yaml').read_text())['model']
