@@ -257,9 +257,12 @@ def _truth_cell(frame: np.ndarray, code: Encoded, t: int, size: int) -> np.ndarr
 
 
 def _figure(rows: list[tuple[np.ndarray, np.ndarray, Encoded, int]], lines: list[str],
-            size: int) -> np.ndarray:  # fmt: skip
-    """(header + rows * CELL, 4 * CELL, 3) uint8 RGB: input, reconstruction, particles, truth."""
+            size: int, published_rows: list[Encoded] | None = None) -> np.ndarray:  # fmt: skip
+    """(header + rows * CELL, C * CELL, 3) uint8 RGB: input, reconstruction, particles, truth
+    and, with ``published_rows`` (the tracked episode of each row as published), the
+    published particles (C = 5; else 4)."""
     body = []
+    columns = 4 if published_rows is None else 5
     for i, (frame, rec, code, t) in enumerate(rows):
         std = np.exp(0.5 * code.logvar[t]) * size / 2  # (K, 2) px
         cells = [
@@ -268,11 +271,17 @@ def _figure(rows: list[tuple[np.ndarray, np.ndarray, Encoded, int]], lines: list
             draw_particles(frame, (code.mu[t] + 1) / 2 * size, std, code.presence[t], size, CELL),
             _truth_cell(frame, code, t, size),
         ]
-        names = ('input', 'reconstruction', 'particles (2 sigma)', 'ground truth')
-        names = (f'{code.name} t={t}',) if i else (f'input {code.name} t={t}', *names[1:])
+        names = ['input', 'reconstruction', 'particles (2 sigma)', 'ground truth']
+        if published_rows is not None:
+            pub = published_rows[i]
+            pub_std = np.exp(0.5 * pub.logvar[t]) * size / 2  # (K, 2) px
+            cells.append(draw_particles(frame, (pub.mu[t] + 1) / 2 * size, pub_std,
+                                        pub.presence[t], size, CELL))  # fmt: skip
+            names.append('tracked, as published')
+        names = [f'{code.name} t={t}'] if i else [f'input {code.name} t={t}', *names[1:]]
         cells = [label(c, n) for c, n in zip(cells, names, strict=False)] + cells[len(names) :]
         body.append(np.concatenate(cells, axis=1))
-    header = np.zeros((8 + 16 * len(lines), 4 * CELL, 3), np.uint8)
+    header = np.zeros((8 + 16 * len(lines), columns * CELL, 3), np.uint8)
     for i, text in enumerate(lines):
         cv2.putText(header, text, (4, 16 + 16 * i), cv2.FONT_HERSHEY_PLAIN, 1.0,
                     (255, 255, 255), 1, cv2.LINE_AA)  # fmt: skip
@@ -331,8 +340,11 @@ def _object_lines(report: dict[str, Any]) -> list[str]:
         lines.append(
             f'published (nms {p["nms_radius_px"]:g} px): duplicates {_num(dup, ".1f")}%, '
             f'on/objects {_num(c["on_ratio_mean"], ".2f")} (within 10%: {_num(within, ".0f")}%), '
-            f'IDF1 {_num(i.get("idf1"), ".3f")}, localisation '
-            f'{_num(loc.get("mean_error_px"), ".2f")} px, recall {_num(loc.get("recall"), ".2f")}'
+            f'IDF1 {_num(i.get("idf1"), ".3f")}'
+        )
+        lines.append(
+            f'published: localisation {_num(loc.get("mean_error_px"), ".2f")} px, recall '
+            f'{_num(loc.get("recall"), ".2f")} (tracked particles)'
         )
     return lines
 
@@ -499,7 +511,11 @@ def evaluate_dlp(args: EvaluateDlpOptions) -> int:
     }, finite=True)  # fmt: skip
     lines = _headline(report)
     rows = [(data.frames(codes[e].name)[t], img, codes[e], t) for (e, t), img in kept.items()]
-    ok, png = cv2.imencode('.png', cv2.cvtColor(_figure(rows, lines, size), cv2.COLOR_RGB2BGR))
+    pub = None  # the rows' tracked episodes as published (the filter runs from frame 0)
+    if args.nms_radius > 0:
+        pub = published([tracked[e] for e, _ in kept], size, args.nms_radius)
+    figure = _figure(rows, lines, size, pub)
+    ok, png = cv2.imencode('.png', cv2.cvtColor(figure, cv2.COLOR_RGB2BGR))
     if not ok:
         raise EvaluationError('cannot encode report.png')
     args.out.mkdir(parents=True, exist_ok=True)

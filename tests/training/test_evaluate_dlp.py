@@ -103,6 +103,14 @@ def test_report_of_an_untrained_run(dataset: Path, tmp_path: Path, capsys) -> No
     figure = cv2.imread(str(out / 'report.png'))
     assert figure is not None and figure.shape[1] == 4 * 160 and figure.shape[0] > 4 * 160
     assert sorted(p.name for p in out.iterdir()) == ['report.json', 'report.png']  # no tmp files
+    assert 'published' not in report
+    # --nms-radius: the tracked particles as published, and a fifth column of them
+    nms = tmp_path / 'nms'
+    assert evaluate(tmp_path / 'run', dataset, nms, '--nms-radius', '64') == 0
+    published = json.loads((nms / 'report.json').read_text())['published']
+    assert published['nms_radius_px'] == 64.0
+    assert published['counts']['on_ratio_mean'] <= 1 / 3  # one particle on at most, 3 balls
+    assert cv2.imread(str(nms / 'report.png')).shape[1] == 5 * 160
 
 
 def test_pusher_probe_and_max_frames(dataset: Path, tmp_path: Path) -> None:
