@@ -348,7 +348,7 @@ class PerceptionNode(LifecycleNode):
         except Exception as exc:  # noqa: BLE001 - never leave the transition unexplained
             return self._configure_failed(f'{type(exc).__name__}: {exc}')
         self.config, self.rt = config, rt
-        self._pipeline = PerceptionPipeline(rt, config.nms_radius)
+        self._pipeline = PerceptionPipeline(rt, config.nms_iou)
         try:
             self._create_entities(config, rt)
         except Exception as exc:  # noqa: BLE001

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from dlp_ros.duplicates import DuplicateFilter
+from dlp_ros.duplicates import DuplicateFilter, particle_boxes
 from dlp_ros.errors import ConfigError
 from dlp_ros.particles import ParticleFrame
 from dlp_ros.runtime import DlpRuntime, Tracker
@@ -220,14 +220,14 @@ class PerceptionPipeline:
     sessions may be shared: :meth:`predict` may run beside :meth:`step`.
     """
 
-    def __init__(self, rt: DlpRuntime, nms_radius: float = 0.0) -> None:
-        """``nms_radius``: px of the model input; an on particle within it of another that
-        stays on is published as off (:class:`~dlp_ros.duplicates.DuplicateFilter`, sticky);
-        0: every on particle is published on."""
+    def __init__(self, rt: DlpRuntime, nms_iou: float = 1.0) -> None:
+        """``nms_iou``: an on particle whose glimpse box overlaps that of one that stays on by
+        more than this IoU is published as off (:class:`~dlp_ros.duplicates.DuplicateFilter`,
+        sticky); 1: every on particle is published on."""
         self.rt = rt
         dyn = rt.card.dynamics
         self.tracker: Tracker = rt.tracker()
-        self._dedup = DuplicateFilter(nms_radius, rt.card.tracking.on_threshold)
+        self._dedup = DuplicateFilter(nms_iou, rt.card.tracking.on_threshold)
         self._actions = ActionHistory(dyn.history, dyn.action_dim) if dyn.action_dim else None
         self._lock = threading.Lock()
         self._header: Any = None
@@ -271,9 +271,8 @@ class PerceptionPipeline:
             self.tracker.reset()
             self._dedup.reset()
         frame = self.tracker.update(x)
-        size = self.rt.card.image.size
-        frame.suppressed = self._dedup((frame.mu + 1) / 2 * size, frame.transparency,
-                                       frame.reseeded)  # fmt: skip
+        centre, half = particle_boxes(frame.mu, frame.scale, self.rt.card.image.size)
+        frame.suppressed = self._dedup(centre, half, frame.transparency, frame.reseeded)
         t2 = time.perf_counter()
         with self._lock:
             self._header, self._size, self._stamp = header, (width, height), stamp

@@ -46,8 +46,8 @@ class DlpSource(Protocol):
         ...
 
     def track(self, frames: np.ndarray, batch: int) -> Arrays:
-        """(T, S, S, 3) uint8 -> tracked mu, logvar (T, K, 2), presence (T, K), reseeded (T, K)
-        bool."""
+        """(T, S, S, 3) uint8 -> tracked mu, logvar, scale (T, K, 2), presence (T, K),
+        reseeded (T, K) bool."""
         ...
 
 
@@ -92,6 +92,7 @@ class TorchDlpSource:
         return {
             'mu': p.mu.numpy(),
             'logvar': p.logvar.numpy(),
+            'scale': p.scale.numpy(),
             'presence': p.transparency[..., 0].numpy(),
             'reseeded': track.reseeded.numpy(),
         }
@@ -142,5 +143,6 @@ class BundleDlpSource:
         tracker = self.rt.tracker()
         seen = [tracker.update(self.rt.preprocess(np.asarray(f))) for f in frames]
         return {'mu': np.stack([f.mu for f in seen]), 'logvar': np.stack([f.logvar for f in seen]),
+                'scale': np.stack([f.scale for f in seen]),
                 'presence': np.stack([f.transparency[:, 0] for f in seen]),
                 'reseeded': np.stack([f.reseeded for f in seen])}  # fmt: skip

@@ -55,7 +55,7 @@ from tqdm import tqdm
 
 import dlp_ros
 from dlp_ros.config_schema import checked, from_args
-from dlp_ros.duplicates import DuplicateFilter
+from dlp_ros.duplicates import DuplicateFilter, particle_boxes
 from dlp_ros.errors import DlpError
 from dlp_ros.plain_values import plain
 from dlp_training import metrics
@@ -96,12 +96,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add('--figure-rows', type=int, default=4, help='frames drawn in report.png')
     add('--seed', type=int, default=0, help='seed of the fit-frame subsample')
     add(
-        '--nms-radius',
+        '--nms-iou',
         type=float,
-        default=0.0,
-        help='also measure the tracked particles as the node publishes them with nms_radius '
-        '(px of the model input; on particles within it of a kept one are off): '
-        "'published' in the report; 0: not",
+        default=1.0,
+        help='also measure the tracked particles as the node publishes them with nms_iou (an '
+        "on particle whose box overlaps a kept one's by more than this is off): 'published' in "
+        'the report and a column in report.png; 1 (default): not',
     )
     add('--no-progress', action='store_true', help='no progress bar')  # fmt: skip
 
@@ -124,7 +124,7 @@ class EvaluateDlpOptions:
     batch: int = checked(64, ge=1)
     figure_rows: int = checked(4, ge=1)
     seed: int = 0
-    nms_radius: float = checked(0.0, ge=0, finite=True)
+    nms_iou: float = checked(1.0, ge=0, le=1)
     no_progress: bool = False
 
 
@@ -138,6 +138,7 @@ class Encoded:
     presence: np.ndarray  # (T, K) transparency
     truth: GroundTruth | None  # the rows of the T frames
     reseeded: np.ndarray | None = None  # (T, K) bool, tracked encodings: slot k re-seeded at t
+    scale: np.ndarray | None = None  # (T, K, 2) scale latent, tracked encodings
 
 
 def _encode(
@@ -153,7 +154,7 @@ def _tracked(
 ) -> Encoded:
     """Particles of one episode tracked frame to frame (slot k stays on one object)."""
     p = model.track(frames, batch)
-    return Encoded(name, p['mu'], p['logvar'], p['presence'], truth, p['reseeded'])
+    return Encoded(name, p['mu'], p['logvar'], p['presence'], truth, p['reseeded'], p['scale'])
 
 
 def _counts(lengths: list[int], max_frames: int | None) -> list[int]:
@@ -338,7 +339,7 @@ def _object_lines(report: dict[str, Any]) -> list[str]:
         dup = None if c['duplicate_fraction'] is None else 100 * c['duplicate_fraction']
         within = None if c['on_within_fraction'] is None else 100 * c['on_within_fraction']
         lines.append(
-            f'published (nms {p["nms_radius_px"]:g} px): duplicates {_num(dup, ".1f")}%, '
+            f'published (nms IoU {p["nms_iou"]:g}): duplicates {_num(dup, ".1f")}%, '
             f'on/objects {_num(c["on_ratio_mean"], ".2f")} (within 10%: {_num(within, ".0f")}%), '
             f'IDF1 {_num(i.get("idf1"), ".3f")}'
         )
@@ -349,25 +350,28 @@ def _object_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def published(tracked: list[Encoded], size: int, radius: float) -> list[Encoded]:
-    """The tracked episodes as the node publishes them with ``nms_radius`` = ``radius`` px
+def published(tracked: list[Encoded], size: int, iou: float) -> list[Encoded]:
+    """The tracked episodes as the node publishes them with ``nms_iou`` = ``iou``
     (:class:`dlp_ros.duplicates.DuplicateFilter`): suppressed particles get presence 0."""
     out = []
     for c in tracked:
-        dedup = DuplicateFilter(radius)
+        if c.scale is None:
+            raise EvaluationError(f'{c.name}: tracked encodings without scale')
+        dedup = DuplicateFilter(iou)
         presence = c.presence.copy()
         for t in range(len(presence)):
             new = None if c.reseeded is None else c.reseeded[t]
-            presence[t][dedup((c.mu[t] + 1) / 2 * size, c.presence[t], new)] = 0.0
+            centre, half = particle_boxes(c.mu[t], c.scale[t], size)
+            presence[t][dedup(centre, half, c.presence[t], new)] = 0.0
         out.append(dataclasses.replace(c, presence=presence))
     return out
 
 
 def object_metrics(codes: list[Encoded], tracked: list[Encoded], size: int,
                    skipped: dict[str, str | None],
-                   nms_radius: float = 0.0) -> dict[str, Any]:  # fmt: skip
+                   nms_iou: float = 1.0) -> dict[str, Any]:  # fmt: skip
     """``counts`` (per frame and tracked) and ``identity`` (tracked) of the episodes with ground
-    truth, None and a ``skipped`` reason without any; with ``nms_radius`` > 0 also
+    truth, None and a ``skipped`` reason without any; with ``nms_iou`` < 1 also
     ``published``: counts, identity and localisation of the tracked particles as the node
     publishes them (:func:`published`)."""
     counts = {'per_frame': CountAccumulator(), 'tracked': CountAccumulator()}
@@ -387,9 +391,9 @@ def object_metrics(codes: list[Encoded], tracked: list[Encoded], size: int,
     identity = {**ids.summary(), 'gate': 'object radius (px), as the localisation recall',
                 'on_threshold': on_threshold}  # fmt: skip
     out = {'counts': {k: v.summary() for k, v in counts.items()}, 'identity': identity}
-    if nms_radius > 0:
-        out['published'] = _published_metrics(published(tracked, size, nms_radius), size)
-        out['published']['nms_radius_px'] = nms_radius
+    if nms_iou < 1:
+        out['published'] = _published_metrics(published(tracked, size, nms_iou), size)
+        out['published']['nms_iou'] = nms_iou
     return out
 
 
@@ -493,7 +497,7 @@ def evaluate_dlp(args: EvaluateDlpOptions) -> int:
         # identities must hold within an episode: particles tracked from frame to frame
         per_episode, skipped['mafl.per_episode'] = _episode_probe(tracked, size)
         untracked, _ = _episode_probe(codes, size)
-        objects = object_metrics(codes, tracked, size, skipped, args.nms_radius)
+        objects = object_metrics(codes, tracked, size, skipped, args.nms_iou)
     finally:
         bar.close()
     report = plain({
@@ -512,8 +516,8 @@ def evaluate_dlp(args: EvaluateDlpOptions) -> int:
     lines = _headline(report)
     rows = [(data.frames(codes[e].name)[t], img, codes[e], t) for (e, t), img in kept.items()]
     pub = None  # the rows' tracked episodes as published (the filter runs from frame 0)
-    if args.nms_radius > 0:
-        pub = published([tracked[e] for e, _ in kept], size, args.nms_radius)
+    if args.nms_iou < 1:
+        pub = published([tracked[e] for e, _ in kept], size, args.nms_iou)
     figure = _figure(rows, lines, size, pub)
     ok, png = cv2.imencode('.png', cv2.cvtColor(figure, cv2.COLOR_RGB2BGR))
     if not ok:

@@ -372,7 +372,7 @@ def _run_frames(
 ) -> dict[str, Any]:
     """Pass 2: the node's per-frame work (:class:`~dlp_ros.pipeline.PerceptionPipeline`: the
     same tracker resets and action history); returns the frame counts and timings."""
-    pipeline = PerceptionPipeline(rt, float(PARAM_SPECS['nms_radius'].default))  # the node's
+    pipeline = PerceptionPipeline(rt, float(PARAM_SPECS['nms_iou'].default))  # the node's
     on = rt.card.tracking.on_threshold
     every = int(PARAM_SPECS['ood_every_n'].default)  # the node's default cadence
     frames_in, bad = 0, 0

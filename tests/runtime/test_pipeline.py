@@ -93,24 +93,31 @@ def test_steps_are_the_trackers_particles(rt64: DlpRuntime, frames: np.ndarray) 
     np.testing.assert_array_equal(seen[-1].x, rt64.preprocess(frames[-1]))
 
 
-def test_nms_radius_publishes_close_on_particles_as_off(
+def test_nms_iou_publishes_overlapping_on_particles_as_off(
     rt64: DlpRuntime, frames: np.ndarray
 ) -> None:
     """The pipeline's duplicate filter marks ``suppressed`` (the message's ``on``), as
     :class:`~dlp_ros.duplicates.DuplicateFilter` over the tracked frames; the particles and
     the predictions are the tracker's own; the prediction keeps the frame's suppression."""
-    from dlp_ros.duplicates import DuplicateFilter
+    from dlp_ros.duplicates import DuplicateFilter, box_iou, particle_boxes
 
-    plain, nms = PerceptionPipeline(rt64), PerceptionPipeline(rt64, nms_radius=64.0)
-    dedup = DuplicateFilter(64.0, rt64.card.tracking.on_threshold)
+    plain, nms = PerceptionPipeline(rt64), PerceptionPipeline(rt64, nms_iou=0.0)
+    dedup = DuplicateFilter(0.0, rt64.card.tracking.on_threshold)
+    suppressed = 0
     for i, f in enumerate(frames[:4]):
         a, b = plain.step(f, NS + i * NS // 10), nms.step(f, NS + i * NS // 10)
         assert_same(a.frame, b.frame)
         assert not a.frame.suppressed.any()
-        want = dedup((a.frame.mu + 1) / 2 * 64, a.frame.transparency, a.frame.reseeded)
+        centre, half = particle_boxes(a.frame.mu, a.frame.scale, 64)
+        want = dedup(centre, half, a.frame.transparency, a.frame.reseeded)
         np.testing.assert_array_equal(b.frame.suppressed, want)
         on = [p['on'] for p in b.frame.message_fields(64, 64)['particles']]
-        assert sum(on) <= 1, 'a radius of the whole image keeps one particle on'
+        assert sum(on) == np.count_nonzero(b.frame.transparency[:, 0] > 0.5) - want.sum()
+        kept = np.flatnonzero(on)
+        iou = box_iou(centre[kept], half[kept])
+        assert (iou[~np.eye(len(kept), dtype=bool)] == 0).all(), 'kept boxes overlap'
+        suppressed += int(want.sum())
+    assert suppressed > 0, 'the test needs overlapping particles'
     snap = nms.snapshot(3)
     assert snap is not None
     steps = nms.predict(snap).steps

@@ -104,12 +104,12 @@ def test_report_of_an_untrained_run(dataset: Path, tmp_path: Path, capsys) -> No
     assert figure is not None and figure.shape[1] == 4 * 160 and figure.shape[0] > 4 * 160
     assert sorted(p.name for p in out.iterdir()) == ['report.json', 'report.png']  # no tmp files
     assert 'published' not in report
-    # --nms-radius: the tracked particles as published, and a fifth column of them
+    # --nms-iou: the tracked particles as published, and a fifth column of them
     nms = tmp_path / 'nms'
-    assert evaluate(tmp_path / 'run', dataset, nms, '--nms-radius', '64') == 0
+    assert evaluate(tmp_path / 'run', dataset, nms, '--nms-iou', '0.3') == 0
     published = json.loads((nms / 'report.json').read_text())['published']
-    assert published['nms_radius_px'] == 64.0
-    assert published['counts']['on_ratio_mean'] <= 1 / 3  # one particle on at most, 3 balls
+    assert published['nms_iou'] == 0.3
+    assert published['counts']['frames'] == 12
     assert cv2.imread(str(nms / 'report.png')).shape[1] == 5 * 160
 
 
@@ -190,7 +190,7 @@ def test_object_metrics_of_particles_on_the_ground_truth(dataset: Path) -> None:
 
 
 def test_published_metrics_suppress_a_copy_of_a_particle(dataset: Path) -> None:
-    """With nms_radius, a second particle exactly on each ball (as two tracker slots on one
+    """With nms_iou, a second particle exactly on each ball (as two tracker slots on one
     spot) is published off: duplicates from 100 % to 0, IDF1 back to 1; without it the copies
     count."""
     data = Dataset.open(dataset)
@@ -202,12 +202,13 @@ def test_published_metrics_suppress_a_copy_of_a_particle(dataset: Path) -> None:
     reseeded = np.zeros((t, 2 * n), bool)
     reseeded[0] = True
     presence = np.concatenate([np.full((t, n), 0.9), np.full((t, n), 0.8)], axis=1)
-    code = Encoded(name, both, np.zeros_like(both), presence, truth, reseeded)
-    out = object_metrics([code], [code], 64, {}, nms_radius=2.0)
+    scale = np.full_like(both, -2.0)  # 7.6 px boxes, the balls 16 px apart or more
+    code = Encoded(name, both, np.zeros_like(both), presence, truth, reseeded, scale)
+    out = object_metrics([code], [code], 64, {}, nms_iou=0.3)
     assert out['counts']['tracked']['duplicate_fraction'] == 1.0  # every one crowded
     assert out['counts']['tracked']['on_ratio_mean'] == pytest.approx(2.0)
     p = out['published']
-    assert p['nms_radius_px'] == 2.0
+    assert p['nms_iou'] == 0.3
     assert p['counts']['duplicate_fraction'] == 0.0 and p['counts']['on_ratio_mean'] == 1.0
     assert p['identity']['idf1'] == 1.0 and p['identity']['tracker_ids'] == n
     assert p['localisation']['mean_error_px'] == pytest.approx(0.0, abs=1e-6)
