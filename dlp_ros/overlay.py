@@ -32,7 +32,8 @@ def draw_overlay(
     labels: bool = True,
     resize: str = DEFAULT_RESIZE,
 ) -> np.ndarray:
-    """Particles that are on (transparency > ``on_threshold``) drawn on a copy of ``rgb``.
+    """Particles that are on (transparency > ``on_threshold``, not ``suppressed``: the
+    message's ``on``) drawn on a copy of ``rgb``.
 
     Each particle: a dot at its mean, an ellipse of 2 standard deviations (at least 2 px) and
     its id, in the id's colour, at the input frame's own resolution.
@@ -56,7 +57,7 @@ def draw_overlay(
     std = frame.pixel_std(w, h, resize)  # (K, 2)
     thick = max(1, round(min(h, w) / 256))
     font = max(0.3, min(h, w) / 400)
-    for k in np.flatnonzero(frame.transparency[:, 0] > on_threshold):
+    for k in np.flatnonzero((frame.transparency[:, 0] > on_threshold) & ~frame.suppressed):
         if not np.isfinite(uv[k]).all():
             continue
         c = colour(int(k))

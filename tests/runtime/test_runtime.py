@@ -266,6 +266,9 @@ def test_overlay_draws_at_the_input_resolution(rt64: DlpRuntime, blob_frames: Ca
     u, v = frame.pixels(640, 320)[0].round().astype(int)
     if 0 <= u < 640 and 0 <= v < 320:
         assert (out[v, u] != big[v, u]).any()  # a dot at particle 0
+    frame.suppressed[:] = True
+    assert np.array_equal(draw_overlay(big, frame), big)  # nor those published as off (NMS)
+    frame.suppressed[:] = False
     frame.transparency[:] = 0.0
     assert np.array_equal(draw_overlay(big, frame), big)  # off particles are not drawn
     with pytest.raises(ImageError):
