@@ -17,8 +17,9 @@ The followed particle is the one nearest the task's start pixel at the first fra
 id (as push_planner). Per episode the script also reports how far the followed particle lies
 from the object's true centre (start, median over the episode): a particle that lost its object
 sends the planner after something else. Planning time is not the node's: no DDS, no camera, and
-``time_budget`` is lifted so that every decision runs the same ``iterations`` (default 1, what
-the node's 0.08 s budget allows on this CPU).
+``time_budget`` is lifted so that every decision runs the same ``iterations`` (default 2, what
+the node's 0.08 s budget allows on this CPU with the shipped bundle: its decisions over DDS take
+64 ms p50 for 2 iterations; 1 before 2026-12-05, when the node's executor slowed the service).
 
     python benchmarks/planning_offline.py --mode truth perception learned --seed 10000 \
         --episodes 12 [--bundle bundles/tabletop64] [--steps 80] [--out report.json]
@@ -147,7 +148,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     add('--seed', type=int, default=10000, help='first episode seed (held out from dlp_training)')
     add('--episodes', type=int, default=12)
     add('--steps', type=int, default=80, help='most commands per episode')
-    add('--iterations', type=int, default=1, help='CEM iterations per decision')
+    add('--iterations', type=int, default=2, help='CEM iterations per decision (the node: 2)')
     add('--samples', type=int, default=64, help='candidates per CEM iteration (B)')
     add('--horizon', type=int, default=10, help='steps per candidate (N)')
     add('--threads', type=int, default=1, help='onnxruntime threads')
