@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import TwistStamped
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -27,6 +28,9 @@ from dlp_ros.tracking import ON_THRESHOLD
 
 NS = 1_000_000_000
 TWIST_NAMES = ('linear.x', 'linear.y', 'linear.z', 'angular.x', 'angular.y', 'angular.z')
+# rclpy >= Iron hands a subscription callback of two arguments the message info (publication
+# sequence numbers, source timestamps); Humble's does not.
+MESSAGE_INFO = hasattr(Subscription, 'CallbackType')
 
 
 # --- time and headers ----------------------------------------------------------------------------

@@ -115,9 +115,6 @@ DIAGNOSTICS_TOPIC = '/diagnostics'
 DIAGNOSTICS_PERIOD_S = 1.0
 LOG_PERIOD_S = 5.0  # throttle of the bad-frame and error logs
 MAX_HORIZON = 1000
-# rclpy >= Iron hands a callback of two arguments the message info (publication sequence
-# numbers); Humble's does not, and the frames lost in DDS are then the middleware's own count.
-MESSAGE_INFO = hasattr(Subscription, 'CallbackType')
 SUCCESS = TransitionCallbackReturn.SUCCESS
 FAILURE = TransitionCallbackReturn.FAILURE
 # Python loggers whose records go to the node's logger (and so to /rosout) instead of stderr:
@@ -445,7 +442,8 @@ class PerceptionNode(LifecycleNode):
             # remapping `image` renames that name only: image_transport's <base>/compressed is
             # built from the resolved (remapped) base
             subscribed_topic(self.resolve_topic_name('image'), config.image_transport),
-            self._on_image_info if MESSAGE_INFO else self._on_image,
+            # without the message info (Humble) the frames lost in DDS are the middleware's count
+            self._on_image_info if conversions.MESSAGE_INFO else self._on_image,
             qos,
             qos_overriding_options=QoSOverridingOptions.with_default_policies(),
             event_callbacks=SubscriptionEventCallbacks(message_lost=self._on_message_lost),

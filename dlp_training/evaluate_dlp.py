@@ -368,12 +368,12 @@ def published(tracked: list[Encoded], size: int, iou: float) -> list[Encoded]:
 
 
 def object_metrics(codes: list[Encoded], tracked: list[Encoded], size: int,
-                   skipped: dict[str, str | None],
+                   skipped: dict[str, str | None], shown: list[Encoded] | None = None,
                    nms_iou: float = 1.0) -> dict[str, Any]:  # fmt: skip
     """``counts`` (per frame and tracked) and ``identity`` (tracked) of the episodes with ground
-    truth, None and a ``skipped`` reason without any; with ``nms_iou`` < 1 also
-    ``published``: counts, identity and localisation of the tracked particles as the node
-    publishes them (:func:`published`)."""
+    truth, None and a ``skipped`` reason without any; with ``shown``, the tracked episodes as
+    the node publishes them with ``nms_iou`` (:func:`published`), also ``published``: their
+    counts, identity and localisation."""
     counts = {'per_frame': CountAccumulator(), 'tracked': CountAccumulator()}
     ids = IdentityAccumulator()
     for key, encoded in (('per_frame', codes), ('tracked', tracked)):
@@ -391,9 +391,8 @@ def object_metrics(codes: list[Encoded], tracked: list[Encoded], size: int,
     identity = {**ids.summary(), 'gate': 'object radius (px), as the localisation recall',
                 'on_threshold': on_threshold}  # fmt: skip
     out = {'counts': {k: v.summary() for k, v in counts.items()}, 'identity': identity}
-    if nms_iou < 1:
-        out['published'] = _published_metrics(published(tracked, size, nms_iou), size)
-        out['published']['nms_iou'] = nms_iou
+    if shown is not None:
+        out['published'] = {**_published_metrics(shown, size), 'nms_iou': nms_iou}
     return out
 
 
@@ -497,7 +496,9 @@ def evaluate_dlp(args: EvaluateDlpOptions) -> int:
         # identities must hold within an episode: particles tracked from frame to frame
         per_episode, skipped['mafl.per_episode'] = _episode_probe(tracked, size)
         untracked, _ = _episode_probe(codes, size)
-        objects = object_metrics(codes, tracked, size, skipped, args.nms_iou)
+        # the tracked episodes as the node publishes them: measured, and drawn in report.png
+        shown = published(tracked, size, args.nms_iou) if args.nms_iou < 1 else None
+        objects = object_metrics(codes, tracked, size, skipped, shown, args.nms_iou)
     finally:
         bar.close()
     report = plain({
@@ -515,9 +516,7 @@ def evaluate_dlp(args: EvaluateDlpOptions) -> int:
     }, finite=True)  # fmt: skip
     lines = _headline(report)
     rows = [(data.frames(codes[e].name)[t], img, codes[e], t) for (e, t), img in kept.items()]
-    pub = None  # the rows' tracked episodes as published (the filter runs from frame 0)
-    if args.nms_iou < 1:
-        pub = published([tracked[e] for e, _ in kept], size, args.nms_iou)
+    pub = None if shown is None else [shown[e] for e, _ in kept]
     figure = _figure(rows, lines, size, pub)
     ok, png = cv2.imencode('.png', cv2.cvtColor(figure, cv2.COLOR_RGB2BGR))
     if not ok:

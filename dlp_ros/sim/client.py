@@ -26,10 +26,9 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray, TwistStamped
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.subscription import Subscription
 from sensor_msgs.msg import Image
 
-from dlp_ros.conversions import image_to_rgb, stamp_ns
+from dlp_ros.conversions import MESSAGE_INFO, image_to_rgb, stamp_ns
 from dlp_ros.demo import RosSession, set_stamp
 from dlp_ros.errors import DlpError
 from dlp_ros.msg import ParticleArray, PushGoal
@@ -39,11 +38,14 @@ from dlp_ros.srv import PredictBatch, ResetEpisode
 
 PARTICLES_TOPIC = '/dlp/particles'
 PLANNER_STATUS = 'planner'  # a diagnostics status whose name holds this is the planner's
-# rclpy >= Iron hands a callback of two arguments the message info (source timestamps)
-MESSAGE_INFO = hasattr(Subscription, 'CallbackType')
 # the stores of Observed kept by frame stamp, and the receive-time store beside each
 STAMPED = {'frames': 'frame_times', 'truth': None, 'particles': None, 'commands': 'command_times',
            'sim_frames': None, 'planner': None}  # fmt: skip
+
+
+def _source_ns(info: dict[str, int] | None) -> int:
+    """The DDS source timestamp [ns] of a message's info; 0 without one."""
+    return int(info.get('source_timestamp', 0)) if info else 0
 
 
 def _with_info(callback: Any) -> Any:
@@ -71,15 +73,14 @@ class Observed:
     # DDS source timestamp [ns] of what each (store, stamp) entry was made from
     sources: dict[tuple[str, int], int] = field(default_factory=dict)
 
-    def drop_older(self, since_ns: int) -> int:
-        """Drop the entries made from messages published before ``since_ns``; how many."""
+    def drop_older(self, since_ns: int) -> None:
+        """Drop the entries made from messages published before ``since_ns``."""
         old = [key for key, source in self.sources.items() if source < since_ns]
         for name, stamp in old:
             getattr(self, name).pop(stamp, None)
             if STAMPED[name]:
                 getattr(self, STAMPED[name]).pop(stamp, None)
             del self.sources[(name, stamp)]
-        return len(old)
 
 
 class LoopClient:
@@ -124,7 +125,7 @@ class LoopClient:
     def _keep(self, name: str, stamp: int, info: dict[str, int] | None) -> bool:
         """Under ``lock``: whether a message for ``stamp`` of store ``name`` belongs to the
         current task (published after it); notes its source time."""
-        source = int(info.get('source_timestamp', 0)) if info else 0
+        source = _source_ns(info)
         if source and source < self._task_source:
             return False
         if source:
@@ -148,7 +149,7 @@ class LoopClient:
     def _on_goal(self, msg: PushGoal, info: dict[str, int] | None = None) -> None:
         with self.lock:
             self.seen.goal = msg
-            source = int(info.get('source_timestamp', 0)) if info else 0
+            source = _source_ns(info)
             if source > self._task_source:
                 self._task_source = source
                 self.seen.drop_older(source)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -62,6 +62,21 @@ def spin_in_thread(executor: PoolExecutor, errors: list[BaseException]) -> threa
     return thread
 
 
+def spin_until(
+    executor: PoolExecutor, done: Callable[[], bool], timeout: float = 10.0
+) -> list[BaseException]:
+    """Spin ``executor`` in a thread until ``done()`` (or ``timeout`` s), then shut it down;
+    the exceptions spin raised."""
+    errors: list[BaseException] = []
+    thread = spin_in_thread(executor, errors)
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    executor.shutdown()
+    thread.join(5.0)
+    return errors
+
+
 def one_shot_timer(node: Node, delay: float, callback, group=None) -> None:  # noqa: ANN001
     """A timer that runs ``callback`` once, after ``delay`` seconds."""
     holder: list = []
@@ -85,14 +100,7 @@ def test_callbacks_of_two_groups_run_at_the_same_time(ros_context: Context, node
         one_shot_timer(node, 0.05, lambda n=name: slow(n), MutuallyExclusiveCallbackGroup())
     executor = PoolExecutor(2, context=ros_context)
     executor.add_node(node)
-    errors: list[BaseException] = []
-    thread = spin_in_thread(executor, errors)
-    deadline = time.monotonic() + 10.0
-    while len(spans) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    executor.shutdown()
-    thread.join(5.0)
-    assert not errors
+    assert not spin_until(executor, lambda: len(spans) >= 2)
     assert set(spans) == {'a', 'b'}, f'callbacks that ran: {sorted(spans)}'
     (a0, a1), (b0, b1) = spans['a'], spans['b']
     assert a0 < b1 and b0 < a1, f'the two callbacks did not overlap: {spans}'
@@ -113,14 +121,7 @@ def test_a_mutually_exclusive_group_runs_one_callback_at_a_time(
         one_shot_timer(node, 0.05, slow, group)
     executor = PoolExecutor(3, context=ros_context)
     executor.add_node(node)
-    errors: list[BaseException] = []
-    thread = spin_in_thread(executor, errors)
-    deadline = time.monotonic() + 10.0
-    while len(spans) < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    executor.shutdown()
-    thread.join(5.0)
-    assert not errors
+    assert not spin_until(executor, lambda: len(spans) >= 3)
     assert len(spans) == 3
     spans.sort()
     for (_, end), (start, _) in zip(spans, spans[1:], strict=False):

@@ -26,10 +26,10 @@ pytest.importorskip('mujoco')
 from rosgraph_msgs.msg import Clock  # noqa: E402
 
 from dlp_ros import demo  # noqa: E402
-from dlp_ros.conversions import stamp_ns  # noqa: E402
+from dlp_ros.conversions import MESSAGE_INFO, stamp_ns  # noqa: E402
 from dlp_ros.errors import DlpError  # noqa: E402
 from dlp_ros.msg import PushGoal  # noqa: E402
-from dlp_ros.sim.client import MESSAGE_INFO, LoopClient  # noqa: E402
+from dlp_ros.sim.client import LoopClient  # noqa: E402
 from dlp_ros.srv import PredictBatch  # noqa: E402
 
 pytestmark = pytest.mark.ros

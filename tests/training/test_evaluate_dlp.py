@@ -17,7 +17,7 @@ from dlp_training.checkpoint import save_checkpoint
 from dlp_training.config import to_dict
 from dlp_training.data.dataset import Dataset
 from dlp_training.dlp_config import DlpRunConfig
-from dlp_training.evaluate_dlp import Encoded, object_metrics
+from dlp_training.evaluate_dlp import Encoded, object_metrics, published
 from dlp_training.export import export_random_bundle
 from dlp_training.models.dlp import Dlp, DlpConfig
 from dlp_training.models.dynamics import DynamicsConfig
@@ -204,7 +204,7 @@ def test_published_metrics_suppress_a_copy_of_a_particle(dataset: Path) -> None:
     presence = np.concatenate([np.full((t, n), 0.9), np.full((t, n), 0.8)], axis=1)
     scale = np.full_like(both, -2.0)  # 7.6 px boxes, the balls 16 px apart or more
     code = Encoded(name, both, np.zeros_like(both), presence, truth, reseeded, scale)
-    out = object_metrics([code], [code], 64, {}, nms_iou=0.3)
+    out = object_metrics([code], [code], 64, {}, published([code], 64, 0.3), 0.3)
     assert out['counts']['tracked']['duplicate_fraction'] == 1.0  # every one crowded
     assert out['counts']['tracked']['on_ratio_mean'] == pytest.approx(2.0)
     p = out['published']
