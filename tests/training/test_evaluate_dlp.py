@@ -154,6 +154,8 @@ def test_bad_inputs_are_refused_without_a_report(dataset: Path, tmp_path: Path, 
     assert 'not a dataset' in capsys.readouterr().err
     assert evaluate(run, dataset, out, '--batch', '0') == 2
     assert '--batch must be >= 1' in capsys.readouterr().err
+    assert evaluate(run, dataset, out, '--nms-iou', '1.5') == 2
+    assert '--nms-iou must be >= 0 and <= 1, got 1.5' in capsys.readouterr().err
     assert not out.exists()
 
 
