@@ -35,7 +35,9 @@ and a command cannot move an object the effector is far from.
 **Bounded residual deltas.** From the last frame's node embeddings a head predicts, per particle,
 :math:`\delta = b \odot \tanh(\mathrm{MLP}(h))` with per-attribute bounds b from the config
 (``max_delta_*``), and a background head predicts :math:`\delta_{bg}`. Next frame:
-mu, logvar, scale, depth, features, bg_features += delta; transparency
+mu, logvar, scale, depth, features, bg_features += delta (with ``velocity_prior`` the position
+delta also adds the last observed displacement, clamped to ``max_delta_position`` per axis: zero
+output is then constant velocity); transparency
 :math:`\tau' = \mathrm{clamp}(\tau + \sigma(\ell + \delta_\tau) - \sigma(\ell), 0, 1)` with
 :math:`\ell = \mathrm{logit}(\mathrm{clamp}(\tau, \epsilon, 1 - \epsilon))`, i.e.
 :math:`\sigma(\ell + \delta_\tau)` up to float rounding, but exactly :math:`\tau` when
@@ -142,9 +144,18 @@ class DynamicsConfig:
     max_delta_bg: float = checked(1.0, gt=0, finite=True)
     # Zero the output layers at construction: the untrained model is the identity.
     identity_init: bool = True
+    # Inertia: the position delta is the last observed displacement mu[H-1] - mu[H-2] (clamped
+    # to max_delta_position per axis, so a re-seeded slot's jump does not fly on) plus the
+    # bounded correction: the zero-output model is constant velocity instead of the last frame,
+    # and the network learns only what changes the motion (walls, contacts, commands).
+    # Needs history >= 2.
+    velocity_prior: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.velocity_prior and self.history < 2:
+            raise ConfigError(f'DynamicsConfig.velocity_prior needs history >= 2 (two frames '
+                              f'give a displacement), got history {self.history}')  # fmt: skip
         if self.action_gate and self.action_effector:
             raise ConfigError('action_gate and action_effector exclude each other: choose one')
         if self.interaction_radius and self.aggregation != 'sum':
@@ -382,6 +393,10 @@ class ParticleDynamics(nn.Module):
         k, d = c.K, c.hidden_dim
         last = x.reshape(-1, c.history, k + 1, d)[:, -1]  # (B, K+1, D) last frame's nodes
         delta = torch.tanh(self.head(last[:, :k])) * self.delta_bound  # (B, K, S)
+        if c.velocity_prior:
+            bound = c.max_delta_position
+            velocity = (hist.mu[:, -1] - hist.mu[:, -2]).clamp(-bound, bound)  # (B, K, 2)
+            delta = torch.cat([delta[..., :2] + velocity, delta[..., 2:]], dim=-1)
         delta_bg = torch.tanh(self.bg_head(last[:, k])) * c.max_delta_bg  # (B, Fb)
         return self.apply_deltas(frames(hist, slice(-1, None)), delta, delta_bg)
 

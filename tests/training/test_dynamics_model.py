@@ -97,6 +97,7 @@ def test_config_defaults_round_trip_and_from_dlp() -> None:
         ({'max_delta_position': 0.0}, 'max_delta_position'),
         ({'max_delta_features': float('inf')}, 'max_delta_features'),
         ({'layer_norm': 1}, 'layer_norm'),
+        ({'velocity_prior': True, 'history': 1}, 'velocity_prior'),
     ],
 )
 def test_bad_config_values_raise_naming_the_field(override: dict, field: str) -> None:
@@ -212,6 +213,26 @@ def test_zero_deltas_rollout_is_the_identity() -> None:
     assert torch.isfinite(loss) and metrics['loss'] > 0
 
 
+def test_velocity_prior_zero_output_is_constant_velocity_clamped() -> None:
+    c = _config(history=3, identity_init=True, velocity_prior=True, max_delta_position=0.1)
+    model = ParticleDynamics(c).eval()
+    hist = _history(c, b=2)
+    mu = hist.mu.clone()
+    mu[:, -1] = mu[:, -2] + 0.04  # a displacement within the bound ...
+    mu[0, -1, 0] = mu[0, -2, 0] + torch.tensor([0.5, -0.3])  # ... and a jump beyond it
+    hist = hist._replace(mu=mu)
+    with torch.no_grad():
+        out = rollout(model, hist, 3)
+    velocity = torch.full_like(mu[:, -1], 0.04)
+    velocity[0, 0] = torch.tensor([0.1, -0.1])  # clamped to max_delta_position per axis
+    for s in range(3):
+        torch.testing.assert_close(out.mu[:, s], mu[:, -1] + (s + 1) * velocity)
+        torch.testing.assert_close(out.features[:, s], hist.features[:, -1])
+    plain = ParticleDynamics(_config(history=3, identity_init=True)).eval()
+    with torch.no_grad():
+        assert torch.equal(plain(hist).mu, mu[:, -1])  # without it: the last frame
+
+
 @pytest.mark.parametrize('gate', [False, True])
 def test_actions_change_the_prediction(gate: bool) -> None:
     model = _model(action_dim=3, action_gate=gate)
@@ -323,12 +344,14 @@ def test_motion_emphasis_weighs_moving_particles() -> None:
         RolloutLossWeights.from_dict({'motion': -1})
 
 
-@pytest.mark.parametrize('gate', [False, True, 'effector'])
+@pytest.mark.parametrize('gate', [False, True, 'effector', 'velocity'])
 def test_onnx_step_and_numpy_rollout_parity(gate: bool | str) -> None:
     ort = pytest.importorskip('onnxruntime')
     onnx = pytest.importorskip('onnx')
     if gate == 'effector':  # the effector softmax and the interaction radius, in one graph
         model = _model(action_dim=2, action_effector=True, interaction_radius=0.8)
+    elif gate == 'velocity':  # the velocity prior, through a whole rollout
+        model = _model(action_dim=2, velocity_prior=True)
     else:
         model = _model(action_dim=2, action_gate=gate)
     c = model.config
@@ -362,7 +385,7 @@ def test_onnx_step_and_numpy_rollout_parity(gate: bool | str) -> None:
     got_step = sess.run(None, {**window, 'actions': actions[:, : c.history].numpy()})
     for name, e, g in zip(Particles._fields, expected_step, got_step, strict=True):
         np.testing.assert_allclose(g, e.numpy(), atol=1e-5, err_msg=name)
-    if gate:
+    if gate in (True, 'effector'):
         return  # the gate is inside one step's graph; the rollout below does not depend on it
     outputs = []
     for n in range(horizon):
