@@ -15,6 +15,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         'dlp_training.data.record',
         'record synthetic episodes (balls | tabletop) as rosbag2 with ground truth',
     ),
+    'import-video': (
+        'dlp_training.data.video',
+        'a video file (mp4, avi, ...) as a rosbag2 camera recording, for build-dataset',
+    ),
     'build-dataset': (
         'dlp_training.data.build',
         'decode, split, resample and cache rosbag2 camera episodes as a dataset',
