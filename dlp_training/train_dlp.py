@@ -33,6 +33,8 @@ from dlp_training.runs import RunOptions, add_run_arguments, resolve_run, take_s
 from dlp_training.visualize import dlp_grid
 
 logger = logging.getLogger(__name__)
+# Training frames whose per-pixel median starts a static background (model.static_background).
+STATIC_BACKGROUND_FRAMES = 256
 RESUMABLE = ('train.max_steps', 'train.time_limit_min', 'train.eval_every', 'train.log_every',
              'train.threads')  # fmt: skip
 
@@ -94,6 +96,11 @@ class DlpTask:
         self.model = Dlp(config.model)
         if config.train.init_from:
             initialise_from(self.model, Path(config.train.init_from))
+        elif config.model.static_background:
+            median = self.frames.evenly_spaced(STATIC_BACKGROUND_FRAMES).median(dim=0).values
+            self.model.bg_decoder.set_image(median)  # (3, S, S); a resumed run loads its own
+            logger.info('static background: the per-pixel median of %d training frames',
+                        min(STATIC_BACKGROUND_FRAMES, self.frames.count))  # fmt: skip
         self.model.to(ctx.device)
         self.forward = dist.wrap(self.model, ctx)
         self.meta = {'config': to_dict(config), 'data': str(Path(data_dir).resolve())}

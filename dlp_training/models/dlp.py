@@ -134,6 +134,11 @@ class DlpConfig:
     bg_encoder_channels: tuple[int, ...] = checked((16, 32, 64, 64), **CHANNELS)
     # Background decoder channels, as decoder_channels (S / 2^n maps upsampled to S).
     bg_decoder_channels: tuple[int, ...] = checked((64, 32, 16, 16), **CHANNELS)
+    # A static camera: the background is a learned image (3, S, S) with the decoded change of
+    # the background code added in logit space; train-dlp starts it at the per-pixel median of
+    # training frames. The scene is then drawn sharp, and what moves cannot hide in the
+    # background code: particles must explain it. Off: the background is decoded from the code.
+    static_background: bool = False
     # Scale prior N(logit(scale_prior_fraction * anchor_scale), scale_prior_std^2).
     scale_prior_fraction: float = 0.75
     scale_prior_std: float = checked(0.3, gt=0)
@@ -301,7 +306,9 @@ class Dlp(nn.Module):
         self.glimpse_decoder = GlimpseDecoder(
             c.F, c.decoder_glimpse_size, c.decoder_channels, c.hidden_dim
         )
-        self.bg_decoder = BackgroundDecoder(c.Fb, c.S, c.bg_decoder_channels, c.hidden_dim)
+        self.bg_decoder = BackgroundDecoder(
+            c.Fb, c.S, c.bg_decoder_channels, c.hidden_dim, static=c.static_background
+        )
         self._init_head_biases()
         logger.debug('Dlp with %d parameters', sum(p.numel() for p in self.parameters()))
 

@@ -305,9 +305,13 @@ class GlimpseDecoder(nn.Module):
         final = nn.ConvTranspose2d(channels[-1], out_channels, 4, stride=2, padding=1)
         self.cnn = nn.Sequential(nn.ReLU(), *ups, final)
 
-    def forward(self, features: Tensor) -> Tensor:
+    def logits(self, features: Tensor) -> Tensor:
+        """(N, F) -> (N, out_channels, g, g), before the sigmoid."""
         h = self.fc(features).view(-1, self.c0, self.side, self.side)
-        return torch.sigmoid(self.cnn(h))
+        return self.cnn(h)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return torch.sigmoid(self.logits(features))
 
 
 class BackgroundEncoder(nn.Module):
@@ -336,14 +340,44 @@ class BackgroundEncoder(nn.Module):
 class BackgroundDecoder(GlimpseDecoder):
     """Background features -> RGB image: :class:`GlimpseDecoder` with 3 output channels.
 
+    ``static`` (a static camera): ``sigmoid(I + D(z))`` with a learned logit image ``I``
+    (3, S, S) and the decoder ``D``'s final layer started at zero, so the background starts as
+    ``sigmoid(I)`` (:meth:`set_image`) and the code only adds what changes.
+
     Shapes:
         features (B, Fb) -> image (B, 3, S, S) in [0, 1].
     """
 
     def __init__(
-        self, feature_dim: int, image_size: int, channels: tuple[int, ...], hidden: int
+        self,
+        feature_dim: int,
+        image_size: int,
+        channels: tuple[int, ...],
+        hidden: int,
+        static: bool = False,
     ) -> None:
         super().__init__(feature_dim, image_size, channels, hidden, out_channels=3)
+        self.image_logit: nn.Parameter | None = None
+        if static:
+            self.image_logit = nn.Parameter(torch.zeros(3, image_size, image_size))
+            final = self.cnn[-1]
+            assert isinstance(final, nn.ConvTranspose2d)
+            nn.init.zeros_(final.weight)
+            nn.init.zeros_(final.bias)
+
+    def set_image(self, image: Tensor) -> None:
+        """Start the static background at ``image`` (3, S, S) in [0, 1]."""
+        if self.image_logit is None:
+            raise ValueError('set_image needs a static background decoder (static=True)')
+        p = image.to(self.image_logit).clamp(0.5 / 255, 1 - 0.5 / 255)
+        with torch.no_grad():
+            self.image_logit.copy_(torch.log(p / (1 - p)))
+
+    def forward(self, features: Tensor) -> Tensor:
+        logits = self.logits(features)  # (B, 3, S, S)
+        if self.image_logit is not None:
+            logits = logits + self.image_logit
+        return torch.sigmoid(logits)
 
 
 def _shrink(layer: nn.Module, factor: float = 0.1) -> None:

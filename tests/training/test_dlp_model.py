@@ -194,9 +194,10 @@ def test_deterministic_encoding_is_repeatable_and_sampling_is_not() -> None:
     torch.testing.assert_close(a.logvar, c.logvar)
 
 
-def test_every_parameter_gets_a_gradient_in_both_modes() -> None:
+@pytest.mark.parametrize('static_background', [False, True])
+def test_every_parameter_gets_a_gradient_in_both_modes(static_background: bool) -> None:
     torch.manual_seed(0)
-    model = Dlp(DlpConfig(**TINY))
+    model = Dlp(DlpConfig(**TINY, static_background=static_background))
     image = _squares(2, 32)
     for warmup in (False, True):
         model.zero_grad()
@@ -227,6 +228,22 @@ def test_overfits_one_batch() -> None:
     assert metrics['psnr'] > 18.0, metrics
 
 
+def test_a_static_background_starts_as_its_image_whatever_the_code() -> None:
+    torch.manual_seed(0)
+    model = Dlp(DlpConfig(**TINY, static_background=True))
+    scene = _squares(1, 32, seed=2)[0] * 0.8 + 0.1  # (3, S, S)
+    model.bg_decoder.set_image(scene)
+    with torch.no_grad():
+        background = model.bg_decoder(torch.randn(5, TINY['Fb']))  # (5, 3, S, S)
+    torch.testing.assert_close(background, scene.expand(5, -1, -1, -1), atol=1e-5, rtol=0)
+    assert model.bg_decoder.image_logit is not None
+    assert 'bg_decoder.image_logit' in model.state_dict()
+    plain = Dlp(DlpConfig(**TINY))
+    assert 'bg_decoder.image_logit' not in plain.state_dict()  # older runs load unchanged
+    with pytest.raises(ValueError, match='static background decoder'):
+        plain.bg_decoder.set_image(scene)
+
+
 # ------------------------------------------------------------------------------------ export
 
 
@@ -250,9 +267,10 @@ def _ort_session(module: nn.Module, args: tuple, inputs: tuple, outputs: tuple):
     return ort.InferenceSession(buf.getvalue(), providers=['CPUExecutionProvider'])
 
 
-def test_onnx_export_parity() -> None:
+@pytest.mark.parametrize('static_background', [False, True])
+def test_onnx_export_parity(static_background: bool) -> None:
     torch.manual_seed(0)
-    model = Dlp(DlpConfig(**TINY)).eval()
+    model = Dlp(DlpConfig(**TINY, static_background=static_background)).eval()
     with torch.no_grad():  # the heads start near their biases: make every output non-trivial
         for param in model.parameters():
             param.add_(0.05 * torch.randn_like(param))

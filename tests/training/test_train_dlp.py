@@ -20,6 +20,7 @@ import torch
 from dlp_ros.errors import DlpError
 from dlp_training.__main__ import main
 from dlp_training.checkpoint import load_checkpoint
+from dlp_training.data.dataset import Dataset
 from dlp_training.distributed import parameter_digest
 from dlp_training.dlp_config import load_dlp
 
@@ -63,6 +64,27 @@ def test_tiny_run_writes_checkpoints_metrics_and_grids(balls_data: Path, tmp_pat
         assert torch.load(path, map_location='cpu', weights_only=True)['step'] == 20
     # a new run refuses a non-empty directory
     assert main([*argv, '--no-progress']) == 2
+
+
+def test_a_static_background_starts_at_the_training_median(
+    balls_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / 'run'
+    argv = ['train-dlp', '--config', str(TINY), '--data', str(balls_data), '--out', str(out)]
+    extra = ['--set', 'model.static_background=true', '--set', 'train.max_steps=1']
+    assert main([*argv, '--no-progress', *extra]) == 0
+    model, config, _ = load_dlp(out)
+    assert config.model.static_background
+    frames = np.concatenate([np.asarray(Dataset.open(balls_data).frames(e.name))
+                             for e in Dataset.open(balls_data).episodes('train')])  # fmt: skip
+    picked = frames[np.linspace(0, len(frames) - 1, num=min(256, len(frames))).astype(int)]
+    median = torch.from_numpy(picked).float().div(255).permute(0, 3, 1, 2).median(dim=0).values
+    with torch.no_grad():
+        background = torch.sigmoid(model.bg_decoder.image_logit)
+    # one optimiser step (Adam moves a logit by about the learning rate) after the start
+    torch.testing.assert_close(background, median.clamp(0.5 / 255, 1 - 0.5 / 255), atol=2e-3,
+                               rtol=0)  # fmt: skip
+    assert (background - 0.5).abs().max() > 0.2  # not the zero logit: the scene was set
 
 
 def test_a_clip_run_trains_on_clips_within_episodes(balls_data: Path, tmp_path: Path) -> None:
