@@ -97,10 +97,10 @@ class DlpTask:
         if config.train.init_from:
             initialise_from(self.model, Path(config.train.init_from))
         elif config.model.static_background:
-            median = self.frames.evenly_spaced(STATIC_BACKGROUND_FRAMES).median(dim=0).values
-            self.model.bg_decoder.set_image(median)  # (3, S, S); a resumed run loads its own
+            picked = self.frames.evenly_spaced(STATIC_BACKGROUND_FRAMES)  # (n, 3, S, S)
+            self.model.bg_decoder.set_image(picked.median(dim=0).values)  # resumed: its own
             logger.info('static background: the per-pixel median of %d training frames',
-                        min(STATIC_BACKGROUND_FRAMES, self.frames.count))  # fmt: skip
+                        len(picked))  # fmt: skip
         self.model.to(ctx.device)
         self.forward = dist.wrap(self.model, ctx)
         self.meta = {'config': to_dict(config), 'data': str(Path(data_dir).resolve())}

@@ -103,6 +103,8 @@ def import_video(opts: ImportOptions) -> dict:
         total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
         topic = opts.topic + ('/compressed' if opts.compressed else '')
         msgtype = 'sensor_msgs/msg/' + ('CompressedImage' if opts.compressed else 'Image')
+        # BagWriter refuses an existing path: the bag is finished beside --out, then moved in,
+        # so --overwrite replaces the old bag only once the new one is complete.
         staging = out.with_name(f'.{out.name}.import')
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
