@@ -36,8 +36,9 @@ and a command cannot move an object the effector is far from.
 :math:`\delta = b \odot \tanh(\mathrm{MLP}(h))` with per-attribute bounds b from the config
 (``max_delta_*``), and a background head predicts :math:`\delta_{bg}`. Next frame:
 mu, logvar, scale, depth, features, bg_features += delta (with ``velocity_prior`` the position
-delta also adds the last observed displacement, clamped to ``max_delta_position`` per axis: zero
-output is then constant velocity); transparency
+delta also adds the last observed displacement, or its mean over the last ``velocity_window``
+frames, clamped to ``max_delta_position`` per axis: zero output is then constant velocity);
+transparency
 :math:`\tau' = \mathrm{clamp}(\tau + \sigma(\ell + \delta_\tau) - \sigma(\ell), 0, 1)` with
 :math:`\ell = \mathrm{logit}(\mathrm{clamp}(\tau, \epsilon, 1 - \epsilon))`, i.e.
 :math:`\sigma(\ell + \delta_\tau)` up to float rounding, but exactly :math:`\tau` when
@@ -150,12 +151,24 @@ class DynamicsConfig:
     # and the network learns only what changes the motion (walls, contacts, commands).
     # Needs history >= 2.
     velocity_prior: bool = False
+    # Frames the prior's velocity is averaged over: (mu[H-1] - mu[H-1-n]) / n. 1 is the last
+    # displacement (exact for straight motion, as bouncing balls between contacts); more smooth
+    # a tracker's jitter out of the velocity (real footage: walkers move < 1 px a frame while
+    # their particles jitter by about as much). Needs velocity_prior and history >= n + 1.
+    velocity_window: int = checked(1, ge=1)
 
     def __post_init__(self) -> None:
         check_fields(self)
         if self.velocity_prior and self.history < 2:
             raise ConfigError(f'DynamicsConfig.velocity_prior needs history >= 2 (two frames '
                               f'give a displacement), got history {self.history}')  # fmt: skip
+        if self.velocity_window > 1 and not self.velocity_prior:
+            raise ConfigError(f'DynamicsConfig.velocity_window {self.velocity_window} needs '
+                              f'velocity_prior: true')  # fmt: skip
+        if self.velocity_prior and self.velocity_window >= self.history:
+            raise ConfigError(f'DynamicsConfig.velocity_window {self.velocity_window} needs '
+                              f'history >= {self.velocity_window + 1}, got history '
+                              f'{self.history}')  # fmt: skip
         if self.action_gate and self.action_effector:
             raise ConfigError('action_gate and action_effector exclude each other: choose one')
         if self.interaction_radius and self.aggregation != 'sum':
@@ -395,7 +408,9 @@ class ParticleDynamics(nn.Module):
         delta = torch.tanh(self.head(last[:, :k])) * self.delta_bound  # (B, K, S)
         if c.velocity_prior:
             bound = c.max_delta_position
-            velocity = (hist.mu[:, -1] - hist.mu[:, -2]).clamp(-bound, bound)  # (B, K, 2)
+            n = c.velocity_window
+            velocity = (hist.mu[:, -1] - hist.mu[:, -1 - n]) / n  # (B, K, 2)
+            velocity = velocity.clamp(-bound, bound)
             delta = torch.cat([delta[..., :2] + velocity, delta[..., 2:]], dim=-1)
         delta_bg = torch.tanh(self.bg_head(last[:, k])) * c.max_delta_bg  # (B, Fb)
         return self.apply_deltas(frames(hist, slice(-1, None)), delta, delta_bg)

@@ -98,6 +98,9 @@ def test_config_defaults_round_trip_and_from_dlp() -> None:
         ({'max_delta_features': float('inf')}, 'max_delta_features'),
         ({'layer_norm': 1}, 'layer_norm'),
         ({'velocity_prior': True, 'history': 1}, 'velocity_prior'),
+        ({'velocity_window': 0}, 'velocity_window'),
+        ({'velocity_window': 2, 'history': 3}, 'velocity_window'),
+        ({'velocity_window': 3, 'history': 3, 'velocity_prior': True}, 'velocity_window'),
     ],
 )
 def test_bad_config_values_raise_naming_the_field(override: dict, field: str) -> None:
@@ -231,6 +234,26 @@ def test_velocity_prior_zero_output_is_constant_velocity_clamped() -> None:
     plain = ParticleDynamics(_config(history=3, identity_init=True)).eval()
     with torch.no_grad():
         assert torch.equal(plain(hist).mu, mu[:, -1])  # without it: the last frame
+
+
+def test_velocity_window_averages_the_last_displacements() -> None:
+    c = _config(history=3, identity_init=True, velocity_prior=True, velocity_window=2)
+    model = ParticleDynamics(c).eval()
+    hist = _history(c, b=2)
+    mu = hist.mu.clone()
+    mu[:, -2] = mu[:, -3] + torch.tensor([0.02, -0.04])  # a jittered track: the displacements
+    mu[:, -1] = mu[:, -2] + torch.tensor([0.06, 0.00])  # differ, their mean is (0.04, -0.02)
+    with torch.no_grad():
+        out = rollout(model, hist._replace(mu=mu), 2)
+    velocity = torch.tensor([0.04, -0.02])
+    torch.testing.assert_close(out.mu[:, 0], mu[:, -1] + velocity)
+    # the second step averages the last observed displacement and the predicted one
+    second = (torch.tensor([0.06, 0.00]) + velocity) / 2
+    torch.testing.assert_close(out.mu[:, 1], out.mu[:, 0] + second)
+    last = ParticleDynamics(_config(history=3, identity_init=True, velocity_prior=True)).eval()
+    with torch.no_grad():
+        plain = last(hist._replace(mu=mu)).mu  # (B, K, 2), the last displacement
+    torch.testing.assert_close(plain, mu[:, -1] + mu[:, -1] - mu[:, -2])
 
 
 @pytest.mark.parametrize('gate', [False, True])
