@@ -54,6 +54,9 @@ class DynamicsTrainConfig(ScheduleConfig):
     # not dynamics: 'mask' drops that slot of that clip from the losses and metrics, 'skip'
     # leaves the whole clip out (with a busy tracker that leaves few clips), 'keep' trains on it.
     reseeded: str = checked('mask', choices=RESEEDED_MODES)
+    # A train-dynamics run directory whose best weights start this run (fine-tuning, e.g. with
+    # the pixel loss or a longer horizon); its model config must equal this one. None: random.
+    init_from: str | None = None
     # Clips of the val split (evenly spaced) each validation rolls out.
     eval_clips: int = checked(256, ge=1)
     # Mirror augmentation: each training clip is mirrored across each listed image axis ('x':

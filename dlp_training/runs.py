@@ -8,8 +8,9 @@ A run directory holds ``run.yaml`` (``config`` + where the data came from), ``co
 from __future__ import annotations
 
 import argparse
+import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +24,8 @@ from dlp_ros.errors import ConfigError, DlpError
 from dlp_training.checkpoint import load_checkpoint, run_checkpoint
 from dlp_training.config import apply_overrides, from_dict, read_config, shipped_configs
 from dlp_training.distributed import DEVICES, rank_and_size, ranks_where
+
+logger = logging.getLogger(__name__)
 
 C = TypeVar('C')
 M = TypeVar('M', bound=nn.Module)
@@ -170,6 +173,38 @@ def load_run_model(
     model.load_state_dict(state['model'])
     model.eval()
     return model, config, {k: v for k, v in state.items() if k not in ('model', 'optimizer')}
+
+
+def initialise_from(
+    model: nn.Module,
+    ours: dict[str, Any],
+    run_dir: Path,
+    command: str,
+    load: Callable[[Path], tuple[nn.Module, dict[str, Any], dict[str, Any]]],
+    loss_fields: Collection[str] = (),
+) -> None:
+    """Copy the best weights of the ``command`` run ``run_dir`` into ``model``
+    (``train.init_from``, fine-tuning).
+
+    ``ours``: this run's model config as a dict; ``load(run_dir)``: the source's model, model
+    config dict and checkpoint entries. A source whose model config differs is refused, naming
+    the fields, except in ``loss_fields`` (fine-tuning with another loss is what it is for).
+    """
+    if not (run_dir / 'checkpoints').is_dir():
+        raise ConfigError(f'train.init_from: {run_dir} is not a {command} run directory (no '
+                          'checkpoints/)')  # fmt: skip
+    source, theirs, info = load(run_dir)
+    differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    loss_only = [k for k in differ if k in loss_fields]
+    differ = [k for k in differ if k not in loss_fields]
+    if differ:
+        pairs = ', '.join(f'{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here' for k in differ)
+        raise ConfigError(f'train.init_from: the model of {run_dir} differs from this config '
+                          f'({pairs}); start from a run with the same model: section')  # fmt: skip
+    model.load_state_dict(source.state_dict())
+    logger.info('weights from %s (step %d)', run_dir, int(info.get('step', 0)))
+    for k in loss_only:
+        logger.info('loss setting %s: %r there, %r here', k, theirs.get(k), ours.get(k))
 
 
 def optimisation_step(

@@ -21,7 +21,6 @@ import cv2
 import numpy as np
 import torch
 
-from dlp_ros.errors import ConfigError
 from dlp_training import distributed as dist
 from dlp_training.config import to_dict
 from dlp_training.data.dataset import Dataset
@@ -29,7 +28,13 @@ from dlp_training.dlp_config import DlpRunConfig, load_dlp
 from dlp_training.frames import FrameSource
 from dlp_training.loop import train
 from dlp_training.models.dlp import Dlp, DlpConfig
-from dlp_training.runs import RunOptions, add_run_arguments, resolve_run, take_sizes
+from dlp_training.runs import (
+    RunOptions,
+    add_run_arguments,
+    initialise_from,
+    resolve_run,
+    take_sizes,
+)
 from dlp_training.visualize import dlp_grid
 
 logger = logging.getLogger(__name__)
@@ -95,7 +100,8 @@ class DlpTask:
         torch.manual_seed(config.train.seed)
         self.model = Dlp(config.model)
         if config.train.init_from:
-            initialise_from(self.model, Path(config.train.init_from))
+            initialise_from(self.model, to_dict(config.model), Path(config.train.init_from),
+                            self.name, _load_source, DlpConfig.LOSS_FIELDS)  # fmt: skip
         elif config.model.static_background:
             picked = self.frames.evenly_spaced(STATIC_BACKGROUND_FRAMES)  # (n, 3, S, S)
             self.model.bg_decoder.set_image(picked.median(dim=0).values)  # resumed: its own
@@ -147,26 +153,10 @@ class DlpTask:
         return f'best val PSNR {best:.2f} dB'
 
 
-def initialise_from(model: Dlp, run_dir: Path) -> None:
-    """Copy the best weights of the train-dlp run ``run_dir`` into ``model`` (train.init_from);
-    a different model config is refused, naming the fields that differ, except in the loss
-    weights (``DlpConfig.LOSS_FIELDS``): fine-tuning with another loss is what it is for."""
-    if not (run_dir / 'checkpoints').is_dir():
-        raise ConfigError(f'train.init_from: {run_dir} is not a train-dlp run directory (no '
-                          'checkpoints/)')  # fmt: skip
-    source, config, info = load_dlp(run_dir)
-    ours, theirs = to_dict(model.config), to_dict(config.model)
-    differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
-    loss_only = [k for k in differ if k in DlpConfig.LOSS_FIELDS]
-    differ = [k for k in differ if k not in DlpConfig.LOSS_FIELDS]
-    if differ:
-        pairs = ', '.join(f'{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here' for k in differ)
-        raise ConfigError(f'train.init_from: the model of {run_dir} differs from this config '
-                          f'({pairs}); start from a run with the same model: section')  # fmt: skip
-    model.load_state_dict(source.state_dict())
-    logger.info('weights from %s (step %d)', run_dir, int(info.get('step', 0)))
-    for k in loss_only:
-        logger.info('loss setting %s: %r there, %r here', k, theirs.get(k), ours.get(k))
+def _load_source(run_dir: Path) -> tuple[Dlp, dict[str, Any], dict[str, Any]]:
+    """A train-dlp run's best model, its model config dict and checkpoint entries."""
+    model, config, info = load_dlp(run_dir)
+    return model, to_dict(config.model), info
 
 
 def evaluate(

@@ -31,7 +31,7 @@ from dlp_training import distributed as dist
 from dlp_training.clips import Clips, ClipSource, baselines, mirror, squared_error_sums
 from dlp_training.config import to_dict
 from dlp_training.dlp_config import load_dlp
-from dlp_training.dynamics_config import DynamicsRunConfig, DynamicsTrainConfig
+from dlp_training.dynamics_config import DynamicsRunConfig, DynamicsTrainConfig, load_dynamics
 from dlp_training.latents import LatentDataset
 from dlp_training.loop import train
 from dlp_training.models.dlp import Dlp, Particles
@@ -43,7 +43,13 @@ from dlp_training.models.dynamics import (
     frames,
     rollout_loss,
 )
-from dlp_training.runs import RunOptions, add_run_arguments, resolve_run, take_sizes
+from dlp_training.runs import (
+    RunOptions,
+    add_run_arguments,
+    initialise_from,
+    resolve_run,
+    take_sizes,
+)
 
 logger = logging.getLogger(__name__)
 MOVING = 0.1  # normalised units (3.2 px of a 64 px image): a particle that moves, for validation
@@ -170,6 +176,12 @@ class Objective(nn.Module):
         return loss, metrics
 
 
+def _load_source(run_dir: Path) -> tuple[ParticleDynamics, dict[str, Any], dict[str, Any]]:
+    """A train-dynamics run's best model, its model config dict and checkpoint entries."""
+    model, config, info = load_dynamics(run_dir)
+    return model, to_dict(config.model), info
+
+
 def pixel_pick(
     tc: DynamicsTrainConfig, batch: int, horizon: int, step: int, rank: int
 ) -> tuple[Tensor, Tensor]:
@@ -230,7 +242,11 @@ class DynamicsTask:
         decoder = load_decoder(latents, config).to(ctx.device) if tc.pixel_loss_weight else None
         self.pixel = decoder is not None
         torch.manual_seed(tc.seed)
-        self.model = ParticleDynamics(config.model).to(ctx.device)
+        self.model = ParticleDynamics(config.model)
+        if tc.init_from:
+            initialise_from(self.model, to_dict(config.model), Path(tc.init_from), self.name,
+                            _load_source)  # fmt: skip
+        self.model.to(ctx.device)
         self.forward = dist.wrap(Objective(self.model, config, decoder), ctx)
         self.meta = {'config': to_dict(config), 'latents': latents_source(latents, columns)}
         self.eval_clips = val.evenly_spaced(tc.eval_clips)

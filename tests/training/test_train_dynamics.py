@@ -235,6 +235,33 @@ def test_actions_and_pixel_loss(tmp_path: Path) -> None:
     assert kept.all()
 
 
+def test_init_from_starts_at_another_runs_best_weights(
+    latents: Path, tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """train.init_from: a fine-tune (another loss setting) starts at the source's best
+    weights; another model, or a directory that is no run, is refused by name."""
+    source = load_dynamics(tiny_run)[0].state_dict()
+    base = ['train-dynamics', '--config', str(TINY), '--latents', str(latents), '--no-progress']
+    tune = ['--set', f'train.init_from={tiny_run}', '--set', 'train.max_steps=1',
+            '--set', 'train.lr=1e-12', '--set', 'train.loss.motion=2.0']  # fmt: skip
+    assert main([*base, '--out', str(tmp_path / 'a'), *tune]) == 0
+    tuned = load_dynamics(tmp_path / 'a', 'last')[0].state_dict()
+    assert all(torch.allclose(tuned[k], v, atol=1e-6) for k, v in source.items())
+    fresh = ['--set', 'train.max_steps=1', '--set', 'train.lr=1e-12']
+    assert main([*base, '--out', str(tmp_path / 'b'), *fresh]) == 0
+    other = load_dynamics(tmp_path / 'b', 'last')[0].state_dict()
+    assert not all(torch.allclose(other[k], v, atol=1e-6) for k, v in source.items())
+    capsys.readouterr()
+    width = load_dynamics(tiny_run)[1].model.hidden_dim
+    wider = ['--set', f'model.hidden_dim={width + 8}']
+    assert main([*base, '--out', str(tmp_path / 'c'), *tune, *wider]) == 2
+    err = capsys.readouterr().err
+    assert 'train.init_from' in err and f'hidden_dim: {width} there, {width + 8} here' in err
+    bad = ['--set', f'train.init_from={tmp_path}', '--set', 'train.max_steps=1']
+    assert main([*base, '--out', str(tmp_path / 'd'), *bad]) == 2
+    assert 'is not a train-dynamics run directory' in capsys.readouterr().err
+
+
 def test_bad_input_errors(
     latents: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
