@@ -18,6 +18,11 @@ take from the decoder only what the prediction changes:
   redrawn); the decoder's terms replace what the object uncovers by the decoded background
   (``x - W(D(p_0))`` cancels the object left behind) and add what the warp cannot (appearance
   change). Where nothing moves it is ``x`` exactly.
+- ``warped_gated``: ``W_n(x) (1 - m) + D(p_n) m`` with the gate ``m`` of ``gated`` taken on
+  ``D(p_n) - W_n(D(p_0))``: the observed pixels moved with the particles wherever the moved
+  decoded frame agrees with the decoded prediction, the decoder's pixels only where it does not
+  (what the object uncovers, a change of appearance). Without motion it is ``gated``; unlike
+  ``warped`` it adds no decoder error to the moved pixels.
 
 All take float images in [0, 1], channels first, at the model's resolution, and return the same.
 """
@@ -29,7 +34,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-MODES = ('decoded', 'residual', 'gated', 'warped')
+MODES = ('decoded', 'residual', 'gated', 'warped', 'warped_gated')
 GATE_TAU = 0.1  # change of the decoded frame (max over RGB, [0, 1] units) that selects it fully
 
 
@@ -106,7 +111,7 @@ def compose(
         observed: (3, S, S) float32, the last observed frame x (preprocessed, [0, 1]).
         decoded: (N, 3, S, S) float32, the decoded predicted particles D(p_n).
         decoded_observed: (3, S, S) float32, the decoded last observed particles D(p_0).
-        motion: the particles' motion (needed by ``warped`` only).
+        motion: the particles' motion (needed by the ``warped`` forms only).
 
     Returns:
         (N, 3, S, S) float32 in [0, 1].
@@ -123,14 +128,17 @@ def compose(
     change = decoded - decoded_observed[None]  # (N, 3, S, S)
     if mode == 'residual':
         return np.clip(observed[None] + change, 0.0, 1.0)
-    if mode == 'warped':
+    base = observed[None]  # (1, 3, S, S): what the decoder's pixels are laid over
+    if mode in ('warped', 'warped_gated'):
         if motion is None:
-            raise ValueError("compositing mode 'warped' needs the particles' motion")
+            raise ValueError(f"compositing mode '{mode}' needs the particles' motion")
         flow = particle_flow(motion, observed.shape[-1])  # (N, S, S, 2)
-        moved = warp(observed, flow) - warp(decoded_observed, flow)  # (N, 3, S, S)
-        return np.clip(moved + decoded, 0.0, 1.0)
+        base, moved_decoded = warp(observed, flow), warp(decoded_observed, flow)  # (N, 3, S, S)
+        if mode == 'warped':
+            return np.clip(base - moved_decoded + decoded, 0.0, 1.0)
+        change = decoded - moved_decoded
     mask = np.minimum(1.0, np.abs(change).max(axis=1, keepdims=True) / GATE_TAU)  # (N, 1, S, S)
-    return np.clip(observed[None] * (1.0 - mask) + decoded * mask, 0.0, 1.0)
+    return np.clip(base * (1.0 - mask) + decoded * mask, 0.0, 1.0)
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -144,8 +144,8 @@ class ValidationSpec:
 @dataclass(frozen=True)
 class PredictionSpec:
     """How predicted frames are drawn (``dlp_ros.compositing``): 'decoded' redraws them from the
-    particles alone; 'residual', 'gated' and 'warped' keep the observed frame where nothing
-    moves. Cards written before this field existed mean 'decoded'."""
+    particles alone; 'residual', 'gated', 'warped' and 'warped_gated' keep the observed frame
+    where nothing moves. Cards written before this field existed mean 'decoded'."""
 
     compositing: str = checked('decoded', choices=COMPOSITING_MODES)
 
