@@ -224,7 +224,7 @@ def test_export_command_from_run_directories(
     assert card.training['dlp']['step'] == 7 and card.training['dynamics']['step'] == 9
     assert card.metrics['dlp']['psnr'] == 30.0
     assert card.validation.recon_mse is None and 'no data set' in card.validation.details['note']
-    assert card.prediction.compositing == 'residual'  # the default form
+    assert card.prediction.compositing == 'gated'  # the default form
     assert main(argv) == 2  # exists, no --overwrite: a clear error, not a traceback
     assert '--overwrite' in capsys.readouterr().err
     runs = ['export', '--dlp', str(dlp_run), '--dynamics', str(dyn_run), '--out']
