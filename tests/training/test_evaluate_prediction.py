@@ -107,6 +107,7 @@ def derived_dynamics(runs: dict[str, Path], name: str, zero: bool = False,
 
 
 IMAGE_SERIES_EXPECTED = ('model', 'model_decoded', 'model_residual', 'model_gated', 'model_warped',
+                         'model_warped_gated',
                          'last_frame', 'const_velocity', 'const_flow',
                          'last_frame_decoded')  # fmt: skip
 
