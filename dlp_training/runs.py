@@ -22,7 +22,13 @@ from torch import Tensor, nn
 from dlp_ros.config_schema import from_args, renamed_keys
 from dlp_ros.errors import ConfigError, DlpError
 from dlp_training.checkpoint import load_checkpoint, run_checkpoint
-from dlp_training.config import apply_overrides, from_dict, read_config, shipped_configs
+from dlp_training.config import (
+    apply_overrides,
+    from_dict,
+    read_config,
+    shipped_configs,
+    to_dict,
+)
 from dlp_training.distributed import DEVICES, rank_and_size, ranks_where
 
 logger = logging.getLogger(__name__)
@@ -177,23 +183,24 @@ def load_run_model(
 
 def initialise_from(
     model: nn.Module,
-    ours: dict[str, Any],
     run_dir: Path,
     command: str,
-    load: Callable[[Path], tuple[nn.Module, dict[str, Any], dict[str, Any]]],
+    load: Callable[[Path], tuple[nn.Module, Any, dict[str, Any]]],
     loss_fields: Collection[str] = (),
 ) -> None:
     """Copy the best weights of the ``command`` run ``run_dir`` into ``model``
     (``train.init_from``, fine-tuning).
 
-    ``ours``: this run's model config as a dict; ``load(run_dir)``: the source's model, model
-    config dict and checkpoint entries. A source whose model config differs is refused, naming
-    the fields, except in ``loss_fields`` (fine-tuning with another loss is what it is for).
+    ``load(run_dir)``: the source's model, run config and checkpoint entries (``load_dlp``,
+    ``load_dynamics``). A source whose ``model:`` config differs from ``model.config`` is refused,
+    naming the fields, except in ``loss_fields`` (fine-tuning with another loss is what it is
+    for).
     """
     if not (run_dir / 'checkpoints').is_dir():
         raise ConfigError(f'train.init_from: {run_dir} is not a {command} run directory (no '
                           'checkpoints/)')  # fmt: skip
-    source, theirs, info = load(run_dir)
+    source, config, info = load(run_dir)
+    ours, theirs = to_dict(model.config), to_dict(config.model)
     differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
     loss_only = [k for k in differ if k in loss_fields]
     differ = [k for k in differ if k not in loss_fields]

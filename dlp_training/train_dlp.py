@@ -100,8 +100,8 @@ class DlpTask:
         torch.manual_seed(config.train.seed)
         self.model = Dlp(config.model)
         if config.train.init_from:
-            initialise_from(self.model, to_dict(config.model), Path(config.train.init_from),
-                            self.name, _load_source, DlpConfig.LOSS_FIELDS)  # fmt: skip
+            initialise_from(self.model, Path(config.train.init_from), self.name, load_dlp,
+                            DlpConfig.LOSS_FIELDS)  # fmt: skip
         elif config.model.static_background:
             picked = self.frames.evenly_spaced(STATIC_BACKGROUND_FRAMES)  # (n, 3, S, S)
             self.model.bg_decoder.set_image(picked.median(dim=0).values)  # resumed: its own
@@ -151,12 +151,6 @@ class DlpTask:
 
     def best_text(self, best: float) -> str:
         return f'best val PSNR {best:.2f} dB'
-
-
-def _load_source(run_dir: Path) -> tuple[Dlp, dict[str, Any], dict[str, Any]]:
-    """A train-dlp run's best model, its model config dict and checkpoint entries."""
-    model, config, info = load_dlp(run_dir)
-    return model, to_dict(config.model), info
 
 
 def evaluate(

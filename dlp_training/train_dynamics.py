@@ -176,12 +176,6 @@ class Objective(nn.Module):
         return loss, metrics
 
 
-def _load_source(run_dir: Path) -> tuple[ParticleDynamics, dict[str, Any], dict[str, Any]]:
-    """A train-dynamics run's best model, its model config dict and checkpoint entries."""
-    model, config, info = load_dynamics(run_dir)
-    return model, to_dict(config.model), info
-
-
 def pixel_pick(
     tc: DynamicsTrainConfig, batch: int, horizon: int, step: int, rank: int
 ) -> tuple[Tensor, Tensor]:
@@ -244,8 +238,7 @@ class DynamicsTask:
         torch.manual_seed(tc.seed)
         self.model = ParticleDynamics(config.model)
         if tc.init_from:
-            initialise_from(self.model, to_dict(config.model), Path(tc.init_from), self.name,
-                            _load_source)  # fmt: skip
+            initialise_from(self.model, Path(tc.init_from), self.name, load_dynamics)
         self.model.to(ctx.device)
         self.forward = dist.wrap(Objective(self.model, config, decoder), ctx)
         self.meta = {'config': to_dict(config), 'latents': latents_source(latents, columns)}

@@ -75,8 +75,8 @@ def test_a_static_background_starts_at_the_training_median(
     assert main([*argv, '--no-progress', *extra]) == 0
     model, config, _ = load_dlp(out)
     assert config.model.static_background
-    frames = np.concatenate([np.asarray(Dataset.open(balls_data).frames(e.name))
-                             for e in Dataset.open(balls_data).episodes('train')])  # fmt: skip
+    data = Dataset.open(balls_data)
+    frames = np.concatenate([np.asarray(data.frames(e.name)) for e in data.episodes('train')])
     picked = frames[np.linspace(0, len(frames) - 1, num=min(256, len(frames))).astype(int)]
     median = torch.from_numpy(picked).float().div(255).permute(0, 3, 1, 2).median(dim=0).values
     with torch.no_grad():
