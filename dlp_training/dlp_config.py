@@ -37,6 +37,16 @@ class DlpTrainConfig(ScheduleConfig):
     # A train-dlp run directory whose best weights start this run (fine-tuning, e.g. a
     # per-frame run continued on clips); its model config must equal this one. None: random.
     init_from: str | None = None
+    # What the optimiser trains: 'all', or 'decoder' (the glimpse and background decoders; the
+    # encoder and prior stay frozen, so the particles, and a dynamics trained on them, are those
+    # of init_from, and the decoder learns from the posterior means the runtime decodes).
+    trainable: str = checked('all', choices=('all', 'decoder'))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.trainable == 'decoder' and not self.init_from:
+            raise ValueError("train.trainable: 'decoder' needs train.init_from (the run whose "
+                             'encoder stays frozen)')  # fmt: skip
 
 
 @dataclass

@@ -483,7 +483,10 @@ def describe_runs(
     if not fps:
         fps = float(dataset.get('fps') or 10.0)
         logger.warning('no fps in the dynamics run: dt = 1 / %g', fps)
-    if latents.get('dlp_run') and Path(latents['dlp_run']).resolve() != Path(opts.dlp).resolve():
+    encoder_run = Path(opts.dlp).resolve()
+    if dlp_cfg.train.trainable == 'decoder':  # a decoder fine-tune encodes as its source does
+        encoder_run = Path(dlp_cfg.train.init_from).resolve()
+    if latents.get('dlp_run') and Path(latents['dlp_run']).resolve() != encoder_run:
         logger.warning('the dynamics run was trained on latents of %s, not of %s',
                        latents['dlp_run'], opts.dlp)  # fmt: skip
     training = {
@@ -494,6 +497,8 @@ def describe_runs(
             'data': str(data) if data else None,
             'dataset': dataset,
             'model': dlp_cfg.model.to_dict(),
+            'trainable': dlp_cfg.train.trainable,
+            'init_from': dlp_cfg.train.init_from,
         },
         'dynamics': dyn_training,
     }

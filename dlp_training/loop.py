@@ -144,7 +144,8 @@ class Trainer:
         state: dict[str, Any] | None,
     ) -> None:
         self.task, self.schedule, self.out, self.ctx = task, schedule, out, ctx
-        self.optimizer = torch.optim.Adam(task.model.parameters(), lr=schedule.lr)
+        trained = [p for p in task.model.parameters() if p.requires_grad]  # not the frozen
+        self.optimizer = torch.optim.Adam(trained, lr=schedule.lr)
         self.step, self.evaluated = 0, -1
         self.best = -math.inf if task.higher_is_better else math.inf
         if state is not None:

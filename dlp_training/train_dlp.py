@@ -107,6 +107,8 @@ class DlpTask:
             self.model.bg_decoder.set_image(picked.median(dim=0).values)  # resumed: its own
             logger.info('static background: the per-pixel median of %d training frames',
                         len(picked))  # fmt: skip
+        if config.train.trainable == 'decoder':
+            self.model.train_only_decoder()
         self.model.to(ctx.device)
         self.forward = dist.wrap(self.model, ctx)
         self.meta = {'config': to_dict(config), 'data': str(Path(data_dir).resolve())}
@@ -125,6 +127,7 @@ class DlpTask:
     def loss(self, batch: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         tc = self.config.train
         return self.forward(batch, warmup=step < tc.warmup_steps,
+                            deterministic=tc.trainable == 'decoder',
                             track_feature_weight=tc.track_feature_weight)  # fmt: skip
 
     def evaluate(self, step: int) -> tuple[dict[str, float], float]:

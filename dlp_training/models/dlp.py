@@ -415,6 +415,14 @@ class Dlp(nn.Module):
         """Image (B, 3, S, S) in [0, 1] -> :class:`Particles` (means, or samples)."""
         return self.sample(self.posterior(image), deterministic)
 
+    def train_only_decoder(self) -> None:
+        """Freeze the prior and the encoders (no gradient, so no optimiser step changes them):
+        the particles of every image stay as they are, and only the decoders learn."""
+        decoders = (self.glimpse_decoder, self.bg_decoder)
+        trained = {id(p) for module in decoders for p in module.parameters()}
+        for p in self.parameters():
+            p.requires_grad_(id(p) in trained)
+
     # --------------------------------------------------------------------------------- decoder
 
     def render(

@@ -142,6 +142,35 @@ def test_init_from_starts_from_another_runs_weights(
     assert 'is not a train-dlp run directory' in capsys.readouterr().err
 
 
+def test_a_decoder_fine_tune_keeps_the_particles(
+    balls_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """train.trainable=decoder: the prior and encoders are exactly the source run's (so are the
+    particles of every frame), the decoders learn; without init_from it is refused by name."""
+    base = ['train-dlp', '--config', str(TINY), '--data', str(balls_data), '--no-progress']
+    assert main([*base, '--out', str(tmp_path / 'a'), '--set', 'train.max_steps=5']) == 0
+    source = load_dlp(tmp_path / 'a')[0]
+    tune = ['--set', f'train.init_from={tmp_path / "a"}', '--set', 'train.trainable=decoder',
+            '--set', 'train.max_steps=6', '--set', 'train.warmup_steps=0',
+            '--set', 'train.eval_every=3']  # fmt: skip
+    assert main([*base, '--out', str(tmp_path / 'b'), *tune]) == 0
+    tuned = load_dlp(tmp_path / 'b', 'last')[0]
+    before, after = source.state_dict(), tuned.state_dict()
+    decoders = ('glimpse_decoder.', 'bg_decoder.')
+    kept = [k for k in before if not k.startswith(decoders)]
+    assert kept and all(torch.equal(after[k], before[k]) for k in kept)
+    assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith(decoders))
+    images = torch.rand(3, 3, source.config.S, source.config.S)
+    with torch.no_grad():
+        for a, b in zip(source.encode(images), tuned.encode(images), strict=True):
+            assert torch.equal(a, b)
+    capsys.readouterr()
+    assert main([*base, '--out', str(tmp_path / 'c'), '--set', 'train.trainable=decoder']) == 2
+    assert "train.trainable: 'decoder' needs train.init_from" in capsys.readouterr().err
+    assert main([*base, '--out', str(tmp_path / 'd'), '--set', 'train.trainable=encoder']) == 2
+    assert 'train.trainable' in capsys.readouterr().err
+
+
 def test_the_device_is_chosen_and_logged(
     balls_data: Path,
     tmp_path: Path,
