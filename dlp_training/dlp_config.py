@@ -39,8 +39,18 @@ class DlpTrainConfig(ScheduleConfig):
     init_from: str | None = None
     # What the optimiser trains: 'all', or 'decoder' (the glimpse and background decoders; the
     # encoder and prior stay frozen, so the particles, and a dynamics trained on them, are those
-    # of init_from, and the decoder learns from the posterior means the runtime decodes).
+    # of init_from).
     trainable: str = checked('all', choices=('all', 'decoder'))
+    # What the decoder reads in training: 'samples' of the posterior, or its 'means' (what the
+    # runtime decodes); 'auto': samples when everything trains, means for a decoder fine-tune.
+    posterior: str = checked('auto', choices=('auto', 'samples', 'means'))
+
+    @property
+    def decodes_means(self) -> bool:
+        """Whether training decodes the posterior means (else samples)."""
+        if self.posterior == 'auto':
+            return self.trainable == 'decoder'
+        return self.posterior == 'means'
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -127,7 +127,7 @@ class DlpTask:
     def loss(self, batch: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         tc = self.config.train
         return self.forward(batch, warmup=step < tc.warmup_steps,
-                            deterministic=tc.trainable == 'decoder',
+                            deterministic=tc.decodes_means,
                             track_feature_weight=tc.track_feature_weight)  # fmt: skip
 
     def evaluate(self, step: int) -> tuple[dict[str, float], float]:

@@ -22,7 +22,7 @@ from dlp_training.__main__ import main
 from dlp_training.checkpoint import load_checkpoint
 from dlp_training.data.dataset import Dataset
 from dlp_training.distributed import parameter_digest
-from dlp_training.dlp_config import load_dlp
+from dlp_training.dlp_config import DlpTrainConfig, load_dlp
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / 'dlp_training' / 'configs' / 'dlp_tiny.yaml'
@@ -164,6 +164,12 @@ def test_a_decoder_fine_tune_keeps_the_particles(
     with torch.no_grad():
         for a, b in zip(source.encode(images), tuned.encode(images), strict=True):
             assert torch.equal(a, b)
+    # what the decoder reads: means for a decoder fine-tune, samples otherwise, unless said
+    assert load_dlp(tmp_path / 'b')[1].train.decodes_means
+    assert not DlpTrainConfig().decodes_means and DlpTrainConfig(posterior='means').decodes_means
+    assert not DlpTrainConfig(
+        init_from='a', trainable='decoder', posterior='samples'
+    ).decodes_means
     capsys.readouterr()
     assert main([*base, '--out', str(tmp_path / 'c'), '--set', 'train.trainable=decoder']) == 2
     assert "train.trainable: 'decoder' needs train.init_from" in capsys.readouterr().err
