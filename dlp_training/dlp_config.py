@@ -39,7 +39,7 @@ class DlpTrainConfig(ScheduleConfig):
     init_from: str | None = None
     # What the optimiser trains: 'all', or 'decoder' (the glimpse and background decoders; the
     # encoder and prior stay frozen, so the particles, and a dynamics trained on them, are those
-    # of init_from).
+    # of init_from; no warm-up phase).
     trainable: str = checked('all', choices=('all', 'decoder'))
     # What the decoder reads in training: 'samples' of the posterior, or its 'means' (what the
     # runtime decodes); 'auto': samples when everything trains, means for a decoder fine-tune.

@@ -126,7 +126,8 @@ class DlpTask:
 
     def loss(self, batch: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         tc = self.config.train
-        return self.forward(batch, warmup=step < tc.warmup_steps,
+        warmup = step < tc.warmup_steps and tc.trainable == 'all'  # a decoder fine-tune: none
+        return self.forward(batch, warmup=warmup,
                             deterministic=tc.decodes_means,
                             track_feature_weight=tc.track_feature_weight)  # fmt: skip
 

@@ -151,9 +151,12 @@ def test_a_decoder_fine_tune_keeps_the_particles(
     assert main([*base, '--out', str(tmp_path / 'a'), '--set', 'train.max_steps=5']) == 0
     source = load_dlp(tmp_path / 'a')[0]
     tune = ['--set', f'train.init_from={tmp_path / "a"}', '--set', 'train.trainable=decoder',
-            '--set', 'train.max_steps=6', '--set', 'train.warmup_steps=0',
-            '--set', 'train.eval_every=3']  # fmt: skip
+            '--set', 'train.max_steps=6', '--set', 'train.warmup_steps=100',
+            '--set', 'train.eval_every=3', '--set', 'train.log_every=1']  # fmt: skip
     assert main([*base, '--out', str(tmp_path / 'b'), *tune]) == 0
+    lines = [json.loads(x) for x in (tmp_path / 'b' / 'metrics.jsonl').read_text().splitlines()]
+    train = [x for x in lines if x['split'] == 'train']
+    assert len(train) == 6 and not any('glimpse_rec' in x for x in train)  # no warm-up phase
     tuned = load_dlp(tmp_path / 'b', 'last')[0]
     before, after = source.state_dict(), tuned.state_dict()
     decoders = ('glimpse_decoder.', 'bg_decoder.')
