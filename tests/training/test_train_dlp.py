@@ -167,6 +167,15 @@ def test_a_decoder_fine_tune_keeps_the_particles(
     with torch.no_grad():
         for a, b in zip(source.encode(images), tuned.encode(images), strict=True):
             assert torch.equal(a, b)
+    # resumed, it goes on from its own last checkpoint with the encoder still the source's
+    resume = ['train-dlp', '--out', str(tmp_path / 'b'), '--resume', '--no-progress',
+              '--set', 'train.max_steps=8']  # fmt: skip
+    assert main(resume) == 0
+    resumed, _, info = load_dlp(tmp_path / 'b', 'last')
+    assert info['step'] == 8
+    again = resumed.state_dict()
+    assert all(torch.equal(again[k], before[k]) for k in kept)
+    assert any(not torch.equal(again[k], after[k]) for k in after if k.startswith(decoders))
     # what the decoder reads: means for a decoder fine-tune, samples otherwise, unless said
     assert load_dlp(tmp_path / 'b')[1].train.decodes_means
     assert not DlpTrainConfig().decodes_means and DlpTrainConfig(posterior='means').decodes_means
