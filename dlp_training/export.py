@@ -483,9 +483,7 @@ def describe_runs(
     if not fps:
         fps = float(dataset.get('fps') or 10.0)
         logger.warning('no fps in the dynamics run: dt = 1 / %g', fps)
-    encoder_run = Path(opts.dlp).resolve()
-    if dlp_cfg.train.trainable == 'decoder':  # a decoder fine-tune encodes as its source does
-        encoder_run = Path(dlp_cfg.train.init_from).resolve()
+    encoder_run = encoder_source(opts.dlp, dataclasses.asdict(dlp_cfg.train))
     if latents.get('dlp_run') and Path(latents['dlp_run']).resolve() != encoder_run:
         logger.warning('the dynamics run was trained on latents of %s, not of %s',
                        latents['dlp_run'], opts.dlp)  # fmt: skip
@@ -567,6 +565,18 @@ def checkpoint_report(
         logger.warning(warning)
         lines.append(warning)
     return lines
+
+
+def encoder_source(dlp_run: Path, train: dict[str, Any]) -> Path:
+    """The run whose encoder a train-dlp run carries: itself, or, through decoder fine-tunes
+    (``train.trainable: decoder``), the first run of the chain (a run directory without a
+    readable run.yaml ends it)."""
+    run, seen = Path(dlp_run).resolve(), set()
+    while train.get('trainable') == 'decoder' and train.get('init_from') and run not in seen:
+        seen.add(run)
+        run = Path(train['init_from']).resolve()
+        train = (_run_yaml(run).get('config') or {}).get('train') or {}
+    return run
 
 
 def _run_yaml(run_dir: Path) -> dict[str, Any]:

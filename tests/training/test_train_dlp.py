@@ -3,6 +3,7 @@ and two DDP processes (gloo, CPU) that stay in sync."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from dlp_training.checkpoint import load_checkpoint
 from dlp_training.data.dataset import Dataset
 from dlp_training.distributed import parameter_digest
 from dlp_training.dlp_config import DlpTrainConfig, load_dlp
+from dlp_training.export import encoder_source
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / 'dlp_training' / 'configs' / 'dlp_tiny.yaml'
@@ -176,6 +178,13 @@ def test_a_decoder_fine_tune_keeps_the_particles(
     again = resumed.state_dict()
     assert all(torch.equal(again[k], before[k]) for k in kept)
     assert any(not torch.equal(again[k], after[k]) for k in after if k.startswith(decoders))
+    # a decoder fine-tune of a decoder fine-tune still encodes as the first run ('a') does
+    twice = ['--set', f'train.init_from={tmp_path / "b"}', '--set', 'train.trainable=decoder',
+             '--set', 'train.max_steps=1']  # fmt: skip
+    assert main([*base, '--out', str(tmp_path / 'e'), *twice]) == 0
+    for run in ('a', 'b', 'e'):
+        train = dataclasses.asdict(load_dlp(tmp_path / run)[1].train)
+        assert encoder_source(tmp_path / run, train) == (tmp_path / 'a').resolve()
     # what the decoder reads: means for a decoder fine-tune, samples otherwise, unless said
     assert load_dlp(tmp_path / 'b')[1].train.decodes_means
     assert not DlpTrainConfig().decodes_means and DlpTrainConfig(posterior='means').decodes_means
