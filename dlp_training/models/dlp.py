@@ -418,10 +418,9 @@ class Dlp(nn.Module):
     def train_only_decoder(self) -> None:
         """Freeze the prior and the encoders (no gradient, so no optimiser step changes them):
         the particles of every image stay as they are, and only the decoders learn."""
-        decoders = (self.glimpse_decoder, self.bg_decoder)
-        trained = {id(p) for module in decoders for p in module.parameters()}
-        for p in self.parameters():
-            p.requires_grad_(id(p) in trained)
+        self.requires_grad_(False)
+        self.glimpse_decoder.requires_grad_(True)
+        self.bg_decoder.requires_grad_(True)
 
     # --------------------------------------------------------------------------------- decoder
 
