@@ -196,6 +196,7 @@ def test_a_decoder_fine_tune_keeps_the_particles(
     assert "train.trainable: 'decoder' needs train.init_from" in capsys.readouterr().err
     assert main([*base, '--out', str(tmp_path / 'd'), '--set', 'train.trainable=encoder']) == 2
     assert 'train.trainable' in capsys.readouterr().err
+    assert not (tmp_path / 'c').exists() and not (tmp_path / 'd').exists()  # refused, none made
 
 
 def test_the_device_is_chosen_and_logged(
